@@ -1,0 +1,156 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func writeFile(t *testing.T, path, body string) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestDefaultsAreValid(t *testing.T) {
+	c, err := Defaults()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if errs := c.Validate(); len(errs) != 0 {
+		t.Fatalf("embedded defaults invalid: %v", errs)
+	}
+	if c.Daemon.Socket != "/run/cocoon/cocoon.sock" || c.Image.Driver != "overlay" {
+		t.Fatalf("unexpected defaults: %+v", c)
+	}
+	if c.Image.PullProgressInterval.Std() != 5*time.Second {
+		t.Fatalf("pull_progress_interval = %v", c.Image.PullProgressInterval.Std())
+	}
+}
+
+func TestLoad(t *testing.T) {
+	tests := []struct {
+		name     string
+		main     string // empty: no main file
+		dropIns  map[string]string
+		required bool
+		wantErr  []string // substrings the error must contain
+		check    func(t *testing.T, l *Loaded)
+	}{
+		{
+			name: "no file runs on defaults",
+			check: func(t *testing.T, l *Loaded) {
+				if l.Config.Daemon.LogLevel != "info" || len(l.Files) != 0 {
+					t.Fatalf("got %+v files %v", l.Config.Daemon, l.Files)
+				}
+			},
+		},
+		{
+			name:     "missing explicit file is an error",
+			required: true,
+			wantErr:  []string{"no such file"},
+		},
+		{
+			name: "main file overrides one key, keeps the others",
+			main: "[daemon]\nlog_level = \"debug\"\n",
+			check: func(t *testing.T, l *Loaded) {
+				if l.Config.Daemon.LogLevel != "debug" || l.Config.Daemon.Socket != "/run/cocoon/cocoon.sock" {
+					t.Fatalf("got %+v", l.Config.Daemon)
+				}
+			},
+		},
+		{
+			name:    "drop-ins apply in lexical order after the main file",
+			main:    "[image]\ndriver = \"vfs\"\n",
+			dropIns: map[string]string{"20-b.toml": "[daemon]\nlog_level = \"warn\"\n", "10-a.toml": "[daemon]\nlog_level = \"error\"\n[cni]\nbin_dirs = [\"/x\"]\n"},
+			check: func(t *testing.T, l *Loaded) {
+				if l.Config.Daemon.LogLevel != "warn" || l.Config.Image.Driver != "vfs" || l.Config.CNI.BinDirs[0] != "/x" {
+					t.Fatalf("got %+v", l.Config)
+				}
+				if !strings.HasSuffix(l.Origin("daemon.log_level"), "20-b.toml") || l.Origin("daemon.socket") != EmbeddedDefaults {
+					t.Fatalf("origins wrong: %q %q", l.Origin("daemon.log_level"), l.Origin("daemon.socket"))
+				}
+			},
+		},
+		{
+			name:    "invalid value names file and key",
+			main:    "[daemon]\nlog_format = \"xml\"\n",
+			wantErr: []string{"cocoon.toml", "daemon.log_format", "xml"},
+		},
+		{
+			name:    "invalid value in a drop-in names the drop-in",
+			dropIns: map[string]string{"50-img.toml": "[image]\ngraph_root = \"relative/dir\"\n"},
+			wantErr: []string{"50-img.toml", "image.graph_root", "absolute"},
+		},
+		{
+			name:    "unknown key is rejected",
+			main:    "[image]\ndrvier = \"overlay\"\n",
+			wantErr: []string{"cocoon.toml", "unknown key", "image.drvier"},
+		},
+		{
+			name:    "wrong type names the line",
+			main:    "[daemon]\nlog_level = 3\n",
+			wantErr: []string{"cocoon.toml", "line 2"},
+		},
+		{
+			name:    "bad duration",
+			main:    "[daemon]\nshutdown_timeout = \"soon\"\n",
+			wantErr: []string{"cocoon.toml", "soon"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			path := filepath.Join(dir, "cocoon.toml")
+			if tt.main != "" {
+				writeFile(t, path, tt.main)
+			}
+			for name, body := range tt.dropIns {
+				writeFile(t, filepath.Join(dir, "config.d", name), body)
+			}
+			l, err := Load(path, tt.required)
+			if len(tt.wantErr) > 0 {
+				if err == nil {
+					t.Fatalf("want error containing %v, got nil", tt.wantErr)
+				}
+				for _, s := range tt.wantErr {
+					if !strings.Contains(err.Error(), s) {
+						t.Fatalf("error %q does not contain %q", err, s)
+					}
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			tt.check(t, l)
+		})
+	}
+}
+
+func TestMarshalRoundTrip(t *testing.T) {
+	c, err := Defaults()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := c.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	path := filepath.Join(dir, "cocoon.toml")
+	writeFile(t, path, string(out))
+	l, err := Load(path, true)
+	if err != nil {
+		t.Fatalf("printed config does not load back: %v\n%s", err, out)
+	}
+	if l.Config.Image.GraphRoot != c.Image.GraphRoot || l.Config.Daemon.ShutdownTimeout != c.Daemon.ShutdownTimeout {
+		t.Fatalf("round trip changed values")
+	}
+}
