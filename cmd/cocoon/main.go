@@ -1,0 +1,31 @@
+// Command cocoon is the operator's CLI for a Cocoon node.
+package main
+
+import (
+	"fmt"
+	"os"
+
+	"github.com/cocoon-runtime/cocoon/version"
+)
+
+const usage = `Usage: cocoon <command>
+
+Commands:
+  version    print the version of this CLI
+`
+
+func main() {
+	if len(os.Args) < 2 {
+		fmt.Fprint(os.Stderr, usage)
+		os.Exit(2)
+	}
+	switch os.Args[1] {
+	case "version", "--version":
+		fmt.Printf("cocoon %s (revision %s)\n", version.Version, version.Revision)
+	case "help", "-h", "--help":
+		fmt.Print(usage)
+	default:
+		fmt.Fprintf(os.Stderr, "cocoon: unknown command %q\n\n%s", os.Args[1], usage)
+		os.Exit(2)
+	}
+}

@@ -1,0 +1,158 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/coreos/go-systemd/v22/daemon"
+	"github.com/sirupsen/logrus"
+	"google.golang.org/grpc"
+
+	"github.com/cocoon-runtime/cocoon/cni"
+	"github.com/cocoon-runtime/cocoon/config"
+	"github.com/cocoon-runtime/cocoon/cri"
+	"github.com/cocoon-runtime/cocoon/image"
+	"github.com/cocoon-runtime/cocoon/version"
+)
+
+// maxMsgSize matches kubelet's CRI client limit.
+const maxMsgSize = 16 << 20
+
+func serve(loaded *config.Loaded) error {
+	cfg := &loaded.Config
+	log, err := setupLogging(cfg.Daemon)
+	if err != nil {
+		return err
+	}
+	log.WithFields(logrus.Fields{"version": version.Version, "config": sources(loaded)}).Info("cocoond starting")
+
+	for _, dir := range []string{cfg.Daemon.StateDir, cfg.Daemon.RuntimeDir} {
+		if err := os.MkdirAll(dir, 0o711); err != nil {
+			return err
+		}
+	}
+	images, err := image.New(cfg.Image, log.WithField("component", "image"))
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err := images.Close(); err != nil {
+			log.WithError(err).Warn("closing image store")
+		}
+	}()
+	log.WithFields(logrus.Fields{"driver": images.Driver(), "graph_root": images.GraphRoot()}).Info("image store ready")
+
+	server := cri.New(images, cni.Probe{ConfDir: cfg.CNI.ConfDir, BinDirs: cfg.CNI.BinDirs}, cri.Options{
+		CgroupDriver: cfg.Daemon.CgroupDriver,
+		StatusInfo:   statusInfo(cfg, images.Driver()),
+	}, log.WithField("component", "cri"))
+	g := grpc.NewServer(
+		grpc.UnaryInterceptor(server.Instrument),
+		grpc.StreamInterceptor(server.InstrumentStream),
+		grpc.MaxRecvMsgSize(maxMsgSize),
+		grpc.MaxSendMsgSize(maxMsgSize),
+	)
+	server.Register(g)
+
+	lis, err := listen(cfg.Daemon.Socket)
+	if err != nil {
+		return err
+	}
+	defer os.Remove(cfg.Daemon.Socket)
+
+	served := make(chan error, 1)
+	go func() { served <- g.Serve(lis) }()
+	log.WithField("socket", cfg.Daemon.Socket).Info("serving CRI")
+	if _, err := daemon.SdNotify(false, daemon.SdNotifyReady); err != nil {
+		log.WithError(err).Warn("sd_notify READY failed")
+	}
+
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	defer signal.Stop(sigs)
+	select {
+	case sig := <-sigs:
+		log.WithField("signal", sig.String()).Info("shutting down")
+	case err := <-served:
+		return fmt.Errorf("grpc server stopped: %w", err)
+	}
+	_, _ = daemon.SdNotify(false, daemon.SdNotifyStopping)
+	stopGracefully(g, cfg.Daemon.ShutdownTimeout.Std(), log)
+	log.Info("cocoond stopped")
+	return nil
+}
+
+// stopGracefully lets in-flight RPCs finish, then cuts the rest off.
+func stopGracefully(g *grpc.Server, timeout time.Duration, log *logrus.Logger) {
+	done := make(chan struct{})
+	go func() { g.GracefulStop(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(timeout):
+		log.WithField("timeout", timeout.String()).Warn("RPCs still running at shutdown, closing them")
+		g.Stop()
+	}
+}
+
+// listen binds the CRI socket with mode 0660, replacing a stale socket file but
+// refusing to steal the socket of a cocoond that still answers on it.
+func listen(path string) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o711); err != nil {
+		return nil, err
+	}
+	if conn, err := net.DialTimeout("unix", path, time.Second); err == nil {
+		conn.Close()
+		return nil, fmt.Errorf("socket %s is in use by another process", path)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
+	lis, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.Chmod(path, 0o660); err != nil {
+		lis.Close()
+		return nil, err
+	}
+	return lis, nil
+}
+
+func setupLogging(d config.Daemon) (*logrus.Logger, error) {
+	log := logrus.StandardLogger()
+	level, err := logrus.ParseLevel(d.LogLevel)
+	if err != nil {
+		return nil, err
+	}
+	log.SetLevel(level)
+	log.SetOutput(os.Stderr)
+	useJSON := d.LogFormat == "json"
+	if d.LogFormat == "auto" {
+		st, err := os.Stderr.Stat()
+		useJSON = err != nil || st.Mode()&os.ModeCharDevice == 0
+	}
+	if useJSON {
+		log.SetFormatter(&logrus.JSONFormatter{TimestampFormat: time.RFC3339Nano})
+	} else {
+		log.SetFormatter(&logrus.TextFormatter{FullTimestamp: true, TimestampFormat: time.RFC3339Nano})
+	}
+	return log, nil
+}
+
+// statusInfo is what `crictl info` shows beyond the conditions.
+func statusInfo(cfg *config.Config, driver string) map[string]string {
+	b, _ := json.Marshal(cfg)
+	return map[string]string{
+		"config":        string(b),
+		"storageDriver": driver,
+		"version":       version.Version,
+	}
+}
+

@@ -1,0 +1,33 @@
+package cri
+
+import (
+	"context"
+
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+)
+
+// Status reports RuntimeReady and NetworkReady. NetworkReady is false, with the
+// reason, until a usable CNI configuration and its plugins are found.
+func (s *Server) Status(_ context.Context, req *runtimeapi.StatusRequest) (*runtimeapi.StatusResponse, error) {
+	network := &runtimeapi.RuntimeCondition{Type: runtimeapi.NetworkReady, Status: true}
+	if err := s.network.Ready(); err != nil {
+		network.Status = false
+		network.Reason = "NetworkPluginNotReady"
+		network.Message = err.Error()
+	}
+	resp := &runtimeapi.StatusResponse{
+		Status: &runtimeapi.RuntimeStatus{Conditions: []*runtimeapi.RuntimeCondition{
+			{Type: runtimeapi.RuntimeReady, Status: true},
+			network,
+		}},
+		RuntimeHandlers: []*runtimeapi.RuntimeHandler{{
+			Name:     "",
+			Features: &runtimeapi.RuntimeHandlerFeatures{},
+		}},
+		Features: &runtimeapi.RuntimeFeatures{SupplementalGroupsPolicy: false},
+	}
+	if req.GetVerbose() {
+		resp.Info = s.opts.StatusInfo
+	}
+	return resp, nil
+}
