@@ -205,7 +205,9 @@ func TestPullErrors(t *testing.T) {
 		{name: "credentials from the request", ref: priv.host + "/private/secret:1", auth: &Auth{Auth: "YWxpY2U6czNjcmV0"}}, // alice:s3cret
 		{
 			name: "deadline", ref: priv.host + "/private/secret:1", auth: &Auth{Username: "alice", Password: "s3cret"},
-			ctx:  func() (context.Context, context.CancelFunc) { return context.WithTimeout(context.Background(), time.Millisecond) },
+			ctx: func() (context.Context, context.CancelFunc) {
+				return context.WithTimeout(context.Background(), time.Millisecond)
+			},
 			want: context.DeadlineExceeded,
 		},
 	}

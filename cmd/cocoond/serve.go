@@ -155,4 +155,3 @@ func statusInfo(cfg *config.Config, driver string) map[string]string {
 		"version":       version.Version,
 	}
 }
-
