@@ -146,11 +146,14 @@ func (s *Service) Remove(ctx context.Context, ref string) error {
 	}
 	_, err = s.store.DeleteImage(img.ID, true)
 	switch {
-	case errors.Is(err, storage.ErrImageUnknown):
-		err = nil // a concurrent removal won
+	case err == nil:
 	case errors.Is(err, storage.ErrImageUsedByContainer):
 		return fmt.Errorf("%w: image %s: %v", errdefs.ErrFailedPrecondition, ref, err)
-	case err != nil:
+	case !s.store.Exists(img.ID):
+		// A concurrent removal won the race (storage then reports "unknown" or
+		// "not an image"): the caller's wish is fulfilled.
+		return nil
+	default:
 		return fmt.Errorf("remove image %s: %w", ref, err)
 	}
 	s.mu.Lock()

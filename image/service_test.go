@@ -295,3 +295,28 @@ func TestAbandonedPullIsCancelled(t *testing.T) {
 		t.Fatal("download kept running after its only caller left")
 	}
 }
+
+func TestSimultaneousRemovesAllSucceed(t *testing.T) {
+	reg := newTestRegistry(t, false)
+	s := newTestService(t, reg)
+	reg.push(t, "", "app/gone:1")
+	res, err := s.Pull(context.Background(), reg.host+"/app/gone:1", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	errs := make([]error, 8)
+	for i := range errs {
+		wg.Add(1)
+		go func() { defer wg.Done(); errs[i] = s.Remove(context.Background(), res.ID) }()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("remover %d: %v", i, err)
+		}
+	}
+	if _, err := s.Status(context.Background(), res.ID); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Fatalf("image still there: %v", err)
+	}
+}
