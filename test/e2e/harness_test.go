@@ -1,0 +1,204 @@
+// Package e2e drives a real cocoond over its real socket with the CRI client,
+// against a real registry (Debian's docker-registry) holding the test images.
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+)
+
+const registryAddr = "127.0.0.1:5000"
+
+// env is one throw-away cocoond with its own state under dir.
+type env struct {
+	dir     string
+	bin     string
+	socket  string
+	cmd     *exec.Cmd
+	runtime runtimeapi.RuntimeServiceClient
+	images  runtimeapi.ImageServiceClient
+}
+
+var shared *env
+
+// skipReason says why this machine cannot run the end-to-end tests, or "".
+func skipReason(bin string) string {
+	if os.Getenv("COCOON_INTEGRATION") == "" {
+		return "COCOON_INTEGRATION is not set (make test-integration sets it)"
+	}
+	if os.Geteuid() != 0 {
+		return "needs root (cocoond mounts image layers)"
+	}
+	for _, b := range []string{filepath.Join(bin, "cocoond"), filepath.Join(bin, "cocoon-test-images"), "/usr/bin/docker-registry", "/bin/busybox"} {
+		if _, err := os.Stat(b); err != nil {
+			return fmt.Sprintf("%s missing (run make build and make deps)", b)
+		}
+	}
+	return ""
+}
+
+func TestMain(m *testing.M) {
+	bin := os.Getenv("COCOON_BIN")
+	if bin == "" {
+		bin, _ = filepath.Abs("../../bin")
+	}
+	if reason := skipReason(bin); reason != "" {
+		fmt.Println("e2e: SKIP:", reason)
+		os.Exit(m.Run()) // every test skips through requireEnv
+	}
+	dir, err := os.MkdirTemp("", "cocoon-e2e.")
+	if err != nil {
+		fmt.Println(err)
+		os.Exit(1)
+	}
+	code := 1
+	func() {
+		defer os.RemoveAll(dir)
+		if out, err := exec.Command(filepath.Join(bin, "cocoon-test-images"), "up", "--addr", registryAddr, "--dir", filepath.Join(dir, "registry")).CombinedOutput(); err != nil {
+			fmt.Printf("e2e: starting the test registry: %v\n%s", err, out)
+			return
+		}
+		defer exec.Command(filepath.Join(bin, "cocoon-test-images"), "down", "--dir", filepath.Join(dir, "registry")).Run()
+		e, err := startDaemon(bin, filepath.Join(dir, "daemon"))
+		if err != nil {
+			fmt.Println("e2e:", err)
+			return
+		}
+		shared = e
+		defer e.stop()
+		code = m.Run()
+	}()
+	os.Exit(code)
+}
+
+func requireEnv(t *testing.T) *env {
+	t.Helper()
+	if shared == nil {
+		t.Skip("skipping: end-to-end environment not available (see the SKIP line above)")
+	}
+	return shared
+}
+
+// writeConfig writes a cocoon.toml (and what it points at) for state under dir.
+func writeConfig(bin, dir string) (string, error) {
+	for _, d := range []string{"run", "lib", "cni"} {
+		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
+			return "", err
+		}
+	}
+	mirrors, err := exec.Command(filepath.Join(bin, "cocoon-test-images"), "registries-conf", "--addr", registryAddr).Output()
+	if err != nil {
+		return "", fmt.Errorf("registries-conf: %w", err)
+	}
+	conflist := `{"cniVersion":"1.0.0","name":"e2e","plugins":[{"type":"bridge","bridge":"cocoone2e0","ipam":{"type":"host-local","ranges":[[{"subnet":"10.99.0.0/24"}]]}},{"type":"loopback"}]}`
+	files := map[string]string{
+		"registries.conf":     string(mirrors),
+		"policy.json":         `{"default":[{"type":"insecureAcceptAnything"}]}`,
+		"cni/10-e2e.conflist": conflist,
+		"cocoon.toml": fmt.Sprintf(`[daemon]
+socket = "%[1]s/run/cocoon.sock"
+state_dir = "%[1]s/lib"
+runtime_dir = "%[1]s/run"
+log_level = "debug"
+log_format = "json"
+[image]
+graph_root = "%[1]s/lib/storage"
+run_root = "%[1]s/run/storage"
+registries_conf = "%[1]s/registries.conf"
+registries_conf_dir = ""
+signature_policy = "%[1]s/policy.json"
+[cni]
+conf_dir = "%[1]s/cni"
+`, dir),
+	}
+	for name, body := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644); err != nil {
+			return "", err
+		}
+	}
+	return filepath.Join(dir, "cocoon.toml"), nil
+}
+
+func startDaemon(bin, dir string) (*env, error) {
+	cfg, err := writeConfig(bin, dir)
+	if err != nil {
+		return nil, err
+	}
+	logFile, err := os.Create(filepath.Join(dir, "cocoond.log"))
+	if err != nil {
+		return nil, err
+	}
+	e := &env{dir: dir, bin: bin, socket: filepath.Join(dir, "run", "cocoon.sock")}
+	e.cmd = exec.Command(filepath.Join(bin, "cocoond"), "--config", cfg)
+	e.cmd.Stdout, e.cmd.Stderr = logFile, logFile
+	if err := e.cmd.Start(); err != nil {
+		return nil, err
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if _, err := os.Stat(e.socket); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			e.stop()
+			log, _ := os.ReadFile(logFile.Name())
+			return nil, fmt.Errorf("cocoond did not create its socket:\n%s", log)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	conn, err := grpc.NewClient("unix://"+e.socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		e.stop()
+		return nil, err
+	}
+	e.runtime = runtimeapi.NewRuntimeServiceClient(conn)
+	e.images = runtimeapi.NewImageServiceClient(conn)
+	return e, nil
+}
+
+// stop sends SIGTERM and waits; it reports whether the daemon exited cleanly.
+func (e *env) stop() error {
+	if e.cmd.Process == nil {
+		return nil
+	}
+	_ = e.cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan error, 1)
+	go func() { done <- e.cmd.Wait() }()
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(15 * time.Second):
+		_ = e.cmd.Process.Kill()
+		return fmt.Errorf("cocoond ignored SIGTERM for 15s")
+	}
+}
+
+func ctxT(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// mountsUnder lists mount points below dir.
+func mountsUnder(dir string) []string {
+	data, _ := os.ReadFile("/proc/self/mountinfo")
+	var out []string
+	for _, line := range strings.Split(string(data), "\n") {
+		fields := strings.Fields(line)
+		if len(fields) > 4 && strings.HasPrefix(fields[4], dir) {
+			out = append(out, fields[4])
+		}
+	}
+	return out
+}
