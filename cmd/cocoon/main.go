@@ -11,6 +11,7 @@ import (
 const usage = `Usage: cocoon <command>
 
 Commands:
+  guest      build the guest kernel and initramfs (cocoon guest build --help)
   version    print the version of this CLI
 `
 
@@ -20,6 +21,8 @@ func main() {
 		os.Exit(2)
 	}
 	switch os.Args[1] {
+	case "guest":
+		os.Exit(runGuest(os.Args[2:], os.Stdout, os.Stderr))
 	case "version", "--version":
 		fmt.Printf("cocoon %s (revision %s)\n", version.Version, version.Revision)
 	case "help", "-h", "--help":
