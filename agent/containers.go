@@ -1,0 +1,341 @@
+package agent
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	// Registers the cgroup v2 device controller (an eBPF program) with libcontainer.
+	_ "github.com/opencontainers/cgroups/devices"
+	"github.com/opencontainers/runc/libcontainer"
+	"github.com/opencontainers/runc/libcontainer/specconv"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	agentapi "github.com/cocoon-runtime/cocoon/api/agent"
+)
+
+// containerStateDir is libcontainer's state root in the guest.
+const containerStateDir = "/run/cocoon/containers"
+
+type container struct {
+	id   string
+	lc   *libcontainer.Container
+	spec *specs.Spec
+	init *process
+
+	mu    sync.Mutex
+	execs map[string]*process
+}
+
+// engine owns the guest's containers.
+type engine struct {
+	mu         sync.Mutex
+	containers map[string]*container
+	oom        *oomBroker
+}
+
+func newEngine() *engine {
+	return &engine{containers: map[string]*container{}, oom: newOOMBroker()}
+}
+
+func notFound(kind, id string) error {
+	return status.Errorf(codes.NotFound, "%s %q not found", kind, id)
+}
+
+func (e *engine) get(id string) (*container, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	c, ok := e.containers[id]
+	if !ok {
+		return nil, notFound("container", id)
+	}
+	return c, nil
+}
+
+// create builds the container from its OCI spec and starts its init up to the
+// point of exec: it exists (namespaces, cgroup, mounts) but runs nothing yet.
+func (e *engine) create(req *agentapi.CreateContainerRequest) (err error) {
+	id := req.GetContainerId()
+	if id == "" || strings.ContainsAny(id, "/\x00") {
+		return status.Errorf(codes.InvalidArgument, "bad container id %q", id)
+	}
+	var spec specs.Spec
+	if err := json.Unmarshal(req.GetOciSpec(), &spec); err != nil {
+		return status.Errorf(codes.InvalidArgument, "oci spec: %v", err)
+	}
+	if spec.Process == nil || spec.Root == nil {
+		return status.Error(codes.InvalidArgument, "oci spec needs process and root")
+	}
+	e.mu.Lock()
+	if _, exists := e.containers[id]; exists {
+		e.mu.Unlock()
+		return status.Errorf(codes.AlreadyExists, "container %q exists", id)
+	}
+	e.containers[id] = nil // reserve the id while we build it
+	e.mu.Unlock()
+	defer func() {
+		if err != nil {
+			e.mu.Lock()
+			delete(e.containers, id)
+			e.mu.Unlock()
+		}
+	}()
+
+	// The guest root is the initramfs, where pivot_root cannot work; the VM
+	// boundary is the isolation, and containers still get their own mount ns.
+	cfg, err := specconv.CreateLibcontainerConfig(&specconv.CreateOpts{
+		CgroupName:  id,
+		NoPivotRoot: true,
+		Spec:        &spec,
+	})
+	if err != nil {
+		return status.Errorf(codes.InvalidArgument, "oci spec: %v", err)
+	}
+	lc, err := libcontainer.Create(containerStateDir, id, cfg)
+	if err != nil {
+		return status.Errorf(codes.Internal, "create container: %v", err)
+	}
+	c := &container{id: id, lc: lc, spec: &spec, execs: map[string]*process{}}
+	p, err := newProcess(libcontainerProcess(spec.Process, true), req.GetTty(), req.GetStdin())
+	if err != nil {
+		_ = lc.Destroy()
+		return status.Errorf(codes.Internal, "stdio: %v", err)
+	}
+	p.oomCheck = c.oomKilled
+	if err := lc.Start(p.lp); err != nil {
+		p.closeAll()
+		_ = lc.Destroy()
+		return status.Errorf(codes.Internal, "start container init: %v", err)
+	}
+	if err := p.started(); err != nil {
+		_ = lc.Signal(unix.SIGKILL)
+		_ = lc.Destroy()
+		return status.Errorf(codes.Internal, "%v", err)
+	}
+	c.init = p
+	go p.watch()
+	e.oom.watch(c)
+	e.mu.Lock()
+	e.containers[id] = c
+	e.mu.Unlock()
+	return nil
+}
+
+func (e *engine) start(id string) error {
+	c, err := e.get(id)
+	if err != nil {
+		return err
+	}
+	if st, _ := c.lc.Status(); st != libcontainer.Created {
+		return status.Errorf(codes.FailedPrecondition, "container %q is %s, not created", id, st)
+	}
+	if err := c.lc.Exec(); err != nil {
+		return status.Errorf(codes.Internal, "start container: %v", err)
+	}
+	return nil
+}
+
+// remove destroys the container; a running one only with force (killed first).
+func (e *engine) remove(id string, force bool) error {
+	c, err := e.get(id)
+	if status.Code(err) == codes.NotFound {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if !c.init.exited() {
+		if !force {
+			return status.Errorf(codes.FailedPrecondition, "container %q is running", id)
+		}
+		c.killAll(unix.SIGKILL)
+		select {
+		case <-c.init.done:
+		case <-time.After(10 * time.Second):
+			return status.Errorf(codes.DeadlineExceeded, "container %q did not die", id)
+		}
+	}
+	if err := c.lc.Destroy(); err != nil {
+		return status.Errorf(codes.Internal, "destroy container: %v", err)
+	}
+	c.mu.Lock()
+	for _, p := range c.execs {
+		p.closeAll()
+	}
+	c.mu.Unlock()
+	c.init.closeAll()
+	e.mu.Lock()
+	delete(e.containers, id)
+	e.mu.Unlock()
+	return nil
+}
+
+// killAll signals every process in the container's cgroup.
+func (c *container) killAll(sig unix.Signal) {
+	pids, err := c.lc.Processes()
+	if err != nil || len(pids) == 0 {
+		_ = c.lc.Signal(sig)
+		return
+	}
+	for _, pid := range pids {
+		_ = unix.Kill(pid, sig)
+	}
+}
+
+// cgroupDir is the container's cgroup v2 directory.
+func (c *container) cgroupDir() string {
+	st, err := c.lc.State()
+	if err != nil {
+		return ""
+	}
+	if p, ok := st.CgroupPaths[""]; ok {
+		return p
+	}
+	for _, p := range st.CgroupPaths {
+		return p
+	}
+	return ""
+}
+
+// oomKilled reads the cgroup's oom_kill counter.
+func (c *container) oomKilled() bool {
+	return readMemoryEvent(filepath.Join(c.cgroupDir(), "memory.events"), "oom_kill") > 0
+}
+
+func readMemoryEvent(path, key string) uint64 {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if k, v, ok := strings.Cut(line, " "); ok && k == key {
+			n, _ := strconv.ParseUint(v, 10, 64)
+			return n
+		}
+	}
+	return 0
+}
+
+// process finds the init ("" exec id) or an exec process.
+func (c *container) process(execID string) (*process, error) {
+	if execID == "" {
+		return c.init, nil
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	p, ok := c.execs[execID]
+	if !ok {
+		return nil, notFound("exec", c.id+"/"+execID)
+	}
+	return p, nil
+}
+
+func (e *engine) exec(req *agentapi.ExecProcessRequest) error {
+	c, err := e.get(req.GetContainerId())
+	if err != nil {
+		return err
+	}
+	if req.GetExecId() == "" {
+		return status.Error(codes.InvalidArgument, "exec id is empty")
+	}
+	var sp specs.Process
+	if err := json.Unmarshal(req.GetProcess(), &sp); err != nil {
+		return status.Errorf(codes.InvalidArgument, "process: %v", err)
+	}
+	if c.init.exited() {
+		return status.Errorf(codes.FailedPrecondition, "container %q is not running", c.id)
+	}
+	c.mu.Lock()
+	if _, dup := c.execs[req.GetExecId()]; dup {
+		c.mu.Unlock()
+		return status.Errorf(codes.AlreadyExists, "exec %q exists", req.GetExecId())
+	}
+	p, err := newProcess(libcontainerProcess(&sp, false), req.GetTty(), req.GetStdin())
+	if err != nil {
+		c.mu.Unlock()
+		return status.Errorf(codes.Internal, "stdio: %v", err)
+	}
+	c.execs[req.GetExecId()] = p
+	c.mu.Unlock()
+	if err := c.lc.Run(p.lp); err != nil {
+		p.closeAll()
+		c.mu.Lock()
+		delete(c.execs, req.GetExecId())
+		c.mu.Unlock()
+		return status.Errorf(codes.Internal, "exec: %v", err)
+	}
+	if err := p.started(); err != nil {
+		_ = p.lp.Signal(unix.SIGKILL)
+		return status.Errorf(codes.Internal, "%v", err)
+	}
+	go p.watch()
+	return nil
+}
+
+// forgetExec drops an exec once its exit has been reported; readers that are
+// still draining its output keep their files open until EOF.
+func (c *container) forgetExec(execID string) {
+	c.mu.Lock()
+	p, ok := c.execs[execID]
+	delete(c.execs, execID)
+	c.mu.Unlock()
+	if !ok {
+		return
+	}
+	for i, f := range []*os.File{p.stdout, p.stderr} {
+		if f != nil && !p.claimed[i].Load() {
+			f.Close()
+		}
+	}
+	if p.stdin != nil && p.tty == nil {
+		p.stdin.Close()
+	}
+}
+
+func (e *engine) update(req *agentapi.UpdateContainerRequest) error {
+	c, err := e.get(req.GetContainerId())
+	if err != nil {
+		return err
+	}
+	var res specs.LinuxResources
+	if err := json.Unmarshal(req.GetResources(), &res); err != nil {
+		return status.Errorf(codes.InvalidArgument, "resources: %v", err)
+	}
+	spec := *c.spec
+	linux := *spec.Linux
+	linux.Resources = &res
+	spec.Linux = &linux
+	cg, err := specconv.CreateCgroupConfig(&specconv.CreateOpts{CgroupName: c.id, Spec: &spec}, nil)
+	if err != nil {
+		return status.Errorf(codes.InvalidArgument, "resources: %v", err)
+	}
+	cfg := c.lc.Config()
+	cfg.Cgroups.Resources = cg.Resources
+	if err := c.lc.Set(cfg); err != nil {
+		return status.Errorf(codes.Internal, "update cgroup: %v", err)
+	}
+	c.spec = &spec
+	return nil
+}
+
+func errorf(code codes.Code, err error) error {
+	if err == nil {
+		return nil
+	}
+	if _, ok := status.FromError(err); ok {
+		return err
+	}
+	if errors.Is(err, os.ErrNotExist) {
+		code = codes.NotFound
+	}
+	return status.Error(code, fmt.Sprint(err))
+}

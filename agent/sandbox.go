@@ -1,0 +1,108 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/emptypb"
+
+	"github.com/cocoon-runtime/cocoon/agent/netconf"
+	agentapi "github.com/cocoon-runtime/cocoon/api/agent"
+)
+
+// CreateSandbox sets up the guest for the pod: hostname, DNS, hosts, sysctls and the shares.
+func (s *Server) CreateSandbox(_ context.Context, req *agentapi.CreateSandboxRequest) (*emptypb.Empty, error) {
+	if err := netconf.BringUpLoopback(); err != nil {
+		return nil, status.Errorf(codes.Internal, "loopback: %v", err)
+	}
+	if h := req.GetHostname(); h != "" {
+		if err := unix.Sethostname([]byte(h)); err != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "hostname %q: %v", h, err)
+		}
+		if err := os.WriteFile("/etc/hostname", []byte(h+"\n"), 0o644); err != nil {
+			return nil, errorf(codes.Internal, err)
+		}
+	}
+	for name, body := range map[string]string{"/etc/resolv.conf": req.GetResolvConf(), "/etc/hosts": req.GetHosts()} {
+		if body == "" {
+			continue
+		}
+		if err := os.WriteFile(name, []byte(body), 0o644); err != nil {
+			return nil, errorf(codes.Internal, err)
+		}
+	}
+	for key, value := range req.GetSysctls() {
+		if err := writeSysctl(key, value); err != nil {
+			return nil, err
+		}
+	}
+	for _, sh := range req.GetShares() {
+		if err := mountShare(sh); err != nil {
+			return nil, err
+		}
+	}
+	return empty, nil
+}
+
+// writeSysctl sets one sysctl; keys are dotted ("net.ipv4.ip_forward").
+func writeSysctl(key, value string) error {
+	if key == "" || strings.Contains(key, "..") || strings.ContainsAny(key, "/\x00") {
+		return status.Errorf(codes.InvalidArgument, "bad sysctl %q", key)
+	}
+	path := filepath.Join("/proc/sys", strings.ReplaceAll(key, ".", "/"))
+	if err := os.WriteFile(path, []byte(value), 0); err != nil {
+		return status.Errorf(codes.InvalidArgument, "sysctl %s=%s: %v", key, value, err)
+	}
+	return nil
+}
+
+func mountShare(sh *agentapi.Share) error {
+	mp := sh.GetMountPoint()
+	if !filepath.IsAbs(mp) || sh.GetTag() == "" {
+		return status.Errorf(codes.InvalidArgument, "share %q at %q: need a tag and an absolute mount point", sh.GetTag(), mp)
+	}
+	if err := os.MkdirAll(mp, 0o755); err != nil {
+		return errorf(codes.Internal, err)
+	}
+	fstype, data := "virtiofs", ""
+	if sh.GetKind() == agentapi.Share_NINEP {
+		fstype, data = "9p", "trans=virtio,version=9p2000.L,cache=mmap,msize=262144"
+	}
+	if err := unix.Mount(sh.GetTag(), mp, fstype, 0, data); err != nil {
+		return status.Errorf(codes.Internal, "mount %s share %q on %s: %v", fstype, sh.GetTag(), mp, err)
+	}
+	return nil
+}
+
+// DestroySandbox kills every container and powers the VM off once the reply is out.
+func (s *Server) DestroySandbox(context.Context, *agentapi.DestroySandboxRequest) (*emptypb.Empty, error) {
+	s.engine.mu.Lock()
+	ids := make([]string, 0, len(s.engine.containers))
+	for id, c := range s.engine.containers {
+		if c != nil {
+			ids = append(ids, id)
+		}
+	}
+	s.engine.mu.Unlock()
+	var failed []string
+	for _, id := range ids {
+		if err := s.engine.remove(id, true); err != nil {
+			failed = append(failed, fmt.Sprintf("%s: %v", id, err))
+		}
+	}
+	go func() {
+		time.Sleep(100 * time.Millisecond)
+		s.powerOff()
+	}()
+	if len(failed) > 0 {
+		return nil, status.Errorf(codes.Internal, "removing containers: %s", strings.Join(failed, "; "))
+	}
+	return empty, nil
+}

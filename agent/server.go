@@ -1,0 +1,314 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/containerd/console"
+	"github.com/containerd/ttrpc"
+	"github.com/sirupsen/logrus"
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/emptypb"
+
+	"github.com/cocoon-runtime/cocoon/agent/netconf"
+	agentapi "github.com/cocoon-runtime/cocoon/api/agent"
+	"github.com/cocoon-runtime/cocoon/errdefs"
+	"github.com/cocoon-runtime/cocoon/version"
+)
+
+// ProtocolVersion changes when the agent protocol changes incompatibly.
+const ProtocolVersion = 1
+
+var empty = &emptypb.Empty{}
+
+// Server implements the Agent and Health services.
+type Server struct {
+	engine *engine
+	// powerOff ends the VM; PID 1 does it when signalled.
+	powerOff func()
+}
+
+// NewServer returns a server whose DestroySandbox calls powerOff.
+func NewServer(powerOff func()) *Server {
+	return &Server{engine: newEngine(), powerOff: powerOff}
+}
+
+// Serve runs the agent protocol on the guest channel until ctx ends.
+func Serve(ctx context.Context) error {
+	if lvl, err := logrus.ParseLevel(os.Getenv("COCOON_LOG_LEVEL")); err == nil {
+		logrus.SetLevel(lvl)
+	}
+	l, err := Listen(30 * time.Second)
+	if err != nil {
+		return err
+	}
+	logrus.WithField("addr", l.Addr().String()).Info("agent serving")
+	return ServeOn(ctx, l, NewServer(func() { _ = unix.Kill(1, unix.SIGTERM) }))
+}
+
+// ServeOn serves s on l (tests use a unix socket).
+func ServeOn(ctx context.Context, l net.Listener, s *Server) error {
+	ts, err := ttrpc.NewServer()
+	if err != nil {
+		return err
+	}
+	agentapi.RegisterAgentService(ts, s)
+	agentapi.RegisterHealthService(ts, s)
+	go func() { <-ctx.Done(); ts.Close() }()
+	err = ts.Serve(ctx, l)
+	if errors.Is(err, ttrpc.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+func (s *Server) Check(context.Context, *agentapi.CheckRequest) (*agentapi.CheckResponse, error) {
+	return &agentapi.CheckResponse{Status: agentapi.CheckResponse_SERVING}, nil
+}
+
+func (s *Server) Version(context.Context, *agentapi.CheckRequest) (*agentapi.VersionResponse, error) {
+	return &agentapi.VersionResponse{AgentVersion: version.Version, KernelRelease: kernelRelease(), ProtocolVersion: ProtocolVersion}, nil
+}
+
+func kernelRelease() string {
+	var u unix.Utsname
+	if unix.Uname(&u) != nil {
+		return ""
+	}
+	return unix.ByteSliceToString(u.Release[:])
+}
+
+func (s *Server) GetGuestDetails(context.Context, *emptypb.Empty) (*agentapi.GuestDetails, error) {
+	d := &agentapi.GuestDetails{KernelRelease: kernelRelease(), AgentVersion: version.Version, OnlineCpus: uint32(runtime.NumCPU())}
+	var si unix.Sysinfo_t
+	if unix.Sysinfo(&si) == nil {
+		d.MemoryBytes = uint64(si.Totalram) * uint64(si.Unit)
+	}
+	d.AgentRssBytes = selfRSS()
+	return d, nil
+}
+
+// selfRSS reads VmRSS of the agent server process.
+func selfRSS() uint64 {
+	data, _ := os.ReadFile("/proc/self/status")
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, _ := strconv.ParseUint(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			return kb * 1024
+		}
+	}
+	return 0
+}
+
+func (s *Server) CreateContainer(_ context.Context, req *agentapi.CreateContainerRequest) (*emptypb.Empty, error) {
+	return empty, s.engine.create(req)
+}
+
+func (s *Server) StartContainer(_ context.Context, req *agentapi.ContainerRequest) (*emptypb.Empty, error) {
+	return empty, s.engine.start(req.GetContainerId())
+}
+
+func (s *Server) RemoveContainer(_ context.Context, req *agentapi.RemoveContainerRequest) (*emptypb.Empty, error) {
+	return empty, s.engine.remove(req.GetContainerId(), req.GetForce())
+}
+
+func (s *Server) UpdateContainer(_ context.Context, req *agentapi.UpdateContainerRequest) (*emptypb.Empty, error) {
+	return empty, s.engine.update(req)
+}
+
+func (s *Server) StatsContainer(_ context.Context, req *agentapi.ContainerRequest) (*agentapi.ContainerStats, error) {
+	return s.engine.stats(req.GetContainerId())
+}
+
+func (s *Server) PauseContainer(_ context.Context, req *agentapi.ContainerRequest) (*emptypb.Empty, error) {
+	c, err := s.engine.get(req.GetContainerId())
+	if err != nil {
+		return nil, err
+	}
+	return empty, errorf(codes.Internal, c.lc.Pause())
+}
+
+func (s *Server) ResumeContainer(_ context.Context, req *agentapi.ContainerRequest) (*emptypb.Empty, error) {
+	c, err := s.engine.get(req.GetContainerId())
+	if err != nil {
+		return nil, err
+	}
+	return empty, errorf(codes.Internal, c.lc.Resume())
+}
+
+func (s *Server) ExecProcess(_ context.Context, req *agentapi.ExecProcessRequest) (*emptypb.Empty, error) {
+	return empty, s.engine.exec(req)
+}
+
+func (s *Server) lookup(containerID, execID string) (*container, *process, error) {
+	c, err := s.engine.get(containerID)
+	if err != nil {
+		return nil, nil, err
+	}
+	p, err := c.process(execID)
+	return c, p, err
+}
+
+func (s *Server) SignalProcess(_ context.Context, req *agentapi.SignalProcessRequest) (*emptypb.Empty, error) {
+	c, p, err := s.lookup(req.GetContainerId(), req.GetExecId())
+	if err != nil {
+		return nil, err
+	}
+	sig := unix.Signal(req.GetSignal())
+	switch {
+	case p.exited():
+		return empty, nil // signalling the dead is a no-op, as kill(2) on a reaped pid would be
+	case req.GetAll() && req.GetExecId() == "":
+		c.killAll(sig)
+		return empty, nil
+	default:
+		return empty, errorf(codes.Internal, p.lp.Signal(sig))
+	}
+}
+
+func (s *Server) WaitProcess(ctx context.Context, req *agentapi.ProcessRequest) (*agentapi.WaitProcessResponse, error) {
+	c, p, err := s.lookup(req.GetContainerId(), req.GetExecId())
+	if err != nil {
+		return nil, err
+	}
+	select {
+	case <-p.done:
+	case <-ctx.Done():
+		return nil, status.FromContextError(ctx.Err()).Err()
+	}
+	if req.GetExecId() != "" {
+		c.forgetExec(req.GetExecId())
+	}
+	return &agentapi.WaitProcessResponse{ExitCode: p.exitCode, Reason: p.reason, ExitedAtNs: p.exitedAt.UnixNano()}, nil
+}
+
+// ReadOutput streams one output of a process until EOF. Reads poll ctx so a
+// stream whose host end went away stops consuming output a new reader needs.
+func (s *Server) ReadOutput(ctx context.Context, req *agentapi.ReadOutputRequest, stream agentapi.Agent_ReadOutputServer) error {
+	_, p, err := s.lookup(req.GetContainerId(), req.GetExecId())
+	if err != nil {
+		return err
+	}
+	which := int(req.GetStream())
+	f := p.stdout
+	if req.GetStream() == agentapi.ReadOutputRequest_STDERR {
+		f = p.stderr
+	}
+	if f == nil {
+		return nil // a terminal has no separate stderr
+	}
+	if !p.claimed[which].CompareAndSwap(false, true) {
+		return status.Errorf(codes.FailedPrecondition, "%s of %s/%s already has a reader", req.GetStream(), req.GetContainerId(), req.GetExecId())
+	}
+	defer p.claimed[which].Store(false)
+	buf := make([]byte, 32<<10)
+	for {
+		_ = f.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+		n, err := f.Read(buf)
+		if n > 0 {
+			if serr := stream.Send(&agentapi.OutputChunk{Data: append([]byte(nil), buf[:n]...)}); serr != nil {
+				return serr
+			}
+		}
+		switch {
+		case err == nil:
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			if ctx.Err() != nil {
+				return status.FromContextError(ctx.Err()).Err()
+			}
+		case errors.Is(err, io.EOF), errors.Is(err, unix.EIO): // EIO: the terminal's last process left
+			return nil
+		default:
+			return status.Errorf(codes.Internal, "read %s: %v", req.GetStream(), err)
+		}
+	}
+}
+
+func (s *Server) WriteStdin(_ context.Context, req *agentapi.WriteStdinRequest) (*agentapi.WriteStdinResponse, error) {
+	_, p, err := s.lookup(req.GetContainerId(), req.GetExecId())
+	if err != nil {
+		return nil, err
+	}
+	n, err := p.writeStdin(req.GetData())
+	if err != nil {
+		return nil, status.Errorf(codes.FailedPrecondition, "stdin: %v", err)
+	}
+	return &agentapi.WriteStdinResponse{Written: uint32(n)}, nil
+}
+
+func (s *Server) CloseStdin(_ context.Context, req *agentapi.ProcessRequest) (*emptypb.Empty, error) {
+	_, p, err := s.lookup(req.GetContainerId(), req.GetExecId())
+	if err != nil {
+		return nil, err
+	}
+	return empty, errorf(codes.Internal, p.closeStdin())
+}
+
+func (s *Server) ResizeTty(_ context.Context, req *agentapi.ResizeTtyRequest) (*emptypb.Empty, error) {
+	_, p, err := s.lookup(req.GetContainerId(), req.GetExecId())
+	if err != nil {
+		return nil, err
+	}
+	if p.tty == nil {
+		return nil, status.Error(codes.FailedPrecondition, "process has no terminal")
+	}
+	return empty, errorf(codes.Internal, p.tty.Resize(console.WinSize{Height: uint16(req.GetRows()), Width: uint16(req.GetColumns())}))
+}
+
+func (s *Server) OOMEvents(ctx context.Context, _ *emptypb.Empty, stream agentapi.Agent_OOMEventsServer) error {
+	events, cancel := s.engine.oom.subscribe()
+	defer cancel()
+	for {
+		select {
+		case ev := <-events:
+			if err := stream.Send(ev); err != nil {
+				return err
+			}
+		case <-ctx.Done():
+			return nil
+		}
+	}
+}
+
+func (s *Server) UpdateInterface(_ context.Context, req *agentapi.Interface) (*agentapi.Interface, error) {
+	iface, err := netconf.UpdateInterface(req)
+	return iface, netError(err)
+}
+
+func (s *Server) UpdateRoutes(_ context.Context, req *agentapi.Routes) (*agentapi.Routes, error) {
+	routes, err := netconf.UpdateRoutes(req)
+	return routes, netError(err)
+}
+
+func (s *Server) AddNeighbors(_ context.Context, req *agentapi.Neighbors) (*emptypb.Empty, error) {
+	return empty, netError(netconf.AddNeighbors(req))
+}
+
+func (s *Server) ListInterfaces(context.Context, *emptypb.Empty) (*agentapi.Interfaces, error) {
+	ifaces, err := netconf.ListInterfaces()
+	return ifaces, netError(err)
+}
+
+func (s *Server) ListRoutes(context.Context, *emptypb.Empty) (*agentapi.Routes, error) {
+	routes, err := netconf.ListRoutes()
+	return routes, netError(err)
+}
+
+func netError(err error) error {
+	switch {
+	case errors.Is(err, netconf.ErrNoSuchInterface):
+		return status.Error(codes.NotFound, err.Error())
+	case errors.Is(err, errdefs.ErrInvalidArgument):
+		return status.Error(codes.InvalidArgument, err.Error())
+	}
+	return errorf(codes.Internal, err)
+}

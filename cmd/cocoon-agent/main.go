@@ -1,0 +1,44 @@
+// Command cocoon-agent is PID 1 of every Cocoon pod VM (see package agent).
+// It is a static binary; libcontainer's nsenter (cgo) runs before Go starts
+// whenever it is re-executed as "init" to become a container process.
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+
+	"github.com/opencontainers/runc/libcontainer"
+	_ "github.com/opencontainers/runc/libcontainer/nsenter"
+	"github.com/sirupsen/logrus"
+	"golang.org/x/sys/unix"
+
+	"github.com/cocoon-runtime/cocoon/agent"
+	"github.com/cocoon-runtime/cocoon/version"
+)
+
+func init() {
+	if len(os.Args) > 1 && os.Args[1] == "init" {
+		libcontainer.Init() // becomes the container process; never returns
+	}
+}
+
+func main() {
+	switch {
+	case os.Getpid() == 1:
+		agent.RunPID1()
+	case len(os.Args) > 1 && os.Args[1] == "serve":
+		ctx, stop := signal.NotifyContext(context.Background(), unix.SIGTERM, unix.SIGINT)
+		defer stop()
+		if err := agent.Serve(ctx); err != nil {
+			logrus.WithError(err).Error("agent server failed")
+			os.Exit(1)
+		}
+	case len(os.Args) > 1 && (os.Args[1] == "--version" || os.Args[1] == "version"):
+		fmt.Printf("cocoon-agent %s (revision %s)\n", version.Version, version.Revision)
+	default:
+		fmt.Fprintln(os.Stderr, "cocoon-agent runs as PID 1 of a Cocoon VM; see `cocoon guest build`")
+		os.Exit(2)
+	}
+}
