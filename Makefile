@@ -89,9 +89,11 @@ test-integration:
 test-critest:
 	BIN=$(BIN) test/critest/run.sh --focus 'Image Manager|Runtime info|Image Consistency' --skip 'public image with digest'
 
-## bench: image pull through cocoond against skopeo, as a ratio
+## bench: image pull through cocoond against skopeo, guest boot against bare kernel boot, as ratios
 bench: deps build tools
 	BIN=$(BIN) test/bench/pull.sh
+	$(MAKE) guest GUEST_DIR=$(TEST_GUEST)
+	CGO_ENABLED=1 COCOON_INTEGRATION=1 COCOON_GUEST_DIR=$(TEST_GUEST) $(GO) test -run XXX -bench GuestBoot -benchtime $${BOOTS:-5}x ./test/e2e/
 
 ## generate: regenerate committed generated code (protoc from Debian, plugins pinned in go.mod)
 generate:

@@ -41,7 +41,7 @@ type guestVM struct {
 	healthy time.Duration // from QEMU start to the first SERVING answer
 }
 
-func guestDir(t *testing.T) string {
+func guestDir(t testing.TB) string {
 	t.Helper()
 	if os.Getenv("COCOON_INTEGRATION") == "" || os.Geteuid() != 0 {
 		t.Skip("skipping: needs root and COCOON_INTEGRATION (make test-integration)")
@@ -60,7 +60,7 @@ func guestDir(t *testing.T) string {
 }
 
 // bootGuest starts QEMU with the share dir on virtio-fs and waits for the agent's health check.
-func bootGuest(t *testing.T, share string) *guestVM {
+func bootGuest(t testing.TB, share string) *guestVM {
 	gdir := guestDir(t)
 	m, err := guest.Locate(gdir)
 	if err != nil {
@@ -128,7 +128,7 @@ func bootGuest(t *testing.T, share string) *guestVM {
 }
 
 // connect dials the agent's serial port and waits for a SERVING health check.
-func (vm *guestVM) connect(t *testing.T, wait time.Duration) {
+func (vm *guestVM) connect(t testing.TB, wait time.Duration) {
 	t.Helper()
 	var conn net.Conn
 	var err error
@@ -163,7 +163,7 @@ func (vm *guestVM) connect(t *testing.T, wait time.Duration) {
 }
 
 // busyboxRootfs writes a rootfs with Debian's static busybox and its applets.
-func busyboxRootfs(t *testing.T, dir string) {
+func busyboxRootfs(t testing.TB, dir string) {
 	t.Helper()
 	for _, d := range []string{"bin", "proc", "sys", "dev", "tmp", "etc", "root"} {
 		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {

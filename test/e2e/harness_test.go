@@ -7,8 +7,10 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -30,7 +32,37 @@ type env struct {
 	images  runtimeapi.ImageServiceClient
 }
 
-var shared *env
+var (
+	sharedOnce sync.Once
+	shared     *env
+	sharedErr  error
+
+	teardownMu sync.Mutex
+	teardowns  []func() // run in reverse at exit, on SIGTERM/SIGINT too
+)
+
+func onTeardown(f func()) {
+	teardownMu.Lock()
+	defer teardownMu.Unlock()
+	teardowns = append(teardowns, f)
+}
+
+func runTeardowns() {
+	teardownMu.Lock()
+	defer teardownMu.Unlock()
+	for i := len(teardowns) - 1; i >= 0; i-- {
+		teardowns[i]()
+	}
+	teardowns = nil
+}
+
+func binDir() string {
+	if bin := os.Getenv("COCOON_BIN"); bin != "" {
+		return bin
+	}
+	bin, _ := filepath.Abs("../../bin")
+	return bin
+}
 
 // skipReason says why this machine cannot run the end-to-end tests, or "".
 func skipReason(bin string) string {
@@ -49,45 +81,53 @@ func skipReason(bin string) string {
 }
 
 func TestMain(m *testing.M) {
-	bin := os.Getenv("COCOON_BIN")
-	if bin == "" {
-		bin, _ = filepath.Abs("../../bin")
-	}
-	if reason := skipReason(bin); reason != "" {
+	if reason := skipReason(binDir()); reason != "" {
 		fmt.Println("e2e: SKIP:", reason)
-		os.Exit(m.Run()) // every test skips through requireEnv
 	}
-	dir, err := os.MkdirTemp("", "cocoon-e2e.")
-	if err != nil {
-		fmt.Println(err)
-		os.Exit(1)
-	}
-	code := 1
-	func() {
-		defer os.RemoveAll(dir)
-		if out, err := exec.Command(filepath.Join(bin, "cocoon-test-images"), "up", "--addr", registryAddr, "--dir", filepath.Join(dir, "registry")).CombinedOutput(); err != nil {
-			fmt.Printf("e2e: starting the test registry: %v\n%s", err, out)
-			return
-		}
-		defer exec.Command(filepath.Join(bin, "cocoon-test-images"), "down", "--dir", filepath.Join(dir, "registry")).Run()
-		e, err := startDaemon(bin, filepath.Join(dir, "daemon"))
-		if err != nil {
-			fmt.Println("e2e:", err)
-			return
-		}
-		shared = e
-		defer e.stop()
-		code = m.Run()
+	// A killed test binary must not leave the registry or a daemon behind.
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	go func() {
+		<-sigs
+		runTeardowns()
+		os.Exit(2)
 	}()
+	code := m.Run()
+	runTeardowns()
 	os.Exit(code)
 }
 
+// requireEnv returns the shared registry + cocoond, starting them on first use.
 func requireEnv(t *testing.T) *env {
 	t.Helper()
-	if shared == nil {
-		t.Skip("skipping: end-to-end environment not available (see the SKIP line above)")
+	bin := binDir()
+	if reason := skipReason(bin); reason != "" {
+		t.Skip("skipping: " + reason)
+	}
+	sharedOnce.Do(func() { shared, sharedErr = startShared(bin) })
+	if sharedErr != nil {
+		t.Fatal(sharedErr)
 	}
 	return shared
+}
+
+func startShared(bin string) (*env, error) {
+	dir, err := os.MkdirTemp("", "cocoon-e2e.")
+	if err != nil {
+		return nil, err
+	}
+	onTeardown(func() { os.RemoveAll(dir) })
+	registryDir := filepath.Join(dir, "registry")
+	if out, err := exec.Command(filepath.Join(bin, "cocoon-test-images"), "up", "--addr", registryAddr, "--dir", registryDir).CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("starting the test registry: %v\n%s", err, out)
+	}
+	onTeardown(func() { _ = exec.Command(filepath.Join(bin, "cocoon-test-images"), "down", "--dir", registryDir).Run() })
+	e, err := startDaemon(bin, filepath.Join(dir, "daemon"))
+	if err != nil {
+		return nil, err
+	}
+	onTeardown(func() { _ = e.stop() })
+	return e, nil
 }
 
 // writeConfig writes a cocoon.toml (and what it points at) for state under dir.
@@ -142,6 +182,8 @@ func startDaemon(bin, dir string) (*env, error) {
 	e := &env{dir: dir, bin: bin, socket: filepath.Join(dir, "run", "cocoon.sock")}
 	e.cmd = exec.Command(filepath.Join(bin, "cocoond"), "--config", cfg)
 	e.cmd.Stdout, e.cmd.Stderr = logFile, logFile
+	// If the test binary dies without tearing down, the daemon goes with it.
+	e.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := e.cmd.Start(); err != nil {
 		return nil, err
 	}
