@@ -6,7 +6,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"runtime"
 	"strconv"
 	"strings"
 	"time"
@@ -88,7 +87,7 @@ func kernelRelease() string {
 }
 
 func (s *Server) GetGuestDetails(context.Context, *emptypb.Empty) (*agentapi.GuestDetails, error) {
-	d := &agentapi.GuestDetails{KernelRelease: kernelRelease(), AgentVersion: version.Version, OnlineCpus: uint32(runtime.NumCPU())}
+	d := &agentapi.GuestDetails{KernelRelease: kernelRelease(), AgentVersion: version.Version, OnlineCpus: onlineCPUs()}
 	var si unix.Sysinfo_t
 	if unix.Sysinfo(&si) == nil {
 		d.MemoryBytes = uint64(si.Totalram) * uint64(si.Unit)

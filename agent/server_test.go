@@ -153,3 +153,11 @@ func TestRecvFd(t *testing.T) {
 		t.Fatalf("received fd reads %q, %v", data, err)
 	}
 }
+
+func TestCountCPUList(t *testing.T) {
+	for list, want := range map[string]uint32{"0": 1, "0-1": 2, "0-1,3": 3, "0,2-5,7": 6, "": 0} {
+		if got := countCPUList(list); got != want {
+			t.Errorf("%q: %d, want %d", list, got, want)
+		}
+	}
+}

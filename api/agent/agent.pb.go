@@ -2068,11 +2068,12 @@ const file_agent_proto_rawDesc = "" +
 	"\tneighbors\x18\x01 \x03(\v2\x19.cocoon.agent.v1.NeighborR\tneighbors\"B\n" +
 	"\bOOMEvent\x12!\n" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12\x13\n" +
-	"\x05at_ns\x18\x02 \x01(\x03R\x04atNs2\xf0\r\n" +
+	"\x05at_ns\x18\x02 \x01(\x03R\x04atNs2\xb7\x0e\n" +
 	"\x05Agent\x12N\n" +
 	"\rCreateSandbox\x12%.cocoon.agent.v1.CreateSandboxRequest\x1a\x16.google.protobuf.Empty\x12P\n" +
 	"\x0eDestroySandbox\x12&.cocoon.agent.v1.DestroySandboxRequest\x1a\x16.google.protobuf.Empty\x12H\n" +
-	"\x0fGetGuestDetails\x12\x16.google.protobuf.Empty\x1a\x1d.cocoon.agent.v1.GuestDetails\x12R\n" +
+	"\x0fGetGuestDetails\x12\x16.google.protobuf.Empty\x1a\x1d.cocoon.agent.v1.GuestDetails\x12E\n" +
+	"\fOnlineCPUMem\x12\x16.google.protobuf.Empty\x1a\x1d.cocoon.agent.v1.GuestDetails\x12R\n" +
 	"\x0fCreateContainer\x12'.cocoon.agent.v1.CreateContainerRequest\x1a\x16.google.protobuf.Empty\x12K\n" +
 	"\x0eStartContainer\x12!.cocoon.agent.v1.ContainerRequest\x1a\x16.google.protobuf.Empty\x12R\n" +
 	"\x0fRemoveContainer\x12'.cocoon.agent.v1.RemoveContainerRequest\x1a\x16.google.protobuf.Empty\x12R\n" +
@@ -2164,55 +2165,57 @@ var file_agent_proto_depIdxs = []int32{
 	7,  // 9: cocoon.agent.v1.Agent.CreateSandbox:input_type -> cocoon.agent.v1.CreateSandboxRequest
 	8,  // 10: cocoon.agent.v1.Agent.DestroySandbox:input_type -> cocoon.agent.v1.DestroySandboxRequest
 	33, // 11: cocoon.agent.v1.Agent.GetGuestDetails:input_type -> google.protobuf.Empty
-	10, // 12: cocoon.agent.v1.Agent.CreateContainer:input_type -> cocoon.agent.v1.CreateContainerRequest
-	11, // 13: cocoon.agent.v1.Agent.StartContainer:input_type -> cocoon.agent.v1.ContainerRequest
-	12, // 14: cocoon.agent.v1.Agent.RemoveContainer:input_type -> cocoon.agent.v1.RemoveContainerRequest
-	13, // 15: cocoon.agent.v1.Agent.UpdateContainer:input_type -> cocoon.agent.v1.UpdateContainerRequest
-	11, // 16: cocoon.agent.v1.Agent.StatsContainer:input_type -> cocoon.agent.v1.ContainerRequest
-	11, // 17: cocoon.agent.v1.Agent.PauseContainer:input_type -> cocoon.agent.v1.ContainerRequest
-	11, // 18: cocoon.agent.v1.Agent.ResumeContainer:input_type -> cocoon.agent.v1.ContainerRequest
-	15, // 19: cocoon.agent.v1.Agent.ExecProcess:input_type -> cocoon.agent.v1.ExecProcessRequest
-	17, // 20: cocoon.agent.v1.Agent.SignalProcess:input_type -> cocoon.agent.v1.SignalProcessRequest
-	16, // 21: cocoon.agent.v1.Agent.WaitProcess:input_type -> cocoon.agent.v1.ProcessRequest
-	19, // 22: cocoon.agent.v1.Agent.ReadOutput:input_type -> cocoon.agent.v1.ReadOutputRequest
-	21, // 23: cocoon.agent.v1.Agent.WriteStdin:input_type -> cocoon.agent.v1.WriteStdinRequest
-	16, // 24: cocoon.agent.v1.Agent.CloseStdin:input_type -> cocoon.agent.v1.ProcessRequest
-	23, // 25: cocoon.agent.v1.Agent.ResizeTty:input_type -> cocoon.agent.v1.ResizeTtyRequest
-	25, // 26: cocoon.agent.v1.Agent.UpdateInterface:input_type -> cocoon.agent.v1.Interface
-	28, // 27: cocoon.agent.v1.Agent.UpdateRoutes:input_type -> cocoon.agent.v1.Routes
-	30, // 28: cocoon.agent.v1.Agent.AddNeighbors:input_type -> cocoon.agent.v1.Neighbors
-	33, // 29: cocoon.agent.v1.Agent.ListInterfaces:input_type -> google.protobuf.Empty
-	33, // 30: cocoon.agent.v1.Agent.ListRoutes:input_type -> google.protobuf.Empty
-	33, // 31: cocoon.agent.v1.Agent.OOMEvents:input_type -> google.protobuf.Empty
-	3,  // 32: cocoon.agent.v1.Health.Check:input_type -> cocoon.agent.v1.CheckRequest
-	3,  // 33: cocoon.agent.v1.Health.Version:input_type -> cocoon.agent.v1.CheckRequest
-	33, // 34: cocoon.agent.v1.Agent.CreateSandbox:output_type -> google.protobuf.Empty
-	33, // 35: cocoon.agent.v1.Agent.DestroySandbox:output_type -> google.protobuf.Empty
-	9,  // 36: cocoon.agent.v1.Agent.GetGuestDetails:output_type -> cocoon.agent.v1.GuestDetails
-	33, // 37: cocoon.agent.v1.Agent.CreateContainer:output_type -> google.protobuf.Empty
-	33, // 38: cocoon.agent.v1.Agent.StartContainer:output_type -> google.protobuf.Empty
-	33, // 39: cocoon.agent.v1.Agent.RemoveContainer:output_type -> google.protobuf.Empty
-	33, // 40: cocoon.agent.v1.Agent.UpdateContainer:output_type -> google.protobuf.Empty
-	14, // 41: cocoon.agent.v1.Agent.StatsContainer:output_type -> cocoon.agent.v1.ContainerStats
-	33, // 42: cocoon.agent.v1.Agent.PauseContainer:output_type -> google.protobuf.Empty
-	33, // 43: cocoon.agent.v1.Agent.ResumeContainer:output_type -> google.protobuf.Empty
-	33, // 44: cocoon.agent.v1.Agent.ExecProcess:output_type -> google.protobuf.Empty
-	33, // 45: cocoon.agent.v1.Agent.SignalProcess:output_type -> google.protobuf.Empty
-	18, // 46: cocoon.agent.v1.Agent.WaitProcess:output_type -> cocoon.agent.v1.WaitProcessResponse
-	20, // 47: cocoon.agent.v1.Agent.ReadOutput:output_type -> cocoon.agent.v1.OutputChunk
-	22, // 48: cocoon.agent.v1.Agent.WriteStdin:output_type -> cocoon.agent.v1.WriteStdinResponse
-	33, // 49: cocoon.agent.v1.Agent.CloseStdin:output_type -> google.protobuf.Empty
-	33, // 50: cocoon.agent.v1.Agent.ResizeTty:output_type -> google.protobuf.Empty
-	25, // 51: cocoon.agent.v1.Agent.UpdateInterface:output_type -> cocoon.agent.v1.Interface
-	28, // 52: cocoon.agent.v1.Agent.UpdateRoutes:output_type -> cocoon.agent.v1.Routes
-	33, // 53: cocoon.agent.v1.Agent.AddNeighbors:output_type -> google.protobuf.Empty
-	26, // 54: cocoon.agent.v1.Agent.ListInterfaces:output_type -> cocoon.agent.v1.Interfaces
-	28, // 55: cocoon.agent.v1.Agent.ListRoutes:output_type -> cocoon.agent.v1.Routes
-	31, // 56: cocoon.agent.v1.Agent.OOMEvents:output_type -> cocoon.agent.v1.OOMEvent
-	4,  // 57: cocoon.agent.v1.Health.Check:output_type -> cocoon.agent.v1.CheckResponse
-	5,  // 58: cocoon.agent.v1.Health.Version:output_type -> cocoon.agent.v1.VersionResponse
-	34, // [34:59] is the sub-list for method output_type
-	9,  // [9:34] is the sub-list for method input_type
+	33, // 12: cocoon.agent.v1.Agent.OnlineCPUMem:input_type -> google.protobuf.Empty
+	10, // 13: cocoon.agent.v1.Agent.CreateContainer:input_type -> cocoon.agent.v1.CreateContainerRequest
+	11, // 14: cocoon.agent.v1.Agent.StartContainer:input_type -> cocoon.agent.v1.ContainerRequest
+	12, // 15: cocoon.agent.v1.Agent.RemoveContainer:input_type -> cocoon.agent.v1.RemoveContainerRequest
+	13, // 16: cocoon.agent.v1.Agent.UpdateContainer:input_type -> cocoon.agent.v1.UpdateContainerRequest
+	11, // 17: cocoon.agent.v1.Agent.StatsContainer:input_type -> cocoon.agent.v1.ContainerRequest
+	11, // 18: cocoon.agent.v1.Agent.PauseContainer:input_type -> cocoon.agent.v1.ContainerRequest
+	11, // 19: cocoon.agent.v1.Agent.ResumeContainer:input_type -> cocoon.agent.v1.ContainerRequest
+	15, // 20: cocoon.agent.v1.Agent.ExecProcess:input_type -> cocoon.agent.v1.ExecProcessRequest
+	17, // 21: cocoon.agent.v1.Agent.SignalProcess:input_type -> cocoon.agent.v1.SignalProcessRequest
+	16, // 22: cocoon.agent.v1.Agent.WaitProcess:input_type -> cocoon.agent.v1.ProcessRequest
+	19, // 23: cocoon.agent.v1.Agent.ReadOutput:input_type -> cocoon.agent.v1.ReadOutputRequest
+	21, // 24: cocoon.agent.v1.Agent.WriteStdin:input_type -> cocoon.agent.v1.WriteStdinRequest
+	16, // 25: cocoon.agent.v1.Agent.CloseStdin:input_type -> cocoon.agent.v1.ProcessRequest
+	23, // 26: cocoon.agent.v1.Agent.ResizeTty:input_type -> cocoon.agent.v1.ResizeTtyRequest
+	25, // 27: cocoon.agent.v1.Agent.UpdateInterface:input_type -> cocoon.agent.v1.Interface
+	28, // 28: cocoon.agent.v1.Agent.UpdateRoutes:input_type -> cocoon.agent.v1.Routes
+	30, // 29: cocoon.agent.v1.Agent.AddNeighbors:input_type -> cocoon.agent.v1.Neighbors
+	33, // 30: cocoon.agent.v1.Agent.ListInterfaces:input_type -> google.protobuf.Empty
+	33, // 31: cocoon.agent.v1.Agent.ListRoutes:input_type -> google.protobuf.Empty
+	33, // 32: cocoon.agent.v1.Agent.OOMEvents:input_type -> google.protobuf.Empty
+	3,  // 33: cocoon.agent.v1.Health.Check:input_type -> cocoon.agent.v1.CheckRequest
+	3,  // 34: cocoon.agent.v1.Health.Version:input_type -> cocoon.agent.v1.CheckRequest
+	33, // 35: cocoon.agent.v1.Agent.CreateSandbox:output_type -> google.protobuf.Empty
+	33, // 36: cocoon.agent.v1.Agent.DestroySandbox:output_type -> google.protobuf.Empty
+	9,  // 37: cocoon.agent.v1.Agent.GetGuestDetails:output_type -> cocoon.agent.v1.GuestDetails
+	9,  // 38: cocoon.agent.v1.Agent.OnlineCPUMem:output_type -> cocoon.agent.v1.GuestDetails
+	33, // 39: cocoon.agent.v1.Agent.CreateContainer:output_type -> google.protobuf.Empty
+	33, // 40: cocoon.agent.v1.Agent.StartContainer:output_type -> google.protobuf.Empty
+	33, // 41: cocoon.agent.v1.Agent.RemoveContainer:output_type -> google.protobuf.Empty
+	33, // 42: cocoon.agent.v1.Agent.UpdateContainer:output_type -> google.protobuf.Empty
+	14, // 43: cocoon.agent.v1.Agent.StatsContainer:output_type -> cocoon.agent.v1.ContainerStats
+	33, // 44: cocoon.agent.v1.Agent.PauseContainer:output_type -> google.protobuf.Empty
+	33, // 45: cocoon.agent.v1.Agent.ResumeContainer:output_type -> google.protobuf.Empty
+	33, // 46: cocoon.agent.v1.Agent.ExecProcess:output_type -> google.protobuf.Empty
+	33, // 47: cocoon.agent.v1.Agent.SignalProcess:output_type -> google.protobuf.Empty
+	18, // 48: cocoon.agent.v1.Agent.WaitProcess:output_type -> cocoon.agent.v1.WaitProcessResponse
+	20, // 49: cocoon.agent.v1.Agent.ReadOutput:output_type -> cocoon.agent.v1.OutputChunk
+	22, // 50: cocoon.agent.v1.Agent.WriteStdin:output_type -> cocoon.agent.v1.WriteStdinResponse
+	33, // 51: cocoon.agent.v1.Agent.CloseStdin:output_type -> google.protobuf.Empty
+	33, // 52: cocoon.agent.v1.Agent.ResizeTty:output_type -> google.protobuf.Empty
+	25, // 53: cocoon.agent.v1.Agent.UpdateInterface:output_type -> cocoon.agent.v1.Interface
+	28, // 54: cocoon.agent.v1.Agent.UpdateRoutes:output_type -> cocoon.agent.v1.Routes
+	33, // 55: cocoon.agent.v1.Agent.AddNeighbors:output_type -> google.protobuf.Empty
+	26, // 56: cocoon.agent.v1.Agent.ListInterfaces:output_type -> cocoon.agent.v1.Interfaces
+	28, // 57: cocoon.agent.v1.Agent.ListRoutes:output_type -> cocoon.agent.v1.Routes
+	31, // 58: cocoon.agent.v1.Agent.OOMEvents:output_type -> cocoon.agent.v1.OOMEvent
+	4,  // 59: cocoon.agent.v1.Health.Check:output_type -> cocoon.agent.v1.CheckResponse
+	5,  // 60: cocoon.agent.v1.Health.Version:output_type -> cocoon.agent.v1.VersionResponse
+	35, // [35:61] is the sub-list for method output_type
+	9,  // [9:35] is the sub-list for method input_type
 	9,  // [9:9] is the sub-list for extension type_name
 	9,  // [9:9] is the sub-list for extension extendee
 	0,  // [0:9] is the sub-list for field type_name

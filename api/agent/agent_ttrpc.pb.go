@@ -12,6 +12,7 @@ type AgentService interface {
 	CreateSandbox(context.Context, *CreateSandboxRequest) (*emptypb.Empty, error)
 	DestroySandbox(context.Context, *DestroySandboxRequest) (*emptypb.Empty, error)
 	GetGuestDetails(context.Context, *emptypb.Empty) (*GuestDetails, error)
+	OnlineCPUMem(context.Context, *emptypb.Empty) (*GuestDetails, error)
 	CreateContainer(context.Context, *CreateContainerRequest) (*emptypb.Empty, error)
 	StartContainer(context.Context, *ContainerRequest) (*emptypb.Empty, error)
 	RemoveContainer(context.Context, *RemoveContainerRequest) (*emptypb.Empty, error)
@@ -83,6 +84,13 @@ func RegisterAgentService(srv *ttrpc.Server, svc AgentService) {
 					return nil, err
 				}
 				return svc.GetGuestDetails(ctx, &req)
+			},
+			"OnlineCPUMem": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+				var req emptypb.Empty
+				if err := unmarshal(&req); err != nil {
+					return nil, err
+				}
+				return svc.OnlineCPUMem(ctx, &req)
 			},
 			"CreateContainer": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req CreateContainerRequest
@@ -242,6 +250,7 @@ type AgentClient interface {
 	CreateSandbox(context.Context, *CreateSandboxRequest) (*emptypb.Empty, error)
 	DestroySandbox(context.Context, *DestroySandboxRequest) (*emptypb.Empty, error)
 	GetGuestDetails(context.Context, *emptypb.Empty) (*GuestDetails, error)
+	OnlineCPUMem(context.Context, *emptypb.Empty) (*GuestDetails, error)
 	CreateContainer(context.Context, *CreateContainerRequest) (*emptypb.Empty, error)
 	StartContainer(context.Context, *ContainerRequest) (*emptypb.Empty, error)
 	RemoveContainer(context.Context, *RemoveContainerRequest) (*emptypb.Empty, error)
@@ -293,6 +302,14 @@ func (c *agentClient) DestroySandbox(ctx context.Context, req *DestroySandboxReq
 func (c *agentClient) GetGuestDetails(ctx context.Context, req *emptypb.Empty) (*GuestDetails, error) {
 	var resp GuestDetails
 	if err := c.client.Call(ctx, "cocoon.agent.v1.Agent", "GetGuestDetails", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+func (c *agentClient) OnlineCPUMem(ctx context.Context, req *emptypb.Empty) (*GuestDetails, error) {
+	var resp GuestDetails
+	if err := c.client.Call(ctx, "cocoon.agent.v1.Agent", "OnlineCPUMem", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
