@@ -1,0 +1,153 @@
+package vm
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// StartTime reads a process's start time (clock ticks since boot) from
+// /proc/<pid>/stat; with the pid it names one process even across pid reuse.
+func StartTime(pid int) (uint64, error) {
+	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0, err
+	}
+	// The command name (field 2) may hold spaces and parentheses: parse after the last ')'.
+	s := string(data)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("malformed /proc/%d/stat", pid)
+	}
+	fields := strings.Fields(s[i+1:])
+	// fields[0] is field 3 (state); starttime is field 22.
+	if len(fields) < 20 {
+		return 0, fmt.Errorf("short /proc/%d/stat", pid)
+	}
+	return strconv.ParseUint(fields[19], 10, 64)
+}
+
+// Alive reports whether p is still the process it was when recorded.
+func (p Process) Alive() bool {
+	st, err := StartTime(p.Pid)
+	if err != nil || st != p.StartTime {
+		return false
+	}
+	// A zombie is dead for our purposes.
+	data, _ := os.ReadFile("/proc/" + strconv.Itoa(p.Pid) + "/stat")
+	s := string(data)
+	if i := strings.LastIndexByte(s, ')'); i >= 0 && len(s) > i+2 && s[i+2] == 'Z' {
+		return false
+	}
+	return true
+}
+
+// Watched is a process whose exit we learn about: a child we started (reaped
+// through exec.Cmd) or an adopted one (watched through a pidfd).
+type Watched struct {
+	Process
+	done chan struct{}
+	err  error
+	cmd  *exec.Cmd
+}
+
+// StartWatched starts cmd in its own session, so it outlives cocoond, and
+// watches it.
+func StartWatched(name string, cmd *exec.Cmd) (*Watched, error) {
+	if cmd.SysProcAttr == nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{}
+	}
+	cmd.SysProcAttr.Setsid = true
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s: %w", name, err)
+	}
+	st, err := StartTime(cmd.Process.Pid)
+	if err != nil {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		return nil, err
+	}
+	w := &Watched{Process: Process{Name: name, Pid: cmd.Process.Pid, StartTime: st}, done: make(chan struct{}), cmd: cmd}
+	go func() {
+		w.err = cmd.Wait()
+		close(w.done)
+	}()
+	return w, nil
+}
+
+// AdoptWatched watches a process another cocoond started.
+func AdoptWatched(p Process) (*Watched, error) {
+	if !p.Alive() {
+		return nil, fmt.Errorf("%s (pid %d): %w", p.Name, p.Pid, ErrNotRunning)
+	}
+	fd, err := unix.PidfdOpen(p.Pid, 0)
+	if err != nil {
+		return nil, fmt.Errorf("pidfd of %s: %w", p.Name, err)
+	}
+	if !p.Alive() { // the pid could have been reused between the check and the open
+		unix.Close(fd)
+		return nil, fmt.Errorf("%s (pid %d): %w", p.Name, p.Pid, ErrNotRunning)
+	}
+	w := &Watched{Process: p, done: make(chan struct{})}
+	go func() {
+		defer unix.Close(fd)
+		for {
+			fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+			if _, err := unix.Poll(fds, -1); err != nil && !errors.Is(err, unix.EINTR) {
+				w.err = err
+				break
+			}
+			if fds[0].Revents != 0 {
+				break
+			}
+		}
+		if w.err == nil {
+			w.err = fmt.Errorf("%s (pid %d) exited", p.Name, p.Pid)
+		}
+		close(w.done)
+	}()
+	return w, nil
+}
+
+// Done is closed when the process has exited.
+func (w *Watched) Done() <-chan struct{} { return w.done }
+
+// Err says how the process ended (valid after Done).
+func (w *Watched) Err() error { return w.err }
+
+// Exited reports whether the process has ended.
+func (w *Watched) Exited() bool {
+	select {
+	case <-w.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// Terminate sends SIGTERM, waits up to grace, then SIGKILLs and waits.
+func (w *Watched) Terminate(grace time.Duration) error {
+	if w.Exited() {
+		return nil
+	}
+	_ = unix.Kill(w.Pid, unix.SIGTERM)
+	select {
+	case <-w.done:
+		return nil
+	case <-time.After(grace):
+	}
+	_ = unix.Kill(w.Pid, unix.SIGKILL)
+	select {
+	case <-w.done:
+		return nil
+	case <-time.After(5 * time.Second):
+		return fmt.Errorf("%s (pid %d) survived SIGKILL", w.Name, w.Pid)
+	}
+}

@@ -1,0 +1,108 @@
+package qemu
+
+import (
+	"fmt"
+	"path/filepath"
+	"strings"
+
+	"github.com/cocoon-runtime/cocoon/vm"
+)
+
+const (
+	// hotplugPorts are PCIe root ports created at boot: q35 can only hotplug
+	// devices into a port that already exists.
+	hotplugPorts = 4
+	// fdBase is the first fd QEMU sees in ExtraFiles (0-2 are stdio).
+	fdBase = 3
+	// baseCmdline: serial console for the log, no reboot on panic, hotplugged
+	// memory onlined by the kernel itself.
+	baseCmdline = "console=ttyS0 panic=-1 reboot=k memhp_default_state=online quiet"
+)
+
+// paths are the files of one VM in its run dir.
+type paths struct {
+	qmp, agent, console string
+}
+
+func vmPaths(runDir string) paths {
+	return paths{
+		qmp:     filepath.Join(runDir, "qmp.sock"),
+		agent:   filepath.Join(runDir, "agent.sock"),
+		console: filepath.Join(runDir, "console.log"),
+	}
+}
+
+// commandLine builds QEMU's arguments. NIC taps are ExtraFiles starting at
+// fdBase in spec order; vfsSockets[i] serves spec.Shares[i].
+func commandLine(spec *vm.Spec, accel string, vfsSockets []string, vsockCID uint32) []string {
+	p := vmPaths(spec.RunDir)
+	maxCPUs := max(spec.MaxVCPUs, spec.VCPUs)
+	maxMem := max(spec.MaxMemoryMiB, spec.MemoryMiB)
+	cpu := "max"
+	if accel == "kvm" {
+		cpu = "host"
+	}
+	mem := fmt.Sprintf("%dM", spec.MemoryMiB)
+	if maxMem > spec.MemoryMiB {
+		mem += fmt.Sprintf(",slots=8,maxmem=%dM", maxMem)
+	}
+	args := []string{
+		"-name", "cocoon-" + spec.ID + ",debug-threads=on",
+		"-machine", "q35,accel=" + accel + ",memory-backend=mem",
+		"-cpu", cpu,
+		"-smp", fmt.Sprintf("%d,maxcpus=%d", spec.VCPUs, maxCPUs),
+		"-m", mem,
+		// Shared memory so vhost-user-fs (virtiofsd) can map guest RAM.
+		"-object", fmt.Sprintf("memory-backend-memfd,id=mem,size=%dM,share=on", spec.MemoryMiB),
+		"-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
+		"-S", // Start (QMP cont) runs the guest
+		"-kernel", spec.Kernel, "-initrd", spec.Initramfs,
+		"-append", strings.Join(append([]string{baseCmdline}, spec.KernelArgs...), " "),
+		"-serial", "file:" + p.console,
+		"-qmp", "unix:" + p.qmp + ",server=on,wait=off",
+		"-object", "rng-random,id=rng0,filename=/dev/urandom",
+		"-device", "virtio-rng-pci,rng=rng0",
+	}
+	if vsockCID != 0 {
+		args = append(args, "-device", fmt.Sprintf("vhost-vsock-pci,id=vsock0,guest-cid=%d", vsockCID))
+	} else {
+		args = append(args,
+			"-device", "virtio-serial-pci,id=serial0",
+			"-chardev", "socket,id=agent,path="+p.agent+",server=on,wait=off",
+			"-device", "virtserialport,chardev=agent,name=cocoon.agent")
+	}
+	for i := range hotplugPorts {
+		args = append(args, "-device", fmt.Sprintf("pcie-root-port,id=hp%d,chassis=%d,slot=%d", i, i+1, i+1))
+	}
+	for i, sh := range spec.Shares {
+		id := fmt.Sprintf("vfs%d", i)
+		args = append(args,
+			"-chardev", "socket,id="+id+",path="+vfsSockets[i],
+			"-device", "vhost-user-fs-pci,chardev="+id+",tag="+sh.Tag+",queue-size=1024")
+	}
+	for i, nic := range spec.NICs {
+		args = append(args,
+			"-netdev", fmt.Sprintf("tap,id=%s,fd=%d", nic.ID, fdBase+i),
+			"-device", nicDevice(nic))
+	}
+	for _, d := range spec.Disks {
+		args = append(args, "-blockdev", blockdevArg(d), "-device", "virtio-blk-pci,id="+d.ID+",drive="+d.ID+"-node")
+	}
+	return args
+}
+
+func nicDevice(nic vm.NIC) string {
+	s := "virtio-net-pci,id=" + nic.ID + "-dev,netdev=" + nic.ID + ",mac=" + nic.MAC.String()
+	if nic.MTU > 0 {
+		s += fmt.Sprintf(",host_mtu=%d", nic.MTU)
+	}
+	return s
+}
+
+func blockdevArg(d vm.Disk) string {
+	s := "driver=raw,node-name=" + d.ID + "-node,file.driver=file,file.filename=" + d.Path
+	if d.ReadOnly {
+		s += ",read-only=on"
+	}
+	return s
+}

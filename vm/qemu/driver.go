@@ -1,0 +1,245 @@
+package qemu
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/cocoon-runtime/cocoon/vm"
+)
+
+// Options configure the driver.
+type Options struct {
+	// Binary is qemu-system-x86_64 (looked up on PATH when relative).
+	Binary string
+	// KVMProbeTimeout bounds the boot that proves KVM works (accel "auto").
+	KVMProbeTimeout time.Duration
+	Log             *logrus.Entry
+}
+
+// Driver creates QEMU VMs.
+type Driver struct {
+	opts Options
+
+	accelOnce sync.Once
+	autoAccel string
+}
+
+// New returns a QEMU driver.
+func New(opts Options) *Driver {
+	if opts.Binary == "" {
+		opts.Binary = "qemu-system-x86_64"
+	}
+	if opts.KVMProbeTimeout == 0 {
+		opts.KVMProbeTimeout = 15 * time.Second
+	}
+	if opts.Log == nil {
+		opts.Log = logrus.NewEntry(logrus.StandardLogger())
+	}
+	return &Driver{opts: opts}
+}
+
+// Name implements vm.Driver.
+func (d *Driver) Name() string { return "qemu" }
+
+// Create implements vm.Driver: it starts QEMU paused with every device.
+func (d *Driver) Create(ctx context.Context, spec *vm.Spec) (vm.VMM, error) {
+	if err := validate(spec); err != nil {
+		return nil, err
+	}
+	bin, err := exec.LookPath(d.opts.Binary)
+	if err != nil {
+		return nil, fmt.Errorf("qemu: %w", err)
+	}
+	accel := spec.Accel
+	if accel == "" || accel == "auto" {
+		accel = d.resolveAuto(ctx, spec)
+	}
+	log := d.opts.Log.WithField("vm", spec.ID)
+	v := &qemuVM{driver: d, spec: *spec, paths: vmPaths(spec.RunDir), log: log, accel: accel,
+		vcpus: spec.VCPUs, memMiB: spec.MemoryMiB, ports: map[string]int{}, done: make(chan struct{})}
+	if _, err := os.Stat("/dev/vhost-vsock"); err == nil {
+		v.vsockCID = randomCID()
+	}
+	var vfsSockets []string
+	steps := []vm.Step{
+		{Name: "rundir", Run: func(context.Context) (func() error, error) {
+			if err := os.MkdirAll(spec.RunDir, 0o700); err != nil {
+				return nil, err
+			}
+			return func() error { return os.RemoveAll(spec.RunDir) }, nil
+		}},
+		{Name: "virtiofsd", Run: func(ctx context.Context) (func() error, error) {
+			var started []*vm.Watched
+			undo := func() error {
+				var errs []error
+				for _, w := range started {
+					errs = append(errs, w.Terminate(2*time.Second))
+				}
+				return errors.Join(errs...)
+			}
+			for _, sh := range spec.Shares {
+				w, sock, err := vm.StartVirtiofsd(ctx, spec.RunDir, sh)
+				if err != nil {
+					return undo, err
+				}
+				started = append(started, w)
+				vfsSockets = append(vfsSockets, sock)
+			}
+			v.helpers = started
+			return undo, nil
+		}},
+		{Name: "qemu", Run: func(context.Context) (func() error, error) {
+			logFile, err := os.OpenFile(filepath.Join(spec.RunDir, "qemu.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+			if err != nil {
+				return nil, err
+			}
+			defer logFile.Close()
+			cmd := exec.Command(bin, commandLine(spec, accel, vfsSockets, v.vsockCID)...)
+			cmd.Stdout, cmd.Stderr = logFile, logFile
+			for _, nic := range spec.NICs {
+				cmd.ExtraFiles = append(cmd.ExtraFiles, nic.Tap)
+			}
+			w, err := vm.StartWatched("qemu", cmd)
+			if err != nil {
+				return nil, err
+			}
+			v.proc = w
+			return func() error { return w.Terminate(time.Second) }, nil
+		}},
+		{Name: "qmp", Run: func(ctx context.Context) (func() error, error) {
+			q, err := v.connectQMP(ctx)
+			if err != nil {
+				return nil, err
+			}
+			v.qmp = q
+			return q.Close, nil
+		}},
+	}
+	cleanup, err := vm.RunSteps(ctx, log, steps)
+	if err != nil {
+		return nil, fmt.Errorf("qemu: create %s: %w%s", spec.ID, err, v.logTail())
+	}
+	v.cleanup = cleanup
+	go v.supervise()
+	return v, nil
+}
+
+func validate(spec *vm.Spec) error {
+	switch {
+	case spec.ID == "" || spec.RunDir == "" || !filepath.IsAbs(spec.RunDir):
+		return errors.New("qemu: spec needs an ID and an absolute RunDir")
+	case spec.Kernel == "" || spec.Initramfs == "":
+		return errors.New("qemu: spec needs a kernel and an initramfs")
+	case spec.VCPUs == 0 || spec.MemoryMiB < 64:
+		return fmt.Errorf("qemu: need at least 1 vCPU and 64 MiB (got %d, %d MiB)", spec.VCPUs, spec.MemoryMiB)
+	}
+	for _, nic := range spec.NICs {
+		if nic.Tap == nil || nic.ID == "" || len(nic.MAC) != 6 {
+			return fmt.Errorf("qemu: NIC %q needs an ID, an open tap and a MAC", nic.ID)
+		}
+	}
+	return nil
+}
+
+// resolveAuto proves KVM by booting the guest once per driver; the stock
+// guest hangs on some nested hosts even where /dev/kvm opens.
+func (d *Driver) resolveAuto(ctx context.Context, spec *vm.Spec) string {
+	d.accelOnce.Do(func() {
+		d.autoAccel = "tcg"
+		f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
+		if err != nil {
+			d.opts.Log.WithError(err).Warn("KVM unavailable: running VMs with TCG software emulation (slow)")
+			return
+		}
+		f.Close()
+		took, err := d.ProbeKVM(ctx, spec)
+		if err != nil {
+			d.opts.Log.WithError(err).Warn("!!! KVM is present but does not boot the guest: falling back to TCG software emulation (slow); set accel = \"kvm\" or \"tcg\" to skip this probe")
+			return
+		}
+		d.opts.Log.WithField("took", took.String()).Info("KVM boots the guest: using kvm")
+		d.autoAccel = "kvm"
+	})
+	return d.autoAccel
+}
+
+// ProbeKVM boots a bare copy of spec with KVM and waits for the agent.
+func (d *Driver) ProbeKVM(ctx context.Context, spec *vm.Spec) (time.Duration, error) {
+	probe := vm.Spec{
+		ID: spec.ID + "-kvmprobe", RunDir: spec.RunDir + "-kvmprobe",
+		Kernel: spec.Kernel, Initramfs: spec.Initramfs, KernelArgs: spec.KernelArgs,
+		VCPUs: 1, MemoryMiB: max(spec.MemoryMiB, 128), Accel: "kvm",
+	}
+	return d.BootProbe(ctx, &probe, d.opts.KVMProbeTimeout)
+}
+
+// BootProbe creates and starts spec, waits for the agent's health check within
+// timeout, and always stops the VM. It returns how long the boot took.
+func (d *Driver) BootProbe(ctx context.Context, spec *vm.Spec, timeout time.Duration) (time.Duration, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	start := time.Now()
+	v, err := d.Create(ctx, spec)
+	if err != nil {
+		return 0, err
+	}
+	defer func() { _ = v.Stop(context.Background()) }()
+	if err := v.Start(ctx); err != nil {
+		return 0, err
+	}
+	client, err := vm.WaitAgent(ctx, v.DialAgent)
+	if err != nil {
+		return 0, err
+	}
+	client.Close()
+	return time.Since(start), nil
+}
+
+func randomCID() uint32 {
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	return 3 + binary.LittleEndian.Uint32(b[:])%(1<<30)
+}
+
+// Adopt implements vm.Driver: re-attach to a VM a previous cocoond started.
+func (d *Driver) Adopt(ctx context.Context, st *vm.State) (vm.VMM, error) {
+	if st.Driver != d.Name() {
+		return nil, fmt.Errorf("qemu: state belongs to driver %q", st.Driver)
+	}
+	proc, err := vm.AdoptWatched(vm.Process{Name: "qemu", Pid: st.Pid, StartTime: st.StartTime})
+	if err != nil {
+		return nil, err
+	}
+	v := &qemuVM{driver: d, spec: vm.Spec{ID: st.ID, RunDir: st.RunDir}, paths: vmPaths(st.RunDir),
+		log: d.opts.Log.WithField("vm", st.ID), accel: st.Accel, proc: proc, vsockCID: st.AgentVsockCID,
+		vcpus: st.VCPUs, memMiB: st.MemoryMiB, ports: map[string]int{}, done: make(chan struct{}), cleanup: &vm.Cleanup{}}
+	v.cleanup.Push("rundir", func() error { return os.RemoveAll(st.RunDir) })
+	for _, h := range st.Helpers {
+		w, err := vm.AdoptWatched(h)
+		if err != nil {
+			v.log.WithError(err).Warn("helper of adopted VM is gone")
+			continue
+		}
+		v.helpers = append(v.helpers, w)
+		v.cleanup.Push(h.Name, func() error { return w.Terminate(2 * time.Second) })
+	}
+	v.cleanup.Push("qemu", func() error { return proc.Terminate(time.Second) })
+	q, err := v.connectQMP(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("qemu: adopt %s: %w", st.ID, err)
+	}
+	v.qmp = q
+	v.cleanup.Push("qmp", q.Close)
+	go v.supervise()
+	return v, nil
+}

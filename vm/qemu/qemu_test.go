@@ -1,0 +1,351 @@
+package qemu
+
+import (
+	"context"
+	"errors"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+	"unsafe"
+
+	"github.com/containerd/ttrpc"
+	"github.com/sirupsen/logrus"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/types/known/emptypb"
+
+	agentapi "github.com/cocoon-runtime/cocoon/api/agent"
+	"github.com/cocoon-runtime/cocoon/vm"
+	"github.com/cocoon-runtime/cocoon/vm/guest"
+)
+
+func testGuest(t testing.TB) *guest.Manifest {
+	t.Helper()
+	if os.Getenv("COCOON_INTEGRATION") == "" || os.Geteuid() != 0 {
+		t.Skip("skipping: needs root and COCOON_INTEGRATION (make test-integration)")
+	}
+	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
+		t.Skip("skipping: qemu-system-x86_64 not installed (make deps)")
+	}
+	m, err := guest.Locate(os.Getenv("COCOON_GUEST_DIR"))
+	if err != nil {
+		t.Skipf("skipping: no guest (make test-integration builds one): %v", err)
+	}
+	return m
+}
+
+// tapInTestNetns creates a tap inside a network namespace of its own and
+// returns the open tap; the namespace goes away with the last reference.
+func tapInTestNetns(t testing.TB, name string) *os.File {
+	t.Helper()
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer orig.Close()
+	ns, err := netns.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	defer netns.Set(orig)
+	f, err := os.OpenFile("/dev/net/tun", os.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var req [unix.IFNAMSIZ + 64]byte
+	copy(req[:], name)
+	*(*uint16)(unsafe.Pointer(&req[unix.IFNAMSIZ])) = unix.IFF_TAP | unix.IFF_NO_PI
+	if _, _, errno := unix.Syscall(unix.SYS_IOCTL, f.Fd(), unix.TUNSETIFF, uintptr(unsafe.Pointer(&req[0]))); errno != 0 {
+		f.Close()
+		t.Fatalf("TUNSETIFF: %v", errno)
+	}
+	t.Cleanup(func() { f.Close() })
+	return f
+}
+
+func testSpec(t testing.TB, m *guest.Manifest, id string) *vm.Spec {
+	return &vm.Spec{
+		ID: id, RunDir: filepath.Join(t.TempDir(), "run"),
+		Kernel: m.KernelPath(), Initramfs: m.InitramfsPath(), KernelArgs: []string{"cocoon.log=debug"},
+		VCPUs: 1, MaxVCPUs: 2, MemoryMiB: 256, MaxMemoryMiB: 512,
+		Shares: []vm.Share{{Tag: "share", Source: t.TempDir()}},
+		Accel:  "tcg",
+	}
+}
+
+func quietDriver() *Driver {
+	log := logrus.New()
+	log.SetLevel(logrus.WarnLevel)
+	return New(Options{Log: logrus.NewEntry(log)})
+}
+
+func agentClient(t testing.TB, v vm.VMM) (*ttrpc.Client, agentapi.AgentClient) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	c, err := vm.WaitAgent(ctx, v.DialAgent)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c, agentapi.NewAgentClient(c)
+}
+
+// eventually polls cond for up to d.
+func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(d); !cond(); time.Sleep(200 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+	}
+}
+
+func hasMAC(a agentapi.AgentClient, mac string) bool {
+	ifs, err := a.ListInterfaces(context.Background(), &emptypb.Empty{})
+	if err != nil {
+		return false
+	}
+	for _, i := range ifs.Interfaces {
+		if strings.EqualFold(i.HwAddr, mac) {
+			return true
+		}
+	}
+	return false
+}
+
+func TestQEMULifecycleHotplugAdopt(t *testing.T) {
+	m := testGuest(t)
+	ctx := context.Background()
+	spec := testSpec(t, m, "life")
+	mac1, _ := net.ParseMAC("02:c0:c0:00:00:01")
+	mac2, _ := net.ParseMAC("02:c0:c0:00:00:02")
+	spec.NICs = []vm.NIC{{ID: "net0", Tap: tapInTestNetns(t, "tap0"), MAC: mac1, MTU: 1400}}
+
+	d := quietDriver()
+	v, err := d.Create(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Stop(ctx)
+	if err := v.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	client, a := agentClient(t, v)
+	if !hasMAC(a, mac1.String()) {
+		t.Fatal("boot NIC not in the guest")
+	}
+
+	// NIC and disk hotplug, then CPU and memory growth, seen by the guest.
+	if err := v.AddNet(ctx, vm.NIC{ID: "net1", Tap: tapInTestNetns(t, "tap1"), MAC: mac2}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 30*time.Second, "hotplugged NIC in the guest", func() bool { return hasMAC(a, mac2.String()) })
+	disk := filepath.Join(t.TempDir(), "disk.img")
+	if err := os.WriteFile(disk, make([]byte, 8<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := v.AddDisk(ctx, vm.Disk{ID: "disk0", Path: disk}); err != nil {
+		t.Fatal(err)
+	}
+	before, err := a.GetGuestDetails(ctx, &emptypb.Empty{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := v.Resize(ctx, 2, 512); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 30*time.Second, "hotplugged memory online in the guest", func() bool {
+		after, err := a.GetGuestDetails(ctx, &emptypb.Empty{})
+		return err == nil && after.MemoryBytes >= before.MemoryBytes+200<<20
+	})
+	if st := v.State(); st.VCPUs != 2 || st.MemoryMiB != 512 {
+		t.Fatalf("state after resize: %+v", st)
+	}
+	details, err := a.OnlineCPUMem(ctx, &emptypb.Empty{})
+	if err != nil || details.OnlineCpus != 2 {
+		t.Fatalf("guest online vCPUs after resize: %v, %v", details, err)
+	}
+	if err := v.Resize(ctx, 1, 512); err == nil {
+		t.Fatal("shrinking vCPUs succeeded")
+	}
+	if err := v.RemoveNet(ctx, "net1"); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 30*time.Second, "unplugged NIC gone from the guest", func() bool { return !hasMAC(a, mac2.String()) })
+	if err := v.RemoveDisk(ctx, "disk0"); err != nil {
+		t.Fatal(err)
+	}
+
+	// cocoond restarts: its connections die, a new driver adopts the VM.
+	client.Close()
+	state := v.State()
+	v.(*qemuVM).qmp.Close()
+	adopted, err := quietDriver().Adopt(ctx, state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c2, a2 := agentClient(t, adopted)
+	defer c2.Close()
+	if !hasMAC(a2, mac1.String()) {
+		t.Fatal("adopted VM's agent does not answer")
+	}
+	pids := adopted.Pids()
+	if err := adopted.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	assertGone(t, spec.RunDir, pids)
+	if _, err := quietDriver().Adopt(ctx, state); !errors.Is(err, vm.ErrNotRunning) {
+		t.Fatalf("adopting a stopped VM: %v", err)
+	}
+}
+
+func assertGone(t *testing.T, runDir string, pids []int) {
+	t.Helper()
+	for _, pid := range pids {
+		if err := unix.Kill(pid, 0); err == nil {
+			if data, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat"); !strings.Contains(string(data), ") Z") {
+				t.Errorf("process %d still running", pid)
+			}
+		}
+	}
+	if _, err := os.Stat(runDir); !os.IsNotExist(err) {
+		t.Errorf("run dir %s left behind", runDir)
+	}
+}
+
+func TestQEMUDeathIsDetected(t *testing.T) {
+	m := testGuest(t)
+	ctx := context.Background()
+	spec := testSpec(t, m, "death")
+	v, err := quietDriver().Create(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := v.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	pids := v.Pids()
+	_ = unix.Kill(pids[0], unix.SIGKILL)
+	select {
+	case <-v.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("QEMU's death was not noticed")
+	}
+	if !errors.Is(v.Err(), vm.ErrNotRunning) {
+		t.Fatalf("Err = %v", v.Err())
+	}
+	if err := v.Start(ctx); !errors.Is(err, vm.ErrNotRunning) {
+		t.Fatalf("Start on a dead VM: %v", err)
+	}
+	if err := v.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	assertGone(t, spec.RunDir, pids)
+}
+
+func TestQEMUFailedCreateLeavesNothing(t *testing.T) {
+	m := testGuest(t)
+	for _, tt := range []struct {
+		name   string
+		break_ func(*vm.Spec)
+	}{
+		{"kernel missing", func(s *vm.Spec) { s.Kernel = "/nonexistent/vmlinuz" }},
+		{"share source missing", func(s *vm.Spec) { s.Shares[0].Source = "/nonexistent/share" }},
+		{"already cancelled", nil},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			spec := testSpec(t, m, "fail")
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			if tt.break_ != nil {
+				tt.break_(spec)
+			} else {
+				cancel()
+			}
+			before := childProcesses()
+			v, err := quietDriver().Create(ctx, spec)
+			if err == nil {
+				v.Stop(context.Background())
+				t.Fatal("create succeeded")
+			}
+			time.Sleep(100 * time.Millisecond)
+			if after := childProcesses(); len(after) > len(before) {
+				t.Fatalf("processes left: %v → %v (%v)", before, after, err)
+			}
+			if _, serr := os.Stat(spec.RunDir); !os.IsNotExist(serr) {
+				t.Fatalf("run dir left (%v)", err)
+			}
+		})
+	}
+}
+
+// childProcesses lists live (non-zombie) qemu and virtiofsd processes.
+func childProcesses() []string {
+	var out []string
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		if _, err := strconv.Atoi(e.Name()); err != nil {
+			continue
+		}
+		data, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		s := string(data)
+		if (strings.Contains(s, "(qemu-system-x86") || strings.Contains(s, "(virtiofsd)")) && !strings.Contains(s, ") Z") {
+			out = append(out, e.Name())
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// TestQEMUBootStopCyclesLeakNothing boots and stops VMs in a row (COCOON_CYCLES,
+// default 3) and checks processes, fds, sockets and mounts return to where they were.
+func TestQEMUBootStopCyclesLeakNothing(t *testing.T) {
+	m := testGuest(t)
+	cycles := 3
+	if n, err := strconv.Atoi(os.Getenv("COCOON_CYCLES")); err == nil {
+		cycles = n
+	}
+	fds := func() int { e, _ := os.ReadDir("/proc/self/fd"); return len(e) }
+	mounts := func() int { d, _ := os.ReadFile("/proc/self/mountinfo"); return strings.Count(string(d), "\n") }
+	procs, fd0, mnt0 := childProcesses(), fds(), mounts()
+	var boots []time.Duration
+	for i := range cycles {
+		spec := testSpec(t, m, "cycle"+strconv.Itoa(i))
+		start := time.Now()
+		v, err := quietDriver().Create(context.Background(), spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := v.Start(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		c, _ := agentClient(t, v)
+		boots = append(boots, time.Since(start))
+		c.Close()
+		if err := v.Stop(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := os.Stat(spec.RunDir); !os.IsNotExist(err) {
+			t.Fatalf("cycle %d: run dir left", i)
+		}
+	}
+	time.Sleep(200 * time.Millisecond)
+	leakedProcs := len(childProcesses()) - len(procs)
+	t.Logf("%d boot/stop cycles: leaked processes %d, fds %d, mounts %d; boot to agent %v", cycles, leakedProcs, fds()-fd0, mounts()-mnt0, boots)
+	if leakedProcs != 0 || fds() != fd0 || mounts() != mnt0 {
+		t.Fatalf("leaks after %d cycles: processes %d, fds %d, mounts %d", cycles, leakedProcs, fds()-fd0, mounts()-mnt0)
+	}
+}

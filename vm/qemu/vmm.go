@@ -1,0 +1,209 @@
+package qemu
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/mdlayher/vsock"
+	"github.com/sirupsen/logrus"
+
+	"github.com/cocoon-runtime/cocoon/vm"
+)
+
+// qemuVM is one QEMU process and what it needs.
+type qemuVM struct {
+	driver   *Driver
+	spec     vm.Spec
+	paths    paths
+	log      *logrus.Entry
+	accel    string
+	vsockCID uint32
+
+	proc    *vm.Watched
+	helpers []*vm.Watched
+	qmp     *qmpClient
+	cleanup *vm.Cleanup
+
+	mu       sync.Mutex
+	vcpus    uint32
+	memMiB   uint64
+	ports    map[string]int // hotplugged device id → root port index
+	dimms    int
+	stopping bool
+
+	done     chan struct{}
+	doneOnce sync.Once
+	err      error
+}
+
+func (v *qemuVM) connectQMP(ctx context.Context) (*qmpClient, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	for {
+		q, err := dialQMP(ctx, v.paths.qmp)
+		if err == nil {
+			return q, nil
+		}
+		select {
+		case <-v.proc.Done():
+			return nil, fmt.Errorf("qemu exited: %v", v.proc.Err())
+		case <-ctx.Done():
+			return nil, fmt.Errorf("qmp: %w (last: %v)", ctx.Err(), err)
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+// supervise reports the VM dead when QEMU exits, and kills QEMU when a helper
+// it cannot work without (virtiofsd) dies.
+func (v *qemuVM) supervise() {
+	helperDied := make(chan *vm.Watched, len(v.helpers))
+	for _, h := range v.helpers {
+		go func() {
+			select {
+			case <-h.Done():
+				helperDied <- h
+			case <-v.proc.Done():
+			}
+		}()
+	}
+	select {
+	case <-v.proc.Done():
+		v.finish(v.proc.Err())
+	case h := <-helperDied:
+		v.mu.Lock()
+		stopping := v.stopping
+		v.mu.Unlock()
+		if !stopping {
+			v.log.WithField("helper", h.Name).Error("VM helper died, stopping the VM")
+		}
+		_ = v.proc.Terminate(time.Second)
+		v.finish(fmt.Errorf("%s died: %v", h.Name, h.Err()))
+	}
+}
+
+func (v *qemuVM) finish(err error) {
+	v.doneOnce.Do(func() {
+		v.mu.Lock()
+		stopping := v.stopping
+		v.mu.Unlock()
+		if err == nil {
+			err = errors.New("qemu exited")
+		}
+		v.err = fmt.Errorf("%w: %v", vm.ErrNotRunning, err)
+		if !stopping {
+			v.log.WithError(err).Warn("VM died")
+		}
+		close(v.done)
+	})
+}
+
+func (v *qemuVM) Done() <-chan struct{} { return v.done }
+
+func (v *qemuVM) Err() error {
+	select {
+	case <-v.done:
+		return v.err
+	default:
+		return nil
+	}
+}
+
+func (v *qemuVM) alive() error {
+	select {
+	case <-v.done:
+		return v.err
+	default:
+		return nil
+	}
+}
+
+// Start runs the guest CPUs (QEMU was started with -S).
+func (v *qemuVM) Start(ctx context.Context) error {
+	if err := v.alive(); err != nil {
+		return err
+	}
+	if err := v.qmp.Execute(ctx, "cont", nil, nil); err != nil {
+		return fmt.Errorf("qemu: start %s: %w%s", v.spec.ID, err, v.logTail())
+	}
+	return nil
+}
+
+// Stop asks QEMU to quit, kills it if it does not, and removes everything the
+// VM had: helpers, sockets, the run dir. The guest's own graceful shutdown is
+// the agent's DestroySandbox, which the caller sends first.
+func (v *qemuVM) Stop(ctx context.Context) error {
+	v.mu.Lock()
+	v.stopping = true
+	v.mu.Unlock()
+	if v.alive() == nil {
+		qctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		_ = v.qmp.Execute(qctx, "quit", nil, nil)
+		cancel()
+		select {
+		case <-v.done:
+		case <-time.After(3 * time.Second):
+		case <-ctx.Done():
+		}
+	}
+	err := v.cleanup.Unwind(v.log)
+	<-v.done
+	return err
+}
+
+// DialAgent connects to the agent: vhost-vsock where the host has it, else the
+// virtio-serial port's socket (one connection at a time).
+func (v *qemuVM) DialAgent(ctx context.Context) (net.Conn, error) {
+	if err := v.alive(); err != nil {
+		return nil, err
+	}
+	if v.vsockCID != 0 {
+		return vsock.Dial(v.vsockCID, 1024, nil)
+	}
+	var d net.Dialer
+	return d.DialContext(ctx, "unix", v.paths.agent)
+}
+
+// Pids are QEMU and its virtiofsd helpers.
+func (v *qemuVM) Pids() []int {
+	pids := []int{v.proc.Pid}
+	for _, h := range v.helpers {
+		pids = append(pids, h.Pid)
+	}
+	return pids
+}
+
+// State is what a restarted cocoond needs to Adopt this VM.
+func (v *qemuVM) State() *vm.State {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	st := &vm.State{
+		Driver: "qemu", ID: v.spec.ID, RunDir: v.spec.RunDir,
+		Pid: v.proc.Pid, StartTime: v.proc.StartTime,
+		ControlSocket: v.paths.qmp, AgentSocket: v.paths.agent, AgentVsockCID: v.vsockCID,
+		VCPUs: v.vcpus, MemoryMiB: v.memMiB, Accel: v.accel,
+	}
+	for _, h := range v.helpers {
+		st.Helpers = append(st.Helpers, h.Process)
+	}
+	return st
+}
+
+// logTail adds the end of QEMU's own log to an error, where the reason is.
+func (v *qemuVM) logTail() string {
+	data, err := os.ReadFile(v.spec.RunDir + "/qemu.log")
+	if err != nil || len(data) == 0 {
+		return ""
+	}
+	s := strings.TrimSpace(string(data))
+	if len(s) > 600 {
+		s = s[len(s)-600:]
+	}
+	return " (qemu: " + s + ")"
+}

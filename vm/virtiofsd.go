@@ -1,0 +1,44 @@
+package vm
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"time"
+)
+
+// VirtiofsdPath is Debian's virtiofsd (from qemu-system-x86).
+var VirtiofsdPath = "/usr/lib/qemu/virtiofsd"
+
+// StartVirtiofsd serves share.Source on a vhost-user socket in runDir and
+// waits until the socket exists. The caller supervises the returned process.
+func StartVirtiofsd(ctx context.Context, runDir string, share Share) (*Watched, string, error) {
+	sock := filepath.Join(runDir, "virtiofs-"+share.Tag+".sock")
+	logFile, err := os.OpenFile(filepath.Join(runDir, "virtiofsd-"+share.Tag+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, "", err
+	}
+	defer logFile.Close()
+	cmd := exec.Command(VirtiofsdPath, "--socket-path="+sock, "-o", "source="+share.Source,
+		"-o", "cache=auto", "-o", "sandbox=chroot", "-o", "xattr")
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	w, err := StartWatched("virtiofsd-"+share.Tag, cmd)
+	if err != nil {
+		return nil, "", err
+	}
+	for {
+		if _, err := os.Stat(sock); err == nil {
+			return w, sock, nil
+		}
+		select {
+		case <-w.Done():
+			return nil, "", fmt.Errorf("virtiofsd for %s exited: %v (see %s)", share.Tag, w.Err(), logFile.Name())
+		case <-ctx.Done():
+			_ = w.Terminate(time.Second)
+			return nil, "", ctx.Err()
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}

@@ -1,0 +1,129 @@
+// Package vm runs pod VMs. It knows nothing about Kubernetes: a VM is a kernel,
+// an initramfs, some vCPUs and memory, shared directories, NICs, disks, and a
+// channel to the agent. Drivers live in vm/qemu and vm/clh; vm/guest builds
+// the kernel and initramfs.
+package vm
+
+import (
+	"context"
+	"errors"
+	"net"
+	"os"
+	"time"
+)
+
+// ErrNotRunning says the VM (its VMM process) is gone.
+var ErrNotRunning = errors.New("vm is not running")
+
+// Driver creates VMs of one hypervisor and re-adopts the ones it left running.
+type Driver interface {
+	// Name is the driver's name in config and state ("qemu", "clh").
+	Name() string
+	// Create starts the VMM with the VM's devices but does not run the guest
+	// yet. On error nothing it started or wrote is left behind.
+	Create(ctx context.Context, spec *Spec) (VMM, error)
+	// Adopt re-attaches to a VM from the state a previous cocoond persisted.
+	// A VM whose VMM process is gone is an error wrapping ErrNotRunning.
+	Adopt(ctx context.Context, st *State) (VMM, error)
+}
+
+// VMM controls one VM.
+type VMM interface {
+	// Start runs the guest (boots it).
+	Start(ctx context.Context) error
+	// Stop ends the VM: gracefully through the VMM, then by killing it, and
+	// removes its helpers, sockets and files. Stopping a stopped VM is fine.
+	Stop(ctx context.Context) error
+	// Done is closed when the VMM process has exited; Err then says why.
+	Done() <-chan struct{}
+	Err() error
+
+	AddNet(ctx context.Context, nic NIC) error
+	RemoveNet(ctx context.Context, id string) error
+	AddDisk(ctx context.Context, disk Disk) error
+	RemoveDisk(ctx context.Context, id string) error
+	// Resize sets the guest's vCPUs and memory within the limits of the spec.
+	Resize(ctx context.Context, vcpus uint32, memoryMiB uint64) error
+
+	// Pids are the VMM process and its helpers (virtiofsd).
+	Pids() []int
+	// DialAgent connects to the agent's ttRPC endpoint in the guest.
+	DialAgent(ctx context.Context) (net.Conn, error)
+	// State is what to persist so a restarted cocoond can Adopt the VM.
+	State() *State
+}
+
+// Spec describes a VM to create.
+type Spec struct {
+	ID string
+	// RunDir is the VM's private runtime directory (sockets, console log);
+	// the driver creates it and Stop removes it.
+	RunDir    string
+	Kernel    string
+	Initramfs string
+	// KernelArgs are appended to the driver's own command line.
+	KernelArgs []string
+
+	VCPUs        uint32
+	MaxVCPUs     uint32 // hotplug limit; 0 means VCPUs
+	MemoryMiB    uint64
+	MaxMemoryMiB uint64 // hotplug limit; 0 means MemoryMiB
+
+	Shares []Share
+	NICs   []NIC
+	Disks  []Disk
+
+	// Accel is "kvm", "tcg" or "auto" (drivers that emulate; others need KVM).
+	Accel string
+	// BootTimeout bounds how long an accelerator probe may take (auto).
+	BootTimeout time.Duration
+}
+
+// Share is a host directory the guest mounts with virtio-fs under Tag.
+type Share struct {
+	Tag    string
+	Source string
+}
+
+// NIC is a virtio-net device on a tap the caller created (in the pod netns).
+type NIC struct {
+	ID  string
+	Tap *os.File // the open tap; the driver passes the fd to the VMM
+	MAC net.HardwareAddr
+	MTU int
+}
+
+// Disk is a virtio-blk device backed by a host file or block device.
+type Disk struct {
+	ID       string
+	Path     string
+	ReadOnly bool
+}
+
+// State is a driver's persisted view of a running VM.
+type State struct {
+	Driver string `json:"driver"`
+	ID     string `json:"id"`
+	RunDir string `json:"runDir"`
+	// Pid and StartTime identify the VMM process; StartTime (from
+	// /proc/<pid>/stat) guards against pid reuse after a reboot or crash.
+	Pid       int    `json:"pid"`
+	StartTime uint64 `json:"startTime"`
+	// Helpers are other processes the VM needs (virtiofsd), with start times.
+	Helpers []Process `json:"helpers,omitempty"`
+	// ControlSocket is the QMP or REST API socket; AgentSocket the agent channel.
+	ControlSocket string `json:"controlSocket"`
+	AgentSocket   string `json:"agentSocket"`
+	// AgentVsockCID is set when the agent is reached over vhost-vsock.
+	AgentVsockCID uint32 `json:"agentVsockCID,omitempty"`
+	VCPUs         uint32 `json:"vcpus"`
+	MemoryMiB     uint64 `json:"memoryMiB"`
+	Accel         string `json:"accel,omitempty"`
+}
+
+// Process is a pid with its start time.
+type Process struct {
+	Name      string `json:"name"`
+	Pid       int    `json:"pid"`
+	StartTime uint64 `json:"startTime"`
+}
