@@ -83,7 +83,7 @@ verify-generate:
 ## test-integration: tests that need root and real components (they skip, saying why, otherwise)
 test-integration:
 	$(MAKE) guest GUEST_DIR=$(TEST_GUEST)
-	set -o pipefail; CGO_ENABLED=1 COCOON_INTEGRATION=1 COCOON_BIN=$(BIN) COCOON_GUEST_DIR=$(TEST_GUEST) $(GO) test -timeout 20m -v -count=1 -p 1 ./test/e2e/... | grep -E "^(=== RUN|\s*--- |PASS|FAIL|ok|e2e:)|SKIP|skip|_test.go:"
+	set -o pipefail; CGO_ENABLED=1 COCOON_INTEGRATION=1 COCOON_BIN=$(BIN) COCOON_GUEST_DIR=$(TEST_GUEST) $(GO) test -timeout 20m -v -count=1 -p 1 ./vm/... ./test/e2e/... | grep -E "^(=== RUN|\s*--- |PASS|FAIL|ok|e2e:)|SKIP|skip|_test.go:"
 
 ## test-critest: critest against cocoond, the local registry and the test images
 test-critest:

@@ -13,9 +13,10 @@ import (
 
 // Config is the effective configuration of cocoond.
 type Config struct {
-	Daemon Daemon `toml:"daemon" json:"daemon" comment:"The daemon: socket, state directories, logging."`
-	Image  Image  `toml:"image" json:"image" comment:"The image service: containers/storage and registry settings."`
-	CNI    CNI    `toml:"cni" json:"cni" comment:"Pod networking through CNI plugins."`
+	Daemon  Daemon  `toml:"daemon" json:"daemon" comment:"The daemon: socket, state directories, logging."`
+	Image   Image   `toml:"image" json:"image" comment:"The image service: containers/storage and registry settings."`
+	CNI     CNI     `toml:"cni" json:"cni" comment:"Pod networking through CNI plugins."`
+	Runtime Runtime `toml:"runtime" json:"runtime" comment:"Runtime handlers: which VMM, guest and VM size a pod gets."`
 }
 
 // Daemon configures the process itself.
@@ -165,5 +166,6 @@ func (c *Config) Validate() []*FieldError {
 	errs = append(errs, c.Daemon.Validate()...)
 	errs = append(errs, c.Image.Validate()...)
 	errs = append(errs, c.CNI.Validate()...)
+	errs = append(errs, c.Runtime.Validate()...)
 	return errs
 }

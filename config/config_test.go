@@ -154,3 +154,71 @@ func TestMarshalRoundTrip(t *testing.T) {
 		t.Fatalf("round trip changed values")
 	}
 }
+
+func TestRuntimeHandlers(t *testing.T) {
+	for _, tt := range []struct {
+		name    string
+		body    string
+		wantErr []string
+		check   func(t *testing.T, c *Config)
+	}{
+		{
+			name: "defaults: a qemu and a clh handler",
+			check: func(t *testing.T, c *Config) {
+				h := c.Runtime.Handlers["cocoon"]
+				if c.Runtime.DefaultHandler != "cocoon" || h.VMM != "qemu" || h.VCPUs != 1 || h.MemoryMiB != 256 || h.GuestDir != "/var/lib/cocoon/guest" {
+					t.Fatalf("%+v", c.Runtime)
+				}
+				if c.Runtime.Handlers["cocoon-clh"].VMM != "clh" {
+					t.Fatal("no clh handler")
+				}
+			},
+		},
+		{
+			name: "a drop-in setting one key keeps the handler's others",
+			body: "[runtime.handlers.cocoon]\nmemory_mib = 512\n",
+			check: func(t *testing.T, c *Config) {
+				h := c.Runtime.Handlers["cocoon"]
+				if h.MemoryMiB != 512 || h.VMM != "qemu" || h.VCPUs != 1 || h.MaxMemoryMiB != 2048 || h.BootTimeout == 0 {
+					t.Fatalf("%+v", h)
+				}
+			},
+		},
+		{
+			name: "a new handler takes the defaults",
+			body: "[runtime.handlers.big]\nvcpus = 2\nmemory_mib = 1024\nkernel_args = [\"cocoon.log=debug\"]\n",
+			check: func(t *testing.T, c *Config) {
+				h := c.Runtime.Handlers["big"]
+				if h.VMM != "qemu" || h.VCPUs != 2 || h.MaxVCPUs != 4 || h.MemoryMiB != 1024 || h.MaxMemoryMiB != 2048 || h.KernelArgs[0] != "cocoon.log=debug" {
+					t.Fatalf("%+v", h)
+				}
+			},
+		},
+		{name: "unknown default handler", body: "[runtime]\ndefault_handler = \"nope\"\n", wantErr: []string{"runtime.default_handler", "nope"}},
+		{name: "bad vmm", body: "[runtime.handlers.x]\nvmm = \"firecracker\"\n", wantErr: []string{"runtime.handlers.x.vmm", "firecracker"}},
+		{name: "limit below size", body: "[runtime.handlers.x]\nvcpus = 8\nmax_vcpus = 2\n", wantErr: []string{"runtime.handlers.x.max_vcpus"}},
+		{name: "too little memory", body: "[runtime.handlers.x]\nmemory_mib = 64\n", wantErr: []string{"runtime.handlers.x.memory_mib"}},
+		{name: "bad handler name", body: "[runtime.handlers.Big_One]\n", wantErr: []string{"runtime.handlers.Big_One", "DNS"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			path := filepath.Join(dir, "cocoon.toml")
+			if tt.body != "" {
+				writeFile(t, path, tt.body)
+			}
+			l, err := Load(path, false)
+			if len(tt.wantErr) > 0 {
+				for _, s := range tt.wantErr {
+					if err == nil || !strings.Contains(err.Error(), s) {
+						t.Fatalf("error %v lacks %q", err, s)
+					}
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			tt.check(t, &l.Config)
+		})
+	}
+}

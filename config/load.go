@@ -46,6 +46,7 @@ func Defaults() (*Config, error) {
 	if err := l.decode(EmbeddedDefaults, defaultsTOML); err != nil {
 		return nil, err
 	}
+	l.Config.Runtime.fillDefaults()
 	return &l.Config, nil
 }
 
@@ -81,6 +82,7 @@ func Load(path string, required bool) (*Loaded, error) {
 		l.Files = append(l.Files, f)
 	}
 
+	l.Config.Runtime.fillDefaults()
 	if errs := l.Config.Validate(); len(errs) > 0 {
 		msgs := make([]string, 0, len(errs))
 		for _, e := range errs {

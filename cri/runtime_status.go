@@ -20,14 +20,21 @@ func (s *Server) Status(_ context.Context, req *runtimeapi.StatusRequest) (*runt
 			{Type: runtimeapi.RuntimeReady, Status: true},
 			network,
 		}},
-		RuntimeHandlers: []*runtimeapi.RuntimeHandler{{
-			Name:     "",
-			Features: &runtimeapi.RuntimeHandlerFeatures{},
-		}},
-		Features: &runtimeapi.RuntimeFeatures{SupplementalGroupsPolicy: false},
+		RuntimeHandlers: runtimeHandlers(s.opts.Handlers),
+		Features:        &runtimeapi.RuntimeFeatures{SupplementalGroupsPolicy: false},
 	}
 	if req.GetVerbose() {
 		resp.Info = s.opts.StatusInfo
 	}
 	return resp, nil
+}
+
+// runtimeHandlers lists the default handler ("") and every named one. VM
+// sandboxes support neither recursive read-only mounts nor user namespaces yet.
+func runtimeHandlers(names []string) []*runtimeapi.RuntimeHandler {
+	out := []*runtimeapi.RuntimeHandler{{Name: "", Features: &runtimeapi.RuntimeHandlerFeatures{}}}
+	for _, n := range names {
+		out = append(out, &runtimeapi.RuntimeHandler{Name: n, Features: &runtimeapi.RuntimeHandlerFeatures{}})
+	}
+	return out
 }

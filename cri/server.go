@@ -31,6 +31,8 @@ type networkProbe interface {
 // Options are the settings the server reports rather than acts on.
 type Options struct {
 	CgroupDriver string // "cgroupfs" or "systemd"
+	// Handlers are the configured runtime handler names (RuntimeClass handlers).
+	Handlers []string
 	// StatusInfo is extra verbose information for Status (effective config and so on).
 	StatusInfo map[string]string
 }

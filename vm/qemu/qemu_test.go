@@ -349,3 +349,61 @@ func TestQEMUBootStopCyclesLeakNothing(t *testing.T) {
 		t.Fatalf("leaks after %d cycles: processes %d, fds %d, mounts %d", cycles, leakedProcs, fds()-fd0, mounts()-mnt0)
 	}
 }
+
+func TestQEMUOrphansAreRemoved(t *testing.T) {
+	m := testGuest(t)
+	ctx := context.Background()
+	root := t.TempDir()
+	var specs []*vm.Spec
+	var pids []int // nothing of the orphan may survive
+	for _, id := range []string{"kept", "orphan"} {
+		spec := testSpec(t, m, id)
+		spec.RunDir = filepath.Join(root, id)
+		v, err := quietDriver().Create(ctx, spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := vm.SaveState(v.State()); err != nil {
+			t.Fatal(err)
+		}
+		specs = append(specs, spec)
+		pids = append(pids, v.Pids()...)
+		defer v.Stop(ctx)
+		v.(*qemuVM).qmp.Close() // as a cocoond restart would
+	}
+	d := quietDriver()
+	removed, err := vm.RemoveOrphans(ctx, root, map[string]vm.Driver{"qemu": d}, func(id string) bool { return id == "kept" }, d.opts.Log)
+	if err != nil || len(removed) != 1 || removed[0] != "orphan" {
+		t.Fatalf("removed %v, %v", removed, err)
+	}
+	if _, err := os.Stat(specs[1].RunDir); !os.IsNotExist(err) {
+		t.Fatal("orphan's run dir left")
+	}
+	if _, err := os.Stat(specs[0].RunDir); err != nil {
+		t.Fatal("kept VM's run dir removed")
+	}
+	assertGone(t, specs[1].RunDir, pids[len(pids)/2:])
+}
+
+func TestQEMUAccelAuto(t *testing.T) {
+	m := testGuest(t)
+	spec := testSpec(t, m, "auto")
+	spec.Accel = "auto"
+	d := quietDriver()
+	d.opts.KVMProbeTimeout = 20 * time.Second
+	v, err := d.Create(context.Background(), spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Stop(context.Background())
+	accel := v.State().Accel
+	if _, err := os.Stat("/dev/kvm"); err != nil && accel != "tcg" {
+		t.Fatalf("no /dev/kvm but accel %q", accel)
+	}
+	if err := v.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	c, _ := agentClient(t, v)
+	c.Close()
+	t.Logf("accel=auto chose %s", accel)
+}

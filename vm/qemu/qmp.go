@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -58,8 +59,14 @@ func dialQMP(ctx context.Context, path string) (*qmpClient, error) {
 		return nil, err
 	}
 	q := &qmpClient{conn: c.(*net.UnixConn), pending: map[string]chan qmpReply{}, events: make(chan qmpEvent, 64)}
+	// QEMU greets only one client at a time: a stale connection elsewhere
+	// would make this read wait forever, so it obeys ctx.
+	if deadline, ok := ctx.Deadline(); ok {
+		_ = c.SetReadDeadline(deadline)
+	}
 	r := bufio.NewReader(c)
 	greeting, err := r.ReadBytes('\n')
+	_ = c.SetReadDeadline(time.Time{})
 	if err != nil {
 		c.Close()
 		return nil, fmt.Errorf("qmp greeting: %w", err)
@@ -212,4 +219,10 @@ func (q *qmpClient) WaitEvent(ctx context.Context, name string, match func(json.
 	}
 }
 
-func (q *qmpClient) Close() error { return q.conn.Close() }
+// Close ends the connection; closing twice is fine.
+func (q *qmpClient) Close() error {
+	if err := q.conn.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+		return err
+	}
+	return nil
+}

@@ -1,0 +1,116 @@
+package config
+
+import (
+	"fmt"
+	"regexp"
+	"sort"
+)
+
+// Runtime configures the runtime handlers (Kubernetes RuntimeClass handlers):
+// each names a VMM, a guest and the VM's size.
+type Runtime struct {
+	DefaultHandler string             `toml:"default_handler" json:"default_handler" comment:"Handler for pods that name none (kubelet sends \"\")."`
+	GuestDir       string             `toml:"guest_dir" json:"guest_dir" comment:"Kernel + initramfs built by 'cocoon guest build'."`
+	Handlers       map[string]Handler `toml:"handlers" json:"handlers" comment:"Runtime handlers by name; unset fields take the built-in defaults."`
+}
+
+// Handler is one runtime handler.
+type Handler struct {
+	VMM          string   `toml:"vmm" json:"vmm" comment:"qemu or clh (Cloud Hypervisor)."`
+	Binary       string   `toml:"binary" json:"binary" comment:"VMM binary; empty: qemu-system-x86_64 or cloud-hypervisor on PATH."`
+	Accel        string   `toml:"accel" json:"accel" comment:"qemu only: kvm, tcg, or auto (proves KVM by booting, else TCG with a warning)."`
+	VCPUs        uint32   `toml:"vcpus" json:"vcpus" comment:"vCPUs at boot."`
+	MaxVCPUs     uint32   `toml:"max_vcpus" json:"max_vcpus" comment:"vCPU hotplug limit."`
+	MemoryMiB    uint64   `toml:"memory_mib" json:"memory_mib" comment:"Memory at boot, MiB."`
+	MaxMemoryMiB uint64   `toml:"max_memory_mib" json:"max_memory_mib" comment:"Memory hotplug limit, MiB."`
+	KernelArgs   []string `toml:"kernel_args" json:"kernel_args" comment:"Extra guest kernel command line arguments."`
+	BootTimeout  Duration `toml:"boot_timeout" json:"boot_timeout" comment:"How long a VM may take from VMM start to a healthy agent."`
+	GuestDir     string   `toml:"guest_dir" json:"guest_dir" comment:"Guest for this handler; empty: runtime.guest_dir."`
+}
+
+// handlerDefaults fill what a handler leaves unset, so a drop-in that sets one
+// key of a handler does not zero the others.
+var handlerDefaults = Handler{
+	VMM: "qemu", Accel: "auto", VCPUs: 1, MaxVCPUs: 4, MemoryMiB: 256, MaxMemoryMiB: 2048,
+	BootTimeout: Duration(60e9),
+}
+
+var handlerName = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`)
+
+// fillDefaults completes every handler from handlerDefaults.
+func (r *Runtime) fillDefaults() {
+	for name, h := range r.Handlers {
+		d := handlerDefaults
+		if h.VMM == "" {
+			h.VMM = d.VMM
+		}
+		if h.Accel == "" {
+			h.Accel = d.Accel
+		}
+		if h.VCPUs == 0 {
+			h.VCPUs = d.VCPUs
+		}
+		if h.MaxVCPUs == 0 {
+			h.MaxVCPUs = max(d.MaxVCPUs, h.VCPUs)
+		}
+		if h.MemoryMiB == 0 {
+			h.MemoryMiB = d.MemoryMiB
+		}
+		if h.MaxMemoryMiB == 0 {
+			h.MaxMemoryMiB = max(d.MaxMemoryMiB, h.MemoryMiB)
+		}
+		if h.BootTimeout == 0 {
+			h.BootTimeout = d.BootTimeout
+		}
+		if h.GuestDir == "" {
+			h.GuestDir = r.GuestDir
+		}
+		r.Handlers[name] = h
+	}
+}
+
+// HandlerNames lists the handlers, sorted.
+func (r *Runtime) HandlerNames() []string {
+	names := make([]string, 0, len(r.Handlers))
+	for n := range r.Handlers {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// Validate checks the runtime section.
+func (r *Runtime) Validate() []*FieldError {
+	errs := collect(requireAbs("runtime.guest_dir", r.GuestDir))
+	if len(r.Handlers) == 0 {
+		errs = append(errs, fieldErr("runtime.handlers", "must define at least one handler"))
+	}
+	if _, ok := r.Handlers[r.DefaultHandler]; !ok {
+		errs = append(errs, fieldErr("runtime.default_handler", "%q names no handler in runtime.handlers (have %v)", r.DefaultHandler, r.HandlerNames()))
+	}
+	for _, name := range r.HandlerNames() {
+		h := r.Handlers[name]
+		key := func(k string) string { return fmt.Sprintf("runtime.handlers.%s.%s", name, k) }
+		if !handlerName.MatchString(name) {
+			errs = append(errs, fieldErr("runtime.handlers."+name, "handler names are lowercase DNS labels"))
+		}
+		errs = append(errs, collect(
+			oneOf(key("vmm"), h.VMM, "qemu", "clh"),
+			oneOf(key("accel"), h.Accel, "auto", "kvm", "tcg"),
+			requireAbs(key("guest_dir"), h.GuestDir),
+		)...)
+		if h.MaxVCPUs < h.VCPUs {
+			errs = append(errs, fieldErr(key("max_vcpus"), "must be at least vcpus (%d)", h.VCPUs))
+		}
+		if h.MemoryMiB < 128 {
+			errs = append(errs, fieldErr(key("memory_mib"), "must be at least 128 (the guest needs it), got %d", h.MemoryMiB))
+		}
+		if h.MaxMemoryMiB < h.MemoryMiB {
+			errs = append(errs, fieldErr(key("max_memory_mib"), "must be at least memory_mib (%d)", h.MemoryMiB))
+		}
+		if h.BootTimeout <= 0 {
+			errs = append(errs, fieldErr(key("boot_timeout"), "must be positive"))
+		}
+	}
+	return errs
+}

@@ -1,0 +1,92 @@
+package vm
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/sirupsen/logrus"
+)
+
+// StateFile is where a VM's State lives inside its run dir.
+const StateFile = "vm.json"
+
+// SaveState writes st into its run dir atomically.
+func SaveState(st *State) error {
+	data, err := json.MarshalIndent(st, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp := filepath.Join(st.RunDir, StateFile+".tmp")
+	if err := os.WriteFile(tmp, data, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, filepath.Join(st.RunDir, StateFile))
+}
+
+// LoadStates reads every root/*/vm.json.
+func LoadStates(root string) ([]*State, error) {
+	files, err := filepath.Glob(filepath.Join(root, "*", StateFile))
+	if err != nil {
+		return nil, err
+	}
+	var out []*State
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			return nil, err
+		}
+		var st State
+		if err := json.Unmarshal(data, &st); err != nil {
+			return nil, fmt.Errorf("%s: %w", f, err)
+		}
+		out = append(out, &st)
+	}
+	return out, nil
+}
+
+// RemoveOrphans stops every VM under root whose sandbox keep does not claim,
+// and removes what dead ones left (helpers, run dir). It returns their IDs.
+func RemoveOrphans(ctx context.Context, root string, drivers map[string]Driver, keep func(id string) bool, log *logrus.Entry) ([]string, error) {
+	states, err := LoadStates(root)
+	if err != nil {
+		return nil, err
+	}
+	var removed []string
+	var errs []error
+	for _, st := range states {
+		if keep(st.ID) {
+			continue
+		}
+		if err := removeVM(ctx, st, drivers[st.Driver]); err != nil {
+			errs = append(errs, fmt.Errorf("orphan VM %s: %w", st.ID, err))
+			continue
+		}
+		log.WithFields(logrus.Fields{"vm": st.ID, "driver": st.Driver}).Info("removed VM whose sandbox no longer exists")
+		removed = append(removed, st.ID)
+	}
+	return removed, errors.Join(errs...)
+}
+
+func removeVM(ctx context.Context, st *State, d Driver) error {
+	if d != nil {
+		v, err := d.Adopt(ctx, st)
+		if err == nil {
+			return v.Stop(ctx)
+		}
+		if !errors.Is(err, ErrNotRunning) {
+			return err
+		}
+	}
+	// The VMM is gone (or its driver is not configured): kill what it left.
+	for _, p := range append(st.Helpers, Process{Name: "vmm", Pid: st.Pid, StartTime: st.StartTime}) {
+		if w, err := AdoptWatched(p); err == nil {
+			_ = w.Terminate(2 * time.Second)
+		}
+	}
+	return os.RemoveAll(st.RunDir)
+}
