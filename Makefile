@@ -94,6 +94,8 @@ bench: deps build tools
 	BIN=$(BIN) test/bench/pull.sh
 	$(MAKE) guest GUEST_DIR=$(TEST_GUEST)
 	CGO_ENABLED=1 COCOON_INTEGRATION=1 COCOON_GUEST_DIR=$(TEST_GUEST) $(GO) test -run XXX -bench GuestBoot -benchtime $${BOOTS:-5}x ./test/e2e/
+	CGO_ENABLED=1 COCOON_INTEGRATION=1 COCOON_GUEST_DIR=$(TEST_GUEST) $(GO) test -run XXX -bench QEMUColdBoot -benchtime $${BOOTS:-10}x ./vm/qemu/
+	CGO_ENABLED=1 COCOON_INTEGRATION=1 COCOON_GUEST_DIR=$(TEST_GUEST) COCOON_CYCLES=$${CYCLES:-50} $(GO) test -count=1 -v -timeout 30m -run BootStopCycles ./vm/qemu/ | grep -E "cycles|^(---|ok|FAIL)"
 
 ## generate: regenerate committed generated code (protoc from Debian, plugins pinned in go.mod)
 generate:

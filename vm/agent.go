@@ -15,8 +15,10 @@ import (
 type Dialer func(ctx context.Context) (net.Conn, error)
 
 // WaitAgent dials the agent and polls its health check until it serves or ctx
-// ends; it returns the connected client. Requests sent before the guest opened
-// its end are answered late or lost, so each check has a short deadline.
+// ends; it returns the connected client. Over virtio-serial the VMM holds what
+// we write until the guest opens its port, so the first check waits long
+// (short ones would be answered late, after their caller gave up); later
+// checks are short in case the first was lost.
 func WaitAgent(ctx context.Context, dial Dialer) (*ttrpc.Client, error) {
 	conn, err := dialRetry(ctx, dial)
 	if err != nil {
@@ -24,7 +26,7 @@ func WaitAgent(ctx context.Context, dial Dialer) (*ttrpc.Client, error) {
 	}
 	client := ttrpc.NewClient(conn)
 	health := agentapi.NewHealthClient(client)
-	attempt := 500 * time.Millisecond
+	attempt := 10 * time.Second
 	for {
 		actx, cancel := context.WithTimeout(ctx, attempt)
 		resp, err := health.Check(actx, &agentapi.CheckRequest{})
@@ -36,9 +38,7 @@ func WaitAgent(ctx context.Context, dial Dialer) (*ttrpc.Client, error) {
 			client.Close()
 			return nil, fmt.Errorf("agent not healthy: %w (last: %v)", ctx.Err(), err)
 		}
-		if attempt < 4*time.Second {
-			attempt *= 2
-		}
+		attempt = time.Second
 	}
 }
 

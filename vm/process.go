@@ -132,16 +132,22 @@ func (w *Watched) Exited() bool {
 	}
 }
 
-// Terminate sends SIGTERM, waits up to grace, then SIGKILLs and waits.
+// Kill sends SIGKILL and waits for the process to go.
+func (w *Watched) Kill() error { return w.Terminate(0) }
+
+// Terminate sends SIGTERM, waits up to grace, then SIGKILLs and waits. With
+// no grace it goes straight to SIGKILL.
 func (w *Watched) Terminate(grace time.Duration) error {
 	if w.Exited() {
 		return nil
 	}
-	_ = unix.Kill(w.Pid, unix.SIGTERM)
-	select {
-	case <-w.done:
-		return nil
-	case <-time.After(grace):
+	if grace > 0 {
+		_ = unix.Kill(w.Pid, unix.SIGTERM)
+		select {
+		case <-w.done:
+			return nil
+		case <-time.After(grace):
+		}
 	}
 	_ = unix.Kill(w.Pid, unix.SIGKILL)
 	select {

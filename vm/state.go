@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"time"
 
 	"github.com/sirupsen/logrus"
 )
@@ -73,19 +72,25 @@ func RemoveOrphans(ctx context.Context, root string, drivers map[string]Driver, 
 }
 
 func removeVM(ctx context.Context, st *State, d Driver) error {
-	if d != nil {
-		v, err := d.Adopt(ctx, st)
-		if err == nil {
-			return v.Stop(ctx)
-		}
-		if !errors.Is(err, ErrNotRunning) {
-			return err
-		}
+	if d == nil {
+		return RemoveDead(st) // its driver is not configured any more
 	}
-	// The VMM is gone (or its driver is not configured): kill what it left.
+	v, err := d.Adopt(ctx, st)
+	if errors.Is(err, ErrNotRunning) {
+		return nil // the driver cleaned up after the dead VM
+	}
+	if err != nil {
+		return err
+	}
+	return v.Stop(ctx)
+}
+
+// RemoveDead kills whatever a VM whose VMM died left running (helpers, or the
+// VMM itself if it still lingers) and removes its run dir.
+func RemoveDead(st *State) error {
 	for _, p := range append(st.Helpers, Process{Name: "vmm", Pid: st.Pid, StartTime: st.StartTime}) {
 		if w, err := AdoptWatched(p); err == nil {
-			_ = w.Terminate(2 * time.Second)
+			_ = w.Kill()
 		}
 	}
 	return os.RemoveAll(st.RunDir)

@@ -12,10 +12,15 @@ import (
 // VirtiofsdPath is Debian's virtiofsd (from qemu-system-x86).
 var VirtiofsdPath = "/usr/lib/qemu/virtiofsd"
 
-// StartVirtiofsd serves share.Source on a vhost-user socket in runDir and
-// waits until the socket exists. The caller supervises the returned process.
+// VirtiofsSocket is the vhost-user socket serving share tag in runDir.
+func VirtiofsSocket(runDir, tag string) string {
+	return filepath.Join(runDir, "virtiofs-"+tag+".sock")
+}
+
+// StartVirtiofsd serves share.Source on VirtiofsSocket and waits until the
+// socket exists. The caller supervises the returned process.
 func StartVirtiofsd(ctx context.Context, runDir string, share Share) (*Watched, string, error) {
-	sock := filepath.Join(runDir, "virtiofs-"+share.Tag+".sock")
+	sock := VirtiofsSocket(runDir, share.Tag)
 	logFile, err := os.OpenFile(filepath.Join(runDir, "virtiofsd-"+share.Tag+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return nil, "", err
@@ -34,9 +39,11 @@ func StartVirtiofsd(ctx context.Context, runDir string, share Share) (*Watched, 
 		}
 		select {
 		case <-w.Done():
+			_ = os.Remove(sock)
 			return nil, "", fmt.Errorf("virtiofsd for %s exited: %v (see %s)", share.Tag, w.Err(), logFile.Name())
 		case <-ctx.Done():
 			_ = w.Terminate(time.Second)
+			_ = os.Remove(sock)
 			return nil, "", ctx.Err()
 		case <-time.After(10 * time.Millisecond):
 		}

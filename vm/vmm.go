@@ -23,7 +23,9 @@ type Driver interface {
 	// yet. On error nothing it started or wrote is left behind.
 	Create(ctx context.Context, spec *Spec) (VMM, error)
 	// Adopt re-attaches to a VM from the state a previous cocoond persisted.
-	// A VM whose VMM process is gone is an error wrapping ErrNotRunning.
+	// A VM whose VMM process is gone is an error wrapping ErrNotRunning, and
+	// the driver has already removed what it left (helpers, run dir): the
+	// caller has no VMM to Stop.
 	Adopt(ctx context.Context, st *State) (VMM, error)
 }
 

@@ -218,6 +218,11 @@ func (d *Driver) Adopt(ctx context.Context, st *vm.State) (vm.VMM, error) {
 	}
 	proc, err := vm.AdoptWatched(vm.Process{Name: "qemu", Pid: st.Pid, StartTime: st.StartTime})
 	if err != nil {
+		if errors.Is(err, vm.ErrNotRunning) {
+			if rerr := vm.RemoveDead(st); rerr != nil {
+				return nil, errors.Join(err, rerr)
+			}
+		}
 		return nil, err
 	}
 	v := &qemuVM{driver: d, spec: vm.Spec{ID: st.ID, RunDir: st.RunDir}, paths: vmPaths(st.RunDir),

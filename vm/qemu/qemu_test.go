@@ -407,3 +407,65 @@ func TestQEMUAccelAuto(t *testing.T) {
 	c.Close()
 	t.Logf("accel=auto chose %s", accel)
 }
+
+// BenchmarkQEMUColdBoot measures VMM start to a healthy agent (median, p90)
+// and the host memory of an idle VM (QEMU and virtiofsd RSS), against the same
+// kernel reaching userspace with no agent in the same run.
+//
+//	make bench  (or: go test -run XXX -bench QEMUColdBoot -benchtime 10x ./vm/qemu/)
+func BenchmarkQEMUColdBoot(b *testing.B) {
+	m := testGuest(b)
+	var boots, bare []time.Duration
+	var qemuRSS, vfsRSS []uint64
+	for b.Loop() {
+		spec := testSpec(b, m, "bench")
+		start := time.Now()
+		v, err := quietDriver().Create(context.Background(), spec)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := v.Start(context.Background()); err != nil {
+			b.Fatal(err)
+		}
+		c, _ := agentClient(b, v)
+		boots = append(boots, time.Since(start))
+		time.Sleep(time.Second) // idle
+		pids := v.Pids()
+		qemuRSS = append(qemuRSS, rssKiB(pids[0]))
+		vfsRSS = append(vfsRSS, rssKiB(pids[1]))
+		c.Close()
+		_ = v.Stop(context.Background())
+
+		start = time.Now()
+		cmd := exec.Command("qemu-system-x86_64", "-machine", "q35,accel=tcg", "-cpu", "max", "-m", "256",
+			"-nodefaults", "-nographic", "-no-reboot", "-kernel", m.KernelPath(), "-initrd", m.InitramfsPath(),
+			"-append", "console=ttyS0 panic=-1 rdinit=/none init=/none", "-serial", "null")
+		if err := cmd.Run(); err != nil {
+			b.Fatal(err)
+		}
+		bare = append(bare, time.Since(start))
+	}
+	pct := func(d []time.Duration, p int) time.Duration {
+		s := slices.Clone(d)
+		slices.Sort(s)
+		return s[(len(s)-1)*p/100]
+	}
+	b.ReportMetric(pct(boots, 50).Seconds(), "s-boot-median")
+	b.ReportMetric(pct(boots, 90).Seconds(), "s-boot-p90")
+	b.ReportMetric(pct(boots, 50).Seconds()/pct(bare, 50).Seconds(), "ratio-boot/bare-kernel")
+	slices.Sort(qemuRSS)
+	slices.Sort(vfsRSS)
+	b.ReportMetric(float64(qemuRSS[len(qemuRSS)/2])/1024, "MiB-qemu-rss")
+	b.ReportMetric(float64(vfsRSS[len(vfsRSS)/2])/1024, "MiB-virtiofsd-rss")
+}
+
+func rssKiB(pid int) uint64 {
+	data, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			n, _ := strconv.ParseUint(strings.Fields(v)[0], 10, 64)
+			return n
+		}
+	}
+	return 0
+}
