@@ -1,0 +1,177 @@
+package ocispec
+
+import (
+	"strings"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+)
+
+// allCapabilities lists Linux capabilities by number (index = value), up to
+// CAP_CHECKPOINT_RESTORE, the last one as of Linux 6.x. Privileged
+// containers get all of them; results are ordered this way.
+var allCapabilities = []string{
+	"CAP_CHOWN",
+	"CAP_DAC_OVERRIDE",
+	"CAP_DAC_READ_SEARCH",
+	"CAP_FOWNER",
+	"CAP_FSETID",
+	"CAP_KILL",
+	"CAP_SETGID",
+	"CAP_SETUID",
+	"CAP_SETPCAP",
+	"CAP_LINUX_IMMUTABLE",
+	"CAP_NET_BIND_SERVICE",
+	"CAP_NET_BROADCAST",
+	"CAP_NET_ADMIN",
+	"CAP_NET_RAW",
+	"CAP_IPC_LOCK",
+	"CAP_IPC_OWNER",
+	"CAP_SYS_MODULE",
+	"CAP_SYS_RAWIO",
+	"CAP_SYS_CHROOT",
+	"CAP_SYS_PTRACE",
+	"CAP_SYS_PACCT",
+	"CAP_SYS_ADMIN",
+	"CAP_SYS_BOOT",
+	"CAP_SYS_NICE",
+	"CAP_SYS_RESOURCE",
+	"CAP_SYS_TIME",
+	"CAP_SYS_TTY_CONFIG",
+	"CAP_MKNOD",
+	"CAP_LEASE",
+	"CAP_AUDIT_WRITE",
+	"CAP_AUDIT_CONTROL",
+	"CAP_SETFCAP",
+	"CAP_MAC_OVERRIDE",
+	"CAP_MAC_ADMIN",
+	"CAP_SYSLOG",
+	"CAP_WAKE_ALARM",
+	"CAP_BLOCK_SUSPEND",
+	"CAP_AUDIT_READ",
+	"CAP_PERFMON",
+	"CAP_BPF",
+	"CAP_CHECKPOINT_RESTORE",
+}
+
+// DefaultCapabilities is containerd's (and Docker's) default set.
+var DefaultCapabilities = []string{
+	"CAP_CHOWN",
+	"CAP_DAC_OVERRIDE",
+	"CAP_FSETID",
+	"CAP_FOWNER",
+	"CAP_MKNOD",
+	"CAP_NET_RAW",
+	"CAP_SETGID",
+	"CAP_SETUID",
+	"CAP_SETFCAP",
+	"CAP_SETPCAP",
+	"CAP_NET_BIND_SERVICE",
+	"CAP_SYS_CHROOT",
+	"CAP_KILL",
+	"CAP_AUDIT_WRITE",
+}
+
+var capIndex = func() map[string]int {
+	m := make(map[string]int, len(allCapabilities))
+	for i, c := range allCapabilities {
+		m[c] = i
+	}
+	return m
+}()
+
+// capSet is a set of capability numbers.
+type capSet map[int]bool
+
+func (s capSet) list() []string {
+	out := []string{}
+	for i, c := range allCapabilities {
+		if s[i] {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+func isAll(name string) bool { return strings.EqualFold(strings.TrimSpace(name), "ALL") }
+
+// capNumber accepts "chown", "CHOWN", "cap_chown" and "CAP_CHOWN".
+func capNumber(name string) (int, error) {
+	n := strings.ToUpper(strings.TrimSpace(name))
+	if !strings.HasPrefix(n, "CAP_") {
+		n = "CAP_" + n
+	}
+	i, ok := capIndex[n]
+	if !ok {
+		return 0, invalid("unknown capability %q", name)
+	}
+	return i, nil
+}
+
+// capabilities applies CRI's add/drop on the default set the way containerd
+// does: "ALL" in add starts from every capability, "ALL" in drop starts from
+// none (drop wins), then single adds, then single drops. Ambient capabilities
+// are raised in every set, since the kernel only keeps an ambient capability
+// that is also permitted and inheritable.
+func capabilities(c *runtimeapi.Capability, privileged bool) (*specs.LinuxCapabilities, error) {
+	set := capSet{}
+	base := DefaultCapabilities
+	if privileged {
+		base = allCapabilities
+	}
+	for _, name := range base {
+		set[capIndex[name]] = true
+	}
+	for _, name := range c.GetAddCapabilities() {
+		if isAll(name) {
+			for i := range allCapabilities {
+				set[i] = true
+			}
+		}
+	}
+	for _, name := range c.GetDropCapabilities() {
+		if isAll(name) {
+			set = capSet{}
+		}
+	}
+	for _, name := range c.GetAddCapabilities() {
+		if isAll(name) {
+			continue
+		}
+		i, err := capNumber(name)
+		if err != nil {
+			return nil, err
+		}
+		set[i] = true
+	}
+	for _, name := range c.GetDropCapabilities() {
+		if isAll(name) {
+			continue
+		}
+		i, err := capNumber(name)
+		if err != nil {
+			return nil, err
+		}
+		delete(set, i)
+	}
+	ambient := capSet{}
+	for _, name := range c.GetAddAmbientCapabilities() {
+		if isAll(name) {
+			return nil, invalid("ambient capabilities must be named; \"ALL\" would make any user root")
+		}
+		i, err := capNumber(name)
+		if err != nil {
+			return nil, err
+		}
+		ambient[i] = true
+		set[i] = true
+	}
+	list := set.list()
+	return &specs.LinuxCapabilities{
+		Bounding:    list,
+		Effective:   append([]string{}, list...),
+		Permitted:   append([]string{}, list...),
+		Inheritable: ambient.list(),
+		Ambient:     ambient.list(),
+	}, nil
+}

@@ -1,0 +1,223 @@
+package ocispec
+
+import (
+	"encoding/json"
+	"os"
+	"runtime"
+	"slices"
+	"strings"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+)
+
+// Defaults for /proc and /sys that containers must not see or write
+// (containerd's lists).
+var (
+	DefaultMaskedPaths = []string{
+		"/proc/acpi",
+		"/proc/asound",
+		"/proc/kcore",
+		"/proc/keys",
+		"/proc/latency_stats",
+		"/proc/timer_list",
+		"/proc/timer_stats",
+		"/proc/sched_debug",
+		"/proc/scsi",
+		"/sys/firmware",
+		"/sys/devices/virtual/powercap",
+	}
+	DefaultReadonlyPaths = []string{
+		"/proc/bus",
+		"/proc/fs",
+		"/proc/irq",
+		"/proc/sys",
+		"/proc/sysrq-trigger",
+	}
+)
+
+// procPaths: privileged containers get none; a security context that carries
+// a list (kubelet sends one per procMount, possibly empty) gets exactly it.
+// Over gRPC an empty list arrives as nil and so means the defaults, which is
+// what containerd does too.
+func procPaths(sc *runtimeapi.LinuxContainerSecurityContext, privileged bool) (masked, readonly []string) {
+	if privileged {
+		return nil, nil
+	}
+	masked, readonly = DefaultMaskedPaths, DefaultReadonlyPaths
+	if sc.GetMaskedPaths() != nil {
+		masked = sc.GetMaskedPaths()
+	}
+	if sc.GetReadonlyPaths() != nil {
+		readonly = sc.GetReadonlyPaths()
+	}
+	return slices.Clone(masked), slices.Clone(readonly)
+}
+
+// seccompProfile picks the filter: none for privileged containers (as
+// containerd), else the security profile, else the deprecated profile path;
+// nothing requested means unconfined, kubelet's default.
+func seccompProfile(sc *runtimeapi.LinuxContainerSecurityContext, caps []string, privileged bool) (*specs.LinuxSeccomp, error) {
+	if privileged {
+		return nil, nil
+	}
+	if p := sc.GetSeccomp(); p != nil {
+		switch p.GetProfileType() {
+		case runtimeapi.SecurityProfile_RuntimeDefault:
+			return DefaultSeccomp(caps), nil
+		case runtimeapi.SecurityProfile_Unconfined:
+			return nil, nil
+		case runtimeapi.SecurityProfile_Localhost:
+			return loadSeccomp(strings.TrimPrefix(p.GetLocalhostRef(), "localhost/"), caps)
+		default:
+			return nil, invalid("unknown seccomp profile type %v", p.GetProfileType())
+		}
+	}
+	switch path := sc.GetSeccompProfilePath(); {
+	case path == "" || path == "unconfined":
+		return nil, nil
+	case path == "runtime/default" || path == "docker/default":
+		return DefaultSeccomp(caps), nil
+	case strings.HasPrefix(path, "localhost/"):
+		return loadSeccomp(strings.TrimPrefix(path, "localhost/"), caps)
+	default:
+		return nil, invalid("unknown seccomp profile %q", path)
+	}
+}
+
+// apparmorProfile returns the profile name for the process. RuntimeDefault
+// means "whatever the runtime applies by default", and the guest has no
+// AppArmor, so it is no profile (containerd on hosts without AppArmor does
+// the same). A Localhost profile is set as asked; the guest cannot load it,
+// so such a container fails to start rather than run unconfined.
+func apparmorProfile(sc *runtimeapi.LinuxContainerSecurityContext, privileged bool) (string, error) {
+	if privileged {
+		return "", nil
+	}
+	if p := sc.GetApparmor(); p != nil {
+		switch p.GetProfileType() {
+		case runtimeapi.SecurityProfile_RuntimeDefault, runtimeapi.SecurityProfile_Unconfined:
+			return "", nil
+		case runtimeapi.SecurityProfile_Localhost:
+			name := strings.TrimPrefix(p.GetLocalhostRef(), "localhost/")
+			if name == "" {
+				return "", invalid("localhost AppArmor profile without a name")
+			}
+			return name, nil
+		default:
+			return "", invalid("unknown AppArmor profile type %v", p.GetProfileType())
+		}
+	}
+	switch prof := sc.GetApparmorProfile(); {
+	case prof == "" || prof == "runtime/default" || prof == "unconfined":
+		return "", nil
+	case strings.HasPrefix(prof, "localhost/") && len(prof) > len("localhost/"):
+		return strings.TrimPrefix(prof, "localhost/"), nil
+	default:
+		return "", invalid("unknown AppArmor profile %q", prof)
+	}
+}
+
+// localProfile reads both the OCI seccomp format and Docker's (archMap,
+// includes/excludes, "name"), which is what most profiles on nodes use.
+type localProfile struct {
+	DefaultAction    specs.LinuxSeccompAction `json:"defaultAction"`
+	DefaultErrnoRet  *uint                    `json:"defaultErrnoRet,omitempty"`
+	Architectures    []specs.Arch             `json:"architectures"`
+	ArchMap          []localArch              `json:"archMap"`
+	Flags            []specs.LinuxSeccompFlag `json:"flags"`
+	ListenerPath     string                   `json:"listenerPath"`
+	ListenerMetadata string                   `json:"listenerMetadata"`
+	Syscalls         []localSyscall           `json:"syscalls"`
+}
+
+type localArch struct {
+	Arch specs.Arch   `json:"architecture"`
+	Subs []specs.Arch `json:"subArchitectures"`
+}
+
+type localSyscall struct {
+	Name     string                   `json:"name"`
+	Names    []string                 `json:"names"`
+	Action   specs.LinuxSeccompAction `json:"action"`
+	ErrnoRet *uint                    `json:"errnoRet,omitempty"`
+	Args     []specs.LinuxSeccompArg  `json:"args"`
+	Includes localFilter              `json:"includes"`
+	Excludes localFilter              `json:"excludes"`
+}
+
+type localFilter struct {
+	Caps   []string `json:"caps"`
+	Arches []string `json:"arches"`
+}
+
+// loadSeccomp reads a profile from the host path kubelet gives.
+func loadSeccomp(path string, caps []string) (*specs.LinuxSeccomp, error) {
+	if path == "" || !strings.HasPrefix(path, "/") {
+		return nil, invalid("localhost seccomp profile %q is not an absolute path", path)
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, invalid("seccomp profile: %v", err)
+	}
+	var p localProfile
+	if err := json.Unmarshal(data, &p); err != nil {
+		return nil, invalid("seccomp profile %s: %v", path, err)
+	}
+	if p.DefaultAction == "" {
+		return nil, invalid("seccomp profile %s has no defaultAction", path)
+	}
+	out := &specs.LinuxSeccomp{
+		DefaultAction:    p.DefaultAction,
+		DefaultErrnoRet:  p.DefaultErrnoRet,
+		Architectures:    p.Architectures,
+		Flags:            p.Flags,
+		ListenerPath:     p.ListenerPath,
+		ListenerMetadata: p.ListenerMetadata,
+	}
+	native := nativeArches()
+	for _, a := range p.ArchMap {
+		if len(native) > 0 && a.Arch == native[0] {
+			out.Architectures = append([]specs.Arch{a.Arch}, a.Subs...)
+		}
+	}
+	for _, call := range p.Syscalls {
+		if !call.Includes.includes(caps) || call.Excludes.excludes(caps) {
+			continue
+		}
+		names := call.Names
+		if call.Name != "" {
+			names = append(slices.Clone(names), call.Name)
+		}
+		out.Syscalls = append(out.Syscalls, specs.LinuxSyscall{Names: names, Action: call.Action, ErrnoRet: call.ErrnoRet, Args: call.Args})
+	}
+	return out, nil
+}
+
+// includes: the rule applies only if every listed capability is held and
+// the architecture (if any are listed) is ours.
+func (f localFilter) includes(caps []string) bool {
+	if len(f.Arches) > 0 && !slices.Contains(f.Arches, runtime.GOARCH) {
+		return false
+	}
+	for _, c := range f.Caps {
+		if !slices.Contains(caps, c) {
+			return false
+		}
+	}
+	return true
+}
+
+// excludes: the rule is skipped if any listed capability is held or our
+// architecture is listed.
+func (f localFilter) excludes(caps []string) bool {
+	if slices.Contains(f.Arches, runtime.GOARCH) {
+		return true
+	}
+	for _, c := range f.Caps {
+		if slices.Contains(caps, c) {
+			return true
+		}
+	}
+	return false
+}
