@@ -32,8 +32,8 @@ build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/cocoond ./cmd/cocoond
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/cocoon ./cmd/cocoon
 	$(GO) build -o $(BIN)/cocoon-test-images ./test/images
-	@# libcontainer's nsenter is C: the agent is the one cgo binary, linked statically for the initramfs.
-	CGO_ENABLED=1 $(GO) build -tags '$(GOTAGS),osusergo,netgo' -ldflags '$(LDFLAGS) -extldflags=-static' -o $(BIN)/cocoon-agent ./cmd/cocoon-agent
+	@# libcontainer's nsenter and libseccomp are C: the agent is the one cgo binary, linked statically for the initramfs.
+	CGO_ENABLED=1 $(GO) build -tags '$(GOTAGS),osusergo,netgo,seccomp' -ldflags '$(LDFLAGS) -extldflags=-static' -o $(BIN)/cocoon-agent ./cmd/cocoon-agent
 
 ## guest: kernel + initramfs with the agent as /init, into GUEST_DIR
 guest: build
@@ -87,7 +87,8 @@ test-integration:
 
 ## test-critest: critest against cocoond, the local registry and the test images
 test-critest:
-	BIN=$(BIN) test/critest/run.sh --focus 'Image Manager|Runtime info|Image Consistency' --skip 'public image with digest'
+	$(MAKE) guest GUEST_DIR=$(TEST_GUEST)
+	BIN=$(BIN) COCOON_GUEST_DIR=$(TEST_GUEST) test/critest/run.sh --focus 'Image Manager|Runtime info|Image Consistency|Image Identifier' --skip 'public image with digest'
 
 ## bench: image pull through cocoond against skopeo, guest boot against bare kernel boot, as ratios
 bench: deps build tools

@@ -17,7 +17,6 @@ type Runtime struct {
 // Handler is one runtime handler.
 type Handler struct {
 	VMM          string   `toml:"vmm" json:"vmm" comment:"qemu or clh (Cloud Hypervisor)."`
-	Binary       string   `toml:"binary" json:"binary" comment:"VMM binary; empty: qemu-system-x86_64 or cloud-hypervisor on PATH."`
 	Accel        string   `toml:"accel" json:"accel" comment:"qemu only: kvm, tcg, or auto (proves KVM by booting, else TCG with a warning)."`
 	VCPUs        uint32   `toml:"vcpus" json:"vcpus" comment:"vCPUs at boot."`
 	MaxVCPUs     uint32   `toml:"max_vcpus" json:"max_vcpus" comment:"vCPU hotplug limit."`

@@ -48,6 +48,7 @@ type Server struct {
 
 	images  imageService
 	network networkProbe
+	pods    podManager
 	opts    Options
 	log     *logrus.Entry
 
@@ -56,8 +57,8 @@ type Server struct {
 }
 
 // New builds a server over its dependencies.
-func New(images imageService, network networkProbe, opts Options, log *logrus.Entry) *Server {
-	return &Server{images: images, network: network, opts: opts, log: log}
+func New(images imageService, network networkProbe, pods podManager, opts Options, log *logrus.Entry) *Server {
+	return &Server{images: images, network: network, pods: pods, opts: opts, log: log}
 }
 
 // Register adds both services to g. Create g with UnaryInterceptor(s.Instrument)

@@ -10,6 +10,7 @@ packages=(
   containernetworking-plugins            # CNI plugins in /usr/lib/cni
   qemu-system-x86                        # the VMM that runs on these machines
   protobuf-compiler                      # make generate
+  libseccomp-dev                         # static libseccomp for the agent's seccomp filters
   containerd runc                        # side-by-side baseline for benchmarks and conformance
 )
 

@@ -61,7 +61,7 @@ func RemoveOrphans(ctx context.Context, root string, drivers map[string]Driver, 
 		if keep(st.ID) {
 			continue
 		}
-		if err := removeVM(ctx, st, drivers[st.Driver]); err != nil {
+		if err := RemoveVM(ctx, st, drivers[st.Driver]); err != nil {
 			errs = append(errs, fmt.Errorf("orphan VM %s: %w", st.ID, err))
 			continue
 		}
@@ -71,7 +71,9 @@ func RemoveOrphans(ctx context.Context, root string, drivers map[string]Driver, 
 	return removed, errors.Join(errs...)
 }
 
-func removeVM(ctx context.Context, st *State, d Driver) error {
+// RemoveVM stops the VM st describes through its driver, or cleans up after it
+// when its VMM is already gone.
+func RemoveVM(ctx context.Context, st *State, d Driver) error {
 	if d == nil {
 		return RemoveDead(st) // its driver is not configured any more
 	}

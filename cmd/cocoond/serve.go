@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -19,7 +20,11 @@ import (
 	"github.com/cocoon-runtime/cocoon/config"
 	"github.com/cocoon-runtime/cocoon/cri"
 	"github.com/cocoon-runtime/cocoon/image"
+	"github.com/cocoon-runtime/cocoon/sandbox"
 	"github.com/cocoon-runtime/cocoon/version"
+	"github.com/cocoon-runtime/cocoon/vm"
+	"github.com/cocoon-runtime/cocoon/vm/clh"
+	"github.com/cocoon-runtime/cocoon/vm/qemu"
 )
 
 // maxMsgSize matches kubelet's CRI client limit.
@@ -49,7 +54,35 @@ func serve(loaded *config.Loaded) error {
 	}()
 	log.WithFields(logrus.Fields{"driver": images.Driver(), "graph_root": images.GraphRoot()}).Info("image store ready")
 
-	server := cri.New(images, cni.Probe{ConfDir: cfg.CNI.ConfDir, BinDirs: cfg.CNI.BinDirs}, cri.Options{
+	var server *cri.Server
+	pods, err := sandbox.New(sandbox.Options{
+		StateDir: filepath.Join(cfg.Daemon.StateDir, "sandboxes"),
+		RunDir:   filepath.Join(cfg.Daemon.RuntimeDir, "sandboxes"),
+		VMDir:    filepath.Join(cfg.Daemon.RuntimeDir, "vm"),
+		Runtime:  cfg.Runtime,
+		Drivers: map[string]vm.Driver{
+			"qemu": qemu.New(qemu.Options{Log: log.WithField("component", "qemu")}),
+			"clh":  clh.New(clh.Options{Log: log.WithField("component", "clh")}),
+		},
+		Network: &sandbox.CNINetwork{
+			NetnsRoot: filepath.Join(cfg.Daemon.RuntimeDir, "netns"),
+			CNI: cni.NewManager(cni.Options{
+				ConfDir: cfg.CNI.ConfDir, BinDirs: cfg.CNI.BinDirs,
+				StateDir: filepath.Join(cfg.Daemon.StateDir, "cni"), Log: log.WithField("component", "cni"),
+			}),
+		},
+		Images: images,
+		Log:    log.WithField("component", "sandbox"),
+	}, func() string { return server.PodCIDR() })
+	if err != nil {
+		return err
+	}
+	// Pods and VMs outlive cocoond: take them back before serving.
+	if err := pods.Recover(context.Background()); err != nil {
+		log.WithError(err).Warn("recovering pods")
+	}
+
+	server = cri.New(images, cni.Probe{ConfDir: cfg.CNI.ConfDir, BinDirs: cfg.CNI.BinDirs}, pods, cri.Options{
 		CgroupDriver: cfg.Daemon.CgroupDriver,
 		Handlers:     cfg.Runtime.HandlerNames(),
 		StatusInfo:   statusInfo(cfg, images.Driver()),

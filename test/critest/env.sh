@@ -54,6 +54,10 @@ registries_conf_dir = ""
 signature_policy = "$WORK/policy.json"
 [cni]
 conf_dir = "$WORK/cni"
+[runtime]
+guest_dir = "${COCOON_GUEST_DIR:-$COCOON_REPO/_output/guest}"
+[runtime.handlers.cocoon]
+accel = "${COCOON_ACCEL:-tcg}"
 TOML
 }
 

@@ -160,7 +160,11 @@ registries_conf_dir = ""
 signature_policy = "%[1]s/policy.json"
 [cni]
 conf_dir = "%[1]s/cni"
-`, dir),
+[runtime]
+guest_dir = "%[2]s"
+[runtime.handlers.cocoon]
+accel = "tcg"
+`, dir, guestDirOrDefault()),
 	}
 	for name, body := range files {
 		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644); err != nil {
@@ -243,4 +247,12 @@ func mountsUnder(dir string) []string {
 		}
 	}
 	return out
+}
+
+// guestDirOrDefault is the guest the daemon under test boots pods with.
+func guestDirOrDefault() string {
+	if d := os.Getenv("COCOON_GUEST_DIR"); d != "" {
+		return d
+	}
+	return "/var/lib/cocoon/guest"
 }

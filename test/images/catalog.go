@@ -118,6 +118,12 @@ func catalog() []imageSpec {
 			Files: marker("busybox-" + tag),
 		})
 	}
+	// The upstream test images are busybox builds, whose default command is sh.
+	for i := range images {
+		if images[i].Entrypoint == nil && images[i].Cmd == nil {
+			images[i].Cmd = []string{"sh"}
+		}
+	}
 	return images
 }
 

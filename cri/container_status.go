@@ -1,0 +1,32 @@
+package cri
+
+import (
+	"context"
+	"encoding/json"
+
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+)
+
+// ContainerStatus reports a container's state, exit, image, mounts and log path.
+func (s *Server) ContainerStatus(ctx context.Context, req *runtimeapi.ContainerStatusRequest) (*runtimeapi.ContainerStatusResponse, error) {
+	c, err := s.pods.Container(req.GetContainerId())
+	if err != nil {
+		return nil, err
+	}
+	cfg := c.ContainerConfig()
+	st := &runtimeapi.ContainerStatus{
+		Id: c.ID, Metadata: cfg.GetMetadata(), State: containerState(c.State),
+		CreatedAt: c.CreatedAt, StartedAt: c.StartedAt, FinishedAt: c.FinishedAt,
+		ExitCode: c.ExitCode, Reason: c.Reason, Message: c.Message,
+		Image:    &runtimeapi.ImageSpec{Image: c.ImageID, UserSpecifiedImage: c.ImageRef},
+		ImageRef: c.ImageID, ImageId: c.ImageID,
+		Labels: cfg.GetLabels(), Annotations: cfg.GetAnnotations(),
+		Mounts: cfg.GetMounts(), LogPath: c.LogPath,
+	}
+	resp := &runtimeapi.ContainerStatusResponse{Status: st}
+	if req.GetVerbose() {
+		info, _ := json.Marshal(map[string]any{"pod": c.PodID, "rootfs": c.Rootfs, "binds": c.Binds})
+		resp.Info = map[string]string{"info": string(info)}
+	}
+	return resp, nil
+}

@@ -1,0 +1,281 @@
+package sandbox
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"time"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
+
+	agentapi "github.com/cocoon-runtime/cocoon/api/agent"
+	"github.com/cocoon-runtime/cocoon/errdefs"
+	"github.com/cocoon-runtime/cocoon/sandbox/ocispec"
+)
+
+// StartContainer runs a created container and watches it until it exits.
+func (m *Manager) StartContainer(ctx context.Context, id string) error {
+	c, err := m.Container(id)
+	if err != nil {
+		return err
+	}
+	if c.State != StateCreated {
+		return fmt.Errorf("%w: container %s is %s, not created", errdefs.ErrFailedPrecondition, c.ID, c.State)
+	}
+	rt, err := m.runtime(c.PodID)
+	if err != nil {
+		return err
+	}
+	if _, err := rt.agent.StartContainer(ctx, &agentapi.ContainerRequest{ContainerId: c.ID}); err != nil {
+		return fmt.Errorf("agent StartContainer: %w", err)
+	}
+	if _, err := m.containers.update(c.ID, func(c *Container) error {
+		c.State, c.StartedAt = StateRunning, time.Now().UnixNano()
+		return nil
+	}); err != nil {
+		return err
+	}
+	go m.waitExit(rt, c.ID)
+	return nil
+}
+
+// waitExit records the container's exit once its output has drained.
+func (m *Manager) waitExit(rt *podRuntime, id string) {
+	res, err := rt.agent.WaitProcess(context.Background(), &agentapi.ProcessRequest{ContainerId: id})
+	if err != nil {
+		return // the pod went away; StopPod or watchVM record the end
+	}
+	rt.mu.Lock()
+	out := rt.outputs[id]
+	rt.mu.Unlock()
+	if out != nil {
+		out.wait(2 * time.Second)
+	}
+	_, _ = m.containers.update(id, func(c *Container) error {
+		if c.State == StateExited {
+			return nil
+		}
+		c.State, c.ExitCode, c.FinishedAt = StateExited, res.GetExitCode(), res.GetExitedAtNs()
+		switch {
+		case res.GetReason() != "":
+			c.Reason = res.GetReason()
+		case res.GetExitCode() == 0:
+			c.Reason = "Completed"
+		default:
+			c.Reason = "Error"
+		}
+		return nil
+	})
+}
+
+// StopContainer sends the stop signal, waits up to timeout, then kills every
+// process of the container. Stopping a stopped or unknown container succeeds.
+func (m *Manager) StopContainer(ctx context.Context, id string, timeout time.Duration) error {
+	c, err := m.Container(id)
+	if errors.Is(err, errdefs.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if c.State != StateRunning {
+		return nil
+	}
+	rt, err := m.runtime(c.PodID)
+	if err != nil {
+		return nil // the pod's VM is gone, and the container with it
+	}
+	if timeout > 0 {
+		_, _ = rt.agent.SignalProcess(ctx, &agentapi.SignalProcessRequest{ContainerId: c.ID, Signal: uint32(stopSignal(m, c))})
+		if m.waitState(ctx, c.ID, StateExited, timeout) {
+			return nil
+		}
+	}
+	if _, err := rt.agent.SignalProcess(ctx, &agentapi.SignalProcessRequest{ContainerId: c.ID, Signal: uint32(unix.SIGKILL), All: true}); err != nil {
+		return fmt.Errorf("agent kill: %w", err)
+	}
+	if !m.waitState(ctx, c.ID, StateExited, 10*time.Second) {
+		return fmt.Errorf("container %s did not die after SIGKILL", c.ID)
+	}
+	return nil
+}
+
+// stopSignal is the image's STOPSIGNAL when it has one, else SIGTERM.
+func stopSignal(m *Manager, c Container) unix.Signal {
+	if img, err := m.opts.Images.Status(context.Background(), c.ImageID); err == nil && img.Config != nil {
+		if s := unix.SignalNum(strings.ToUpper(img.Config.Config.StopSignal)); s != 0 {
+			return s
+		}
+		if s := unix.SignalNum("SIG" + strings.ToUpper(img.Config.Config.StopSignal)); s != 0 {
+			return s
+		}
+	}
+	return unix.SIGTERM
+}
+
+func (m *Manager) waitState(ctx context.Context, id, state string, timeout time.Duration) bool {
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		if c, ok := m.containers.get(id); !ok || c.State == state {
+			return true
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return false
+}
+
+// RemoveContainer removes a container (killing it first when running) with its
+// root filesystem and binds. Removing an unknown container succeeds.
+func (m *Manager) RemoveContainer(ctx context.Context, id string) error {
+	c, err := m.Container(id)
+	if errors.Is(err, errdefs.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if c.State == StateRunning {
+		if err := m.StopContainer(ctx, c.ID, 0); err != nil {
+			return err
+		}
+	}
+	if rt, err := m.runtime(c.PodID); err == nil {
+		if _, err := rt.agent.RemoveContainer(ctx, &agentapi.RemoveContainerRequest{ContainerId: c.ID, Force: true}); err != nil {
+			return fmt.Errorf("agent RemoveContainer: %w", err)
+		}
+		rt.mu.Lock()
+		if o := rt.outputs[c.ID]; o != nil {
+			o.close()
+			delete(rt.outputs, c.ID)
+		}
+		rt.mu.Unlock()
+	}
+	pod, _ := m.pods.get(c.PodID)
+	if err := unbindAll(&c, filepath.Join(pod.ShareDir, c.ID)); err != nil {
+		return err
+	}
+	store := m.opts.Images.Store()
+	if _, err := store.Unmount(c.ID, true); err != nil && !isUnknownContainer(err) {
+		return fmt.Errorf("unmount rootfs: %w", err)
+	}
+	if err := store.DeleteContainer(c.ID); err != nil && !isUnknownContainer(err) {
+		return fmt.Errorf("delete rootfs: %w", err)
+	}
+	m.ctrNames.release(c.Name)
+	return m.containers.remove(c.ID)
+}
+
+func isUnknownContainer(err error) bool {
+	return err != nil && strings.Contains(err.Error(), "container not known")
+}
+
+// ExecResult is what ExecSync returns.
+type ExecResult struct {
+	Stdout, Stderr []byte
+	ExitCode       int32
+}
+
+// ExecSync runs cmd in the container and collects its output; a timeout kills it.
+func (m *Manager) ExecSync(ctx context.Context, id string, cmd []string, timeout time.Duration) (*ExecResult, error) {
+	c, rt, base, err := m.execTarget(id)
+	if err != nil {
+		return nil, err
+	}
+	if len(cmd) == 0 {
+		return nil, fmt.Errorf("%w: empty command", errdefs.ErrInvalidArgument)
+	}
+	execID := newID()[:16]
+	proc, _ := json.Marshal(ocispec.ExecProcess(base, cmd, false))
+	if _, err := rt.agent.ExecProcess(ctx, &agentapi.ExecProcessRequest{ContainerId: c.ID, ExecId: execID, Process: proc}); err != nil {
+		return nil, fmt.Errorf("agent ExecProcess: %w", err)
+	}
+	res := &ExecResult{}
+	streams := map[agentapi.ReadOutputRequest_Stream]*[]byte{agentapi.ReadOutputRequest_STDOUT: &res.Stdout, agentapi.ReadOutputRequest_STDERR: &res.Stderr}
+	done := make(chan struct{}, len(streams))
+	for which, buf := range streams {
+		stream, err := rt.agent.ReadOutput(context.Background(), &agentapi.ReadOutputRequest{ContainerId: c.ID, ExecId: execID, Stream: which})
+		if err != nil {
+			return nil, err
+		}
+		go func() {
+			defer func() { done <- struct{}{} }()
+			for {
+				chunk, err := stream.Recv()
+				if err != nil {
+					return
+				}
+				*buf = append(*buf, chunk.Data...)
+			}
+		}()
+	}
+	wctx := ctx
+	if timeout > 0 {
+		var cancel context.CancelFunc
+		wctx, cancel = context.WithTimeout(ctx, timeout)
+		defer cancel()
+	}
+	wait, err := rt.agent.WaitProcess(wctx, &agentapi.ProcessRequest{ContainerId: c.ID, ExecId: execID})
+	if err != nil {
+		_, _ = rt.agent.SignalProcess(context.Background(), &agentapi.SignalProcessRequest{ContainerId: c.ID, ExecId: execID, Signal: uint32(unix.SIGKILL)})
+		if wctx.Err() != nil {
+			return nil, fmt.Errorf("exec in %s: %w after %v", c.ID, context.DeadlineExceeded, timeout)
+		}
+		return nil, err
+	}
+	for range streams {
+		<-done
+	}
+	res.ExitCode = wait.GetExitCode()
+	return res, nil
+}
+
+// execTarget finds a running container, its pod runtime and its OCI spec.
+func (m *Manager) execTarget(id string) (Container, *podRuntime, *specs.Spec, error) {
+	c, err := m.Container(id)
+	if err != nil {
+		return c, nil, nil, err
+	}
+	if c.State != StateRunning {
+		return c, nil, nil, fmt.Errorf("%w: container %s is not running", errdefs.ErrFailedPrecondition, c.ID)
+	}
+	rt, err := m.runtime(c.PodID)
+	if err != nil {
+		return c, nil, nil, err
+	}
+	pod, _ := m.pods.get(c.PodID)
+	data, err := readFile(filepath.Join(pod.ShareDir, c.ID, "config.json"))
+	if err != nil {
+		return c, nil, nil, err
+	}
+	var s specs.Spec
+	if err := json.Unmarshal(data, &s); err != nil {
+		return c, nil, nil, err
+	}
+	return c, rt, &s, nil
+}
+
+// ReopenContainerLog makes the container's log writer reopen its file.
+func (m *Manager) ReopenContainerLog(id string) error {
+	c, err := m.Container(id)
+	if err != nil {
+		return err
+	}
+	if c.State != StateRunning {
+		return fmt.Errorf("%w: container %s is not running", errdefs.ErrFailedPrecondition, c.ID)
+	}
+	rt, err := m.runtime(c.PodID)
+	if err != nil {
+		return err
+	}
+	rt.mu.Lock()
+	o := rt.outputs[c.ID]
+	rt.mu.Unlock()
+	if o == nil || o.path == "" {
+		return fmt.Errorf("%w: container %s has no log", errdefs.ErrFailedPrecondition, c.ID)
+	}
+	return o.reopen()
+}

@@ -1,0 +1,245 @@
+package sandbox
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	"golang.org/x/sys/unix"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	agentapi "github.com/cocoon-runtime/cocoon/api/agent"
+	"github.com/cocoon-runtime/cocoon/errdefs"
+	"github.com/cocoon-runtime/cocoon/sandbox/ocispec"
+	"github.com/cocoon-runtime/cocoon/vm"
+)
+
+// CreateContainer prepares a container in a running pod: its image's root
+// filesystem and its volumes are bound into the pod's share, the OCI spec is
+// built, and the agent creates it (nothing runs until StartContainer).
+func (m *Manager) CreateContainer(ctx context.Context, podID string, cfg *runtimeapi.ContainerConfig, podCfg *runtimeapi.PodSandboxConfig) (string, error) {
+	pod, err := m.Pod(podID)
+	if err != nil {
+		return "", err
+	}
+	if pod.State != StateReady {
+		return "", fmt.Errorf("%w: pod %s is not ready", errdefs.ErrFailedPrecondition, pod.ID)
+	}
+	rt, err := m.runtime(pod.ID)
+	if err != nil {
+		return "", err
+	}
+	md := cfg.GetMetadata()
+	if md.GetName() == "" {
+		return "", fmt.Errorf("%w: container metadata needs a name", errdefs.ErrInvalidArgument)
+	}
+	if cfg.GetImage().GetImage() == "" {
+		return "", fmt.Errorf("%w: container needs an image", errdefs.ErrInvalidArgument)
+	}
+	if podCfg == nil {
+		podCfg = pod.PodConfig()
+	}
+	raw, err := marshalConfig(cfg)
+	if err != nil {
+		return "", err
+	}
+	id := newID()
+	name := fmt.Sprintf("%s_%s_%d", pod.ID, md.GetName(), md.GetAttempt())
+	if err := m.ctrNames.reserve(name, id); err != nil {
+		return "", err
+	}
+	img, err := m.opts.Images.Status(ctx, cfg.GetImage().GetImage())
+	if err != nil {
+		m.ctrNames.release(name)
+		if errors.Is(err, errdefs.ErrNotFound) {
+			return "", fmt.Errorf("%w: image %q is not present: pull it first", errdefs.ErrNotFound, cfg.GetImage().GetImage())
+		}
+		return "", err
+	}
+	c := Container{
+		ID: id, PodID: pod.ID, Name: name, Config: raw, ImageID: img.ID,
+		ImageRef: cfg.GetImage().GetUserSpecifiedImage(), State: StateCreated, CreatedAt: time.Now().UnixNano(),
+	}
+	if c.ImageRef == "" {
+		c.ImageRef = cfg.GetImage().GetImage()
+	}
+	if cfg.GetLogPath() != "" {
+		c.LogPath = filepath.Join(podCfg.GetLogDirectory(), cfg.GetLogPath())
+	}
+	store := m.opts.Images.Store()
+	ctrShare := filepath.Join(pod.ShareDir, id)
+	guestRoot := filepath.Join(guestShare, id)
+	log := m.opts.Log.WithFields(logrus.Fields{"pod": pod.ID, "container": id})
+	var spec []byte
+	var out *output
+
+	steps := []vm.Step{
+		{Name: "reserve-name", Run: func(context.Context) (func() error, error) {
+			return func() error { m.ctrNames.release(name); return nil }, nil
+		}},
+		{Name: "rootfs", Run: func(context.Context) (func() error, error) {
+			if _, err := store.CreateContainer(id, nil, strings.TrimPrefix(img.ID, "sha256:"), "", "", nil); err != nil {
+				return nil, fmt.Errorf("storage container: %w", err)
+			}
+			undo := func() error { return store.DeleteContainer(id) }
+			mnt, err := store.Mount(id, "")
+			if err != nil {
+				return undo, fmt.Errorf("mount rootfs: %w", err)
+			}
+			c.Rootfs = mnt
+			return func() error {
+				_, _ = store.Unmount(id, true)
+				return store.DeleteContainer(id)
+			}, nil
+		}},
+		{Name: "share", Run: func(context.Context) (func() error, error) {
+			undo := func() error { return unbindAll(&c, ctrShare) }
+			if err := bind(&c, c.Rootfs, filepath.Join(ctrShare, "rootfs"), true); err != nil {
+				return undo, err
+			}
+			return undo, nil
+		}},
+		{Name: "spec", Run: func(context.Context) (func() error, error) {
+			mounts, err := shareMounts(&c, cfg.GetMounts(), ctrShare, guestRoot)
+			if err != nil {
+				return nil, err
+			}
+			s, err := ocispec.Build(ocispec.Input{
+				ContainerID: id, SandboxID: pod.ID, Config: cfg, Sandbox: podCfg, Image: &img.Config.Config,
+				RootfsPath: filepath.Join(guestRoot, "rootfs"), RootfsHostPath: c.Rootfs,
+				Mounts: mounts, CgroupsPath: "/cocoon/" + id,
+			})
+			if err != nil {
+				return nil, err
+			}
+			spec, err = json.Marshal(s)
+			return nil, err
+		}},
+		{Name: "output", Run: func(context.Context) (func() error, error) {
+			o, err := newOutput(c.LogPath)
+			if err != nil {
+				return nil, fmt.Errorf("log file %s: %w", c.LogPath, err)
+			}
+			out = o
+			return func() error { o.close(); return nil }, nil
+		}},
+		{Name: "agent-create", Run: func(ctx context.Context) (func() error, error) {
+			_, err := rt.agent.CreateContainer(ctx, &agentapi.CreateContainerRequest{
+				ContainerId: id, OciSpec: spec, Tty: cfg.GetTty(), Stdin: cfg.GetStdin(), StdinOnce: cfg.GetStdinOnce(),
+			})
+			if err != nil {
+				return nil, fmt.Errorf("agent CreateContainer: %w", err)
+			}
+			return func() error {
+				_, err := rt.agent.RemoveContainer(context.Background(), &agentapi.RemoveContainerRequest{ContainerId: id, Force: true})
+				return err
+			}, nil
+		}},
+		{Name: "output-streams", Run: func(context.Context) (func() error, error) {
+			streams := []agentapi.ReadOutputRequest_Stream{agentapi.ReadOutputRequest_STDOUT}
+			if !cfg.GetTty() {
+				streams = append(streams, agentapi.ReadOutputRequest_STDERR)
+			}
+			for _, s := range streams {
+				if err := out.copyStream(context.Background(), rt.agent, id, s, log); err != nil {
+					return nil, err
+				}
+			}
+			return nil, nil
+		}},
+		{Name: "persist", Run: func(context.Context) (func() error, error) {
+			return nil, m.containers.add(c)
+		}},
+	}
+	if _, err := vm.RunSteps(ctx, log, steps); err != nil {
+		return "", err
+	}
+	rt.mu.Lock()
+	rt.outputs[id] = out
+	rt.mu.Unlock()
+	if err := os.WriteFile(filepath.Join(ctrShare, "config.json"), spec, 0o600); err != nil {
+		log.WithError(err).Warn("keeping the container's spec")
+	}
+	return id, nil
+}
+
+// bind bind-mounts src at dst (creating dst as a file or directory like src)
+// and records it on c so removal can undo it.
+func bind(c *Container, src, dst string, dir bool) error {
+	if dir {
+		if err := os.MkdirAll(dst, 0o755); err != nil {
+			return err
+		}
+	} else {
+		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+			return err
+		}
+		f, err := os.OpenFile(dst, os.O_CREATE, 0o644)
+		if err != nil {
+			return err
+		}
+		f.Close()
+	}
+	if err := unix.Mount(src, dst, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+		return fmt.Errorf("bind %s to %s: %w", src, dst, err)
+	}
+	c.Binds = append(c.Binds, dst)
+	return nil
+}
+
+// unbindAll undoes every bind of c, newest first, and removes its share dir.
+func unbindAll(c *Container, shareDir string) error {
+	var errs []error
+	for i := len(c.Binds) - 1; i >= 0; i-- {
+		if err := unix.Unmount(c.Binds[i], unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+			errs = append(errs, fmt.Errorf("unmount %s: %w", c.Binds[i], err))
+		}
+	}
+	c.Binds = nil
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	return os.RemoveAll(shareDir)
+}
+
+// shareMounts binds each CRI mount's host path into the container's share dir
+// and returns the mounts as the guest sees them.
+func shareMounts(c *Container, mounts []*runtimeapi.Mount, ctrShare, guestRoot string) ([]ocispec.Mount, error) {
+	var out []ocispec.Mount
+	for i, mnt := range mounts {
+		src := mnt.GetHostPath()
+		if !filepath.IsAbs(src) || !filepath.IsAbs(mnt.GetContainerPath()) {
+			return nil, fmt.Errorf("%w: mount %q → %q: paths must be absolute", errdefs.ErrInvalidArgument, src, mnt.GetContainerPath())
+		}
+		// kubelet hands symlinked paths (e.g. /var/run); bind their target.
+		resolved, err := filepath.EvalSymlinks(src)
+		if errors.Is(err, os.ErrNotExist) {
+			if err := os.MkdirAll(src, 0o755); err != nil {
+				return nil, err
+			}
+			resolved, err = filepath.EvalSymlinks(src)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("mount source %s: %w", src, err)
+		}
+		st, err := os.Stat(resolved)
+		if err != nil {
+			return nil, err
+		}
+		name := fmt.Sprintf("mounts/%d", i)
+		if err := bind(c, resolved, filepath.Join(ctrShare, name), st.IsDir()); err != nil {
+			return nil, err
+		}
+		out = append(out, ocispec.Mount{
+			Source: filepath.Join(guestRoot, name), Destination: mnt.GetContainerPath(),
+			ReadOnly: mnt.GetReadonly(), Propagation: mnt.GetPropagation(),
+		})
+	}
+	return out, nil
+}

@@ -1,0 +1,160 @@
+package sandbox
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+
+	"github.com/containerd/ttrpc"
+	"github.com/sirupsen/logrus"
+	"go.podman.io/storage"
+
+	agentapi "github.com/cocoon-runtime/cocoon/api/agent"
+	"github.com/cocoon-runtime/cocoon/config"
+	"github.com/cocoon-runtime/cocoon/errdefs"
+	"github.com/cocoon-runtime/cocoon/image"
+	"github.com/cocoon-runtime/cocoon/vm"
+)
+
+// network attaches pods to the cluster network (cni/).
+type network interface {
+	Attach(ctx context.Context, req PodNetworkRequest) (*PodNetwork, error)
+	// Detach undoes Attach from the netns path alone (it works after a restart)
+	// and is idempotent.
+	Detach(ctx context.Context, podID, netnsPath string) error
+}
+
+// images is what containers need from the image service.
+type images interface {
+	Status(ctx context.Context, ref string) (*image.Image, error)
+	Store() storage.Store
+}
+
+// Options wire a Manager.
+type Options struct {
+	StateDir string // persisted records: <StateDir>/pods, <StateDir>/containers
+	RunDir   string // per-pod runtime dirs: <RunDir>/<pod id>
+	// VMDir holds each VM's sockets under a short name (<VMDir>/<16 hex of the
+	// pod id>): unix socket paths must fit in 108 bytes.
+	VMDir   string
+	Runtime config.Runtime
+	Drivers map[string]vm.Driver
+	Network network
+	Images  images
+	Log     *logrus.Entry
+}
+
+// Manager runs pods in VMs and containers in pods.
+type Manager struct {
+	opts       Options
+	pods       *store[Pod]
+	containers *store[Container]
+	podNames   *registrar
+	ctrNames   *registrar
+
+	mu   sync.Mutex
+	live map[string]*podRuntime // running pods' VM and agent connection
+
+	podCIDR func() string
+}
+
+// podRuntime is what a running pod holds besides its record.
+type podRuntime struct {
+	vmm    vm.VMM
+	client *ttrpc.Client
+	agent  agentapi.AgentClient
+
+	mu      sync.Mutex
+	outputs map[string]*output // container id → its log writer
+}
+
+// New loads the persisted pods and containers.
+func New(opts Options, podCIDR func() string) (*Manager, error) {
+	m := &Manager{
+		opts:       opts,
+		pods:       newStore[Pod](filepath.Join(opts.StateDir, "pods")),
+		containers: newStore[Container](filepath.Join(opts.StateDir, "containers")),
+		podNames:   newRegistrar(),
+		ctrNames:   newRegistrar(),
+		live:       map[string]*podRuntime{},
+		podCIDR:    podCIDR,
+	}
+	if m.podCIDR == nil {
+		m.podCIDR = func() string { return "" }
+	}
+	for _, s := range []interface{ load() error }{m.pods, m.containers} {
+		if err := s.load(); err != nil {
+			return nil, err
+		}
+	}
+	for _, p := range m.pods.list() {
+		_ = m.podNames.reserve(p.Name, p.ID)
+	}
+	for _, c := range m.containers.list() {
+		_ = m.ctrNames.reserve(c.Name, c.ID)
+	}
+	return m, nil
+}
+
+func newID() string {
+	var b [32]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+func (m *Manager) runtime(podID string) (*podRuntime, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	rt, ok := m.live[podID]
+	if !ok {
+		return nil, fmt.Errorf("%w: pod %s is not running", errdefs.ErrFailedPrecondition, podID)
+	}
+	return rt, nil
+}
+
+// Pod returns a pod by ID or unique ID prefix.
+func (m *Manager) Pod(id string) (Pod, error) {
+	full, err := m.pods.resolve(id)
+	if err != nil {
+		return Pod{}, err
+	}
+	p, ok := m.pods.get(full)
+	if !ok {
+		return Pod{}, fmt.Errorf("%w: pod %s", errdefs.ErrNotFound, id)
+	}
+	return p, nil
+}
+
+// Pods lists every pod.
+func (m *Manager) Pods() []Pod { return m.pods.list() }
+
+// Container returns a container by ID or unique ID prefix.
+func (m *Manager) Container(id string) (Container, error) {
+	full, err := m.containers.resolve(id)
+	if err != nil {
+		return Container{}, err
+	}
+	c, ok := m.containers.get(full)
+	if !ok {
+		return Container{}, fmt.Errorf("%w: container %s", errdefs.ErrNotFound, id)
+	}
+	return c, nil
+}
+
+// Containers lists every container.
+func (m *Manager) Containers() []Container { return m.containers.list() }
+
+func mkdirs(dirs ...string) error {
+	for _, d := range dirs {
+		if err := os.MkdirAll(d, 0o711); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func readFile(path string) ([]byte, error) { return os.ReadFile(path) }

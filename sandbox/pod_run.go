@@ -1,0 +1,259 @@
+package sandbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	agentapi "github.com/cocoon-runtime/cocoon/api/agent"
+	"github.com/cocoon-runtime/cocoon/errdefs"
+	"github.com/cocoon-runtime/cocoon/sandbox/ocispec"
+	"github.com/cocoon-runtime/cocoon/vm"
+	"github.com/cocoon-runtime/cocoon/vm/guest"
+)
+
+const (
+	// shareTag is the virtio-fs tag of the pod's share; the agent mounts it at guestShare.
+	shareTag   = "cocoon"
+	guestShare = "/run/cocoon/shared"
+)
+
+// podName is the registrar key kubelet's retries reuse.
+func podName(md *runtimeapi.PodSandboxMetadata) string {
+	return fmt.Sprintf("%s_%s_%s_%d", md.GetName(), md.GetNamespace(), md.GetUid(), md.GetAttempt())
+}
+
+func validatePodConfig(cfg *runtimeapi.PodSandboxConfig) error {
+	md := cfg.GetMetadata()
+	if md.GetName() == "" || md.GetNamespace() == "" || md.GetUid() == "" {
+		return fmt.Errorf("%w: pod metadata needs name, namespace and uid", errdefs.ErrInvalidArgument)
+	}
+	ns := cfg.GetLinux().GetSecurityContext().GetNamespaceOptions()
+	for kind, mode := range map[string]runtimeapi.NamespaceMode{"network": ns.GetNetwork(), "pid": ns.GetPid(), "ipc": ns.GetIpc()} {
+		if mode == runtimeapi.NamespaceMode_NODE {
+			return fmt.Errorf("%w: host %s namespace requested: a VM sandbox cannot share the host's namespaces", errdefs.ErrInvalidArgument, kind)
+		}
+	}
+	return nil
+}
+
+// RunPod boots a pod's VM on the pod network and returns the pod ID. Any
+// failure undoes every step, leaving no netns, tap, VM, file or name behind.
+func (m *Manager) RunPod(ctx context.Context, cfg *runtimeapi.PodSandboxConfig, handler string) (string, error) {
+	if err := validatePodConfig(cfg); err != nil {
+		return "", err
+	}
+	if handler == "" {
+		handler = m.opts.Runtime.DefaultHandler
+	}
+	h, ok := m.opts.Runtime.Handlers[handler]
+	if !ok {
+		return "", fmt.Errorf("%w: no runtime handler %q (have %v)", errdefs.ErrInvalidArgument, handler, m.opts.Runtime.HandlerNames())
+	}
+	driver, ok := m.opts.Drivers[h.VMM]
+	if !ok {
+		return "", fmt.Errorf("%w: handler %q wants VMM %q, which is not available", errdefs.ErrFailedPrecondition, handler, h.VMM)
+	}
+	raw, err := marshalConfig(cfg)
+	if err != nil {
+		return "", err
+	}
+	id := newID()
+	name := podName(cfg.GetMetadata())
+	if err := m.podNames.reserve(name, id); err != nil {
+		return "", err
+	}
+	pod := Pod{
+		ID: id, Name: name, Config: raw, Handler: handler, State: StateReady,
+		CreatedAt: time.Now().UnixNano(),
+		RunDir:    filepath.Join(m.opts.RunDir, id),
+	}
+	pod.ShareDir = filepath.Join(pod.RunDir, "shared")
+	log := m.opts.Log.WithFields(logrus.Fields{"pod": id, "name": name})
+	rt := &podRuntime{outputs: map[string]*output{}}
+	var net *PodNetwork
+
+	bootCtx, cancel := context.WithTimeout(ctx, h.BootTimeout.Std())
+	defer cancel()
+	steps := []vm.Step{
+		{Name: "reserve-name", Run: func(context.Context) (func() error, error) {
+			return func() error { m.podNames.release(name); return nil }, nil
+		}},
+		{Name: "dirs", Run: func(context.Context) (func() error, error) {
+			if err := mkdirs(pod.ShareDir); err != nil {
+				return nil, err
+			}
+			return func() error { return os.RemoveAll(pod.RunDir) }, nil
+		}},
+		{Name: "network", Run: func(ctx context.Context) (func() error, error) {
+			md := cfg.GetMetadata()
+			n, err := m.opts.Network.Attach(ctx, PodNetworkRequest{
+				PodID: id, Name: md.GetName(), Namespace: md.GetNamespace(), UID: md.GetUid(),
+				PortMappings: cfg.GetPortMappings(), PodCIDR: m.podCIDR(),
+			})
+			if err != nil {
+				return nil, err
+			}
+			net = n
+			pod.NetnsPath, pod.IPs = n.NetnsPath, n.IPs
+			return func() error { n.Tap.Close(); return m.opts.Network.Detach(context.Background(), id, n.NetnsPath) }, nil
+		}},
+		{Name: "vm-create", Run: func(ctx context.Context) (func() error, error) {
+			g, err := guest.Locate(h.GuestDir)
+			if err != nil {
+				return nil, fmt.Errorf("%w: %v", errdefs.ErrFailedPrecondition, err)
+			}
+			v, err := driver.Create(ctx, &vm.Spec{
+				ID: id, RunDir: filepath.Join(m.opts.VMDir, id[:16]),
+				Kernel: g.KernelPath(), Initramfs: g.InitramfsPath(), KernelArgs: h.KernelArgs,
+				VCPUs: h.VCPUs, MaxVCPUs: h.MaxVCPUs, MemoryMiB: h.MemoryMiB, MaxMemoryMiB: h.MaxMemoryMiB,
+				Shares: []vm.Share{{Tag: shareTag, Source: pod.ShareDir}},
+				NICs:   []vm.NIC{{ID: "eth0", Tap: net.Tap, MAC: net.MAC, MTU: net.MTU}},
+				Accel:  h.Accel, BootTimeout: h.BootTimeout.Std(),
+			})
+			if err != nil {
+				return nil, err
+			}
+			rt.vmm = v
+			return func() error { return v.Stop(context.Background()) }, nil
+		}},
+		{Name: "vm-start", Run: func(ctx context.Context) (func() error, error) {
+			return nil, rt.vmm.Start(ctx)
+		}},
+		{Name: "agent", Run: func(ctx context.Context) (func() error, error) {
+			c, err := vm.WaitAgent(ctx, rt.vmm.DialAgent)
+			if err != nil {
+				return nil, err
+			}
+			rt.client, rt.agent = c, agentapi.NewAgentClient(c)
+			return c.Close, nil
+		}},
+		{Name: "guest-setup", Run: func(ctx context.Context) (func() error, error) {
+			return nil, m.setupGuest(ctx, rt.agent, id, cfg, net)
+		}},
+		{Name: "persist", Run: func(context.Context) (func() error, error) {
+			pod.VM = rt.vmm.State()
+			if err := vm.SaveState(pod.VM); err != nil {
+				return nil, err
+			}
+			if err := m.pods.add(pod); err != nil {
+				return nil, err
+			}
+			return func() error { return m.pods.remove(id) }, nil
+		}},
+	}
+	if _, err := vm.RunSteps(bootCtx, log, steps); err != nil {
+		if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+			err = fmt.Errorf("pod did not boot within %v: %w", h.BootTimeout.Std(), err)
+		}
+		return "", err
+	}
+	m.mu.Lock()
+	m.live[id] = rt
+	m.mu.Unlock()
+	go m.watchVM(id, rt)
+	log.WithField("ips", pod.IPs).Info("pod running")
+	return id, nil
+}
+
+// setupGuest sends the pod's identity and network to the agent.
+func (m *Manager) setupGuest(ctx context.Context, a agentapi.AgentClient, id string, cfg *runtimeapi.PodSandboxConfig, net *PodNetwork) error {
+	hostname := cfg.GetHostname()
+	if hostname == "" {
+		// As containerd does: a pod that sets no hostname gets the node's.
+		hostname, _ = os.Hostname()
+	}
+	// Namespaced sysctls apply to the whole guest: the pod's containers share
+	// its network and IPC namespaces, so libcontainer cannot set them per container.
+	sysctls, err := ocispec.PodSysctls(cfg)
+	if err != nil {
+		return err
+	}
+	_, err = a.CreateSandbox(ctx, &agentapi.CreateSandboxRequest{
+		SandboxId:  id,
+		Hostname:   hostname,
+		ResolvConf: resolvConf(cfg.GetDnsConfig()),
+		Hosts:      "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n" + hostsLine(net.IPs, hostname),
+		Sysctls:    sysctls,
+		Shares:     []*agentapi.Share{{Kind: agentapi.Share_VIRTIOFS, Tag: shareTag, MountPoint: guestShare}},
+	})
+	if err != nil {
+		return fmt.Errorf("agent CreateSandbox: %w", err)
+	}
+	if net.Interface != nil {
+		if _, err := a.UpdateInterface(ctx, net.Interface); err != nil {
+			return fmt.Errorf("agent UpdateInterface: %w", err)
+		}
+	}
+	if net.Routes != nil && len(net.Routes.Routes) > 0 {
+		if _, err := a.UpdateRoutes(ctx, net.Routes); err != nil {
+			return fmt.Errorf("agent UpdateRoutes: %w", err)
+		}
+	}
+	return nil
+}
+
+func resolvConf(dns *runtimeapi.DNSConfig) string {
+	if dns == nil {
+		return ""
+	}
+	var b strings.Builder
+	for _, s := range dns.GetServers() {
+		fmt.Fprintf(&b, "nameserver %s\n", s)
+	}
+	if len(dns.GetSearches()) > 0 {
+		fmt.Fprintf(&b, "search %s\n", strings.Join(dns.GetSearches(), " "))
+	}
+	if len(dns.GetOptions()) > 0 {
+		fmt.Fprintf(&b, "options %s\n", strings.Join(dns.GetOptions(), " "))
+	}
+	return b.String()
+}
+
+func hostsLine(ips []string, hostname string) string {
+	if len(ips) == 0 {
+		return ""
+	}
+	ip, _, _ := strings.Cut(ips[0], "/")
+	return ip + "\t" + hostname + "\n"
+}
+
+// watchVM marks the pod NOTREADY and its containers EXITED when the VM dies
+// without being asked to.
+func (m *Manager) watchVM(id string, rt *podRuntime) {
+	<-rt.vmm.Done()
+	m.mu.Lock()
+	current := m.live[id] == rt
+	m.mu.Unlock()
+	if !current {
+		return // stopped on request
+	}
+	m.opts.Log.WithField("pod", id).WithError(rt.vmm.Err()).Warn("pod VM died")
+	m.markDead(id, fmt.Sprintf("VM died: %v", rt.vmm.Err()))
+}
+
+// markDead records a pod whose VM is gone as NOTREADY and its running
+// containers as exited with a reason.
+func (m *Manager) markDead(id, reason string) {
+	m.mu.Lock()
+	delete(m.live, id)
+	m.mu.Unlock()
+	_, _ = m.pods.update(id, func(p *Pod) error { p.State, p.Reason = StateNotReady, reason; return nil })
+	now := time.Now().UnixNano()
+	for _, c := range m.containers.list() {
+		if c.PodID != id || c.State == StateExited {
+			continue
+		}
+		_, _ = m.containers.update(c.ID, func(c *Container) error {
+			c.State, c.FinishedAt, c.ExitCode, c.Reason, c.Message = StateExited, now, 255, "PodVMDied", reason
+			return nil
+		})
+	}
+}

@@ -1,0 +1,219 @@
+package sandbox
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/cocoon-runtime/cocoon/config"
+	"github.com/cocoon-runtime/cocoon/errdefs"
+	"github.com/cocoon-runtime/cocoon/vm"
+	"github.com/cocoon-runtime/cocoon/vm/guest"
+)
+
+// fakeNetwork records attach/detach and can fail.
+type fakeNetwork struct {
+	attachErr error
+	attached  int
+	detached  int
+}
+
+func (f *fakeNetwork) Attach(_ context.Context, req PodNetworkRequest) (*PodNetwork, error) {
+	if f.attachErr != nil {
+		return nil, f.attachErr
+	}
+	f.attached++
+	tap, _ := os.Open(os.DevNull)
+	mac, _ := net.ParseMAC("02:00:00:00:00:01")
+	return &PodNetwork{NetnsPath: "/run/netns/" + req.PodID, Tap: tap, MAC: mac, MTU: 1500, IPs: []string{"10.0.0.2/24"}}, nil
+}
+
+func (f *fakeNetwork) Detach(context.Context, string, string) error { f.detached++; return nil }
+
+// fakeDriver makes fakeVMMs that fail where told.
+type fakeDriver struct {
+	createErr, startErr error
+	made                []*fakeVMM
+}
+
+func (d *fakeDriver) Name() string { return "fake" }
+
+func (d *fakeDriver) Create(_ context.Context, spec *vm.Spec) (vm.VMM, error) {
+	if d.createErr != nil {
+		return nil, d.createErr
+	}
+	v := &fakeVMM{spec: spec, startErr: d.startErr, done: make(chan struct{})}
+	d.made = append(d.made, v)
+	return v, nil
+}
+
+func (d *fakeDriver) Adopt(context.Context, *vm.State) (vm.VMM, error) { return nil, vm.ErrNotRunning }
+
+type fakeVMM struct {
+	spec     *vm.Spec
+	startErr error
+	stopped  bool
+	done     chan struct{}
+}
+
+func (v *fakeVMM) Start(context.Context) error { return v.startErr }
+func (v *fakeVMM) Stop(context.Context) error {
+	if !v.stopped {
+		v.stopped = true
+		close(v.done)
+	}
+	return nil
+}
+func (v *fakeVMM) Done() <-chan struct{}                        { return v.done }
+func (v *fakeVMM) Err() error                                   { return nil }
+func (v *fakeVMM) AddNet(context.Context, vm.NIC) error         { return nil }
+func (v *fakeVMM) RemoveNet(context.Context, string) error      { return nil }
+func (v *fakeVMM) AddDisk(context.Context, vm.Disk) error       { return nil }
+func (v *fakeVMM) RemoveDisk(context.Context, string) error     { return nil }
+func (v *fakeVMM) Resize(context.Context, uint32, uint64) error { return nil }
+func (v *fakeVMM) Pids() []int                                  { return nil }
+func (v *fakeVMM) State() *vm.State                             { return &vm.State{ID: v.spec.ID, RunDir: v.spec.RunDir} }
+func (v *fakeVMM) DialAgent(ctx context.Context) (net.Conn, error) {
+	<-ctx.Done() // no agent ever answers in these tests
+	return nil, ctx.Err()
+}
+
+func testManager(t *testing.T, netw *fakeNetwork, d *fakeDriver) *Manager {
+	t.Helper()
+	dir := t.TempDir()
+	guestDir := filepath.Join(dir, "guest")
+	log := logrus.New()
+	log.SetLevel(logrus.PanicLevel)
+	m, err := New(Options{
+		StateDir: filepath.Join(dir, "state"), RunDir: filepath.Join(dir, "run"), VMDir: filepath.Join(dir, "vm"),
+		Runtime: config.Runtime{DefaultHandler: "h", GuestDir: guestDir, Handlers: map[string]config.Handler{
+			"h": {VMM: "fake", VCPUs: 1, MemoryMiB: 256, BootTimeout: config.Duration(300 * time.Millisecond), GuestDir: guestDir},
+		}},
+		Drivers: map[string]vm.Driver{"fake": d},
+		Network: netw,
+		Log:     logrus.NewEntry(log),
+	}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+func podConfig() *runtimeapi.PodSandboxConfig {
+	return &runtimeapi.PodSandboxConfig{Metadata: &runtimeapi.PodSandboxMetadata{Name: "p", Namespace: "ns", Uid: "u"}}
+}
+
+func TestRunPodValidation(t *testing.T) {
+	m := testManager(t, &fakeNetwork{}, &fakeDriver{})
+	ctx := context.Background()
+	hostNet := podConfig()
+	hostNet.Linux = &runtimeapi.LinuxPodSandboxConfig{SecurityContext: &runtimeapi.LinuxSandboxSecurityContext{
+		NamespaceOptions: &runtimeapi.NamespaceOption{Network: runtimeapi.NamespaceMode_NODE}}}
+	for _, tt := range []struct {
+		name    string
+		cfg     *runtimeapi.PodSandboxConfig
+		handler string
+		want    error
+	}{
+		{"no metadata", &runtimeapi.PodSandboxConfig{}, "", errdefs.ErrInvalidArgument},
+		{"host network", hostNet, "", errdefs.ErrInvalidArgument},
+		{"unknown handler", podConfig(), "nope", errdefs.ErrInvalidArgument},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			if _, err := m.RunPod(ctx, tt.cfg, tt.handler); !errors.Is(err, tt.want) {
+				t.Fatalf("got %v, want %v", err, tt.want)
+			}
+		})
+	}
+}
+
+// TestRunPodFailureLeavesNothing breaks each step after the network and checks
+// that the steps before it were undone.
+func TestRunPodFailureLeavesNothing(t *testing.T) {
+	for _, tt := range []struct {
+		name      string
+		netErr    error
+		driver    *fakeDriver
+		noGuest   bool
+		wantVMs   int
+		wantStops int
+	}{
+		{name: "network fails", netErr: errors.New("CNI ADD failed"), driver: &fakeDriver{}},
+		{name: "no guest installed", driver: &fakeDriver{}, noGuest: true},
+		{name: "VMM create fails", driver: &fakeDriver{createErr: errors.New("no qemu")}},
+		{name: "VM start fails", driver: &fakeDriver{startErr: errors.New("cont failed")}, wantVMs: 1, wantStops: 1},
+		{name: "agent never answers", driver: &fakeDriver{}, wantVMs: 1, wantStops: 1},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			netw := &fakeNetwork{attachErr: tt.netErr}
+			m := testManager(t, netw, tt.driver)
+			if !tt.noGuest {
+				installFakeGuest(t, m.opts.Runtime.GuestDir)
+			}
+			if _, err := m.RunPod(context.Background(), podConfig(), ""); err == nil {
+				t.Fatal("RunPod succeeded")
+			}
+			if netw.attached != netw.detached {
+				t.Errorf("network attached %d, detached %d", netw.attached, netw.detached)
+			}
+			if len(tt.driver.made) != tt.wantVMs {
+				t.Errorf("%d VMs made, want %d", len(tt.driver.made), tt.wantVMs)
+			}
+			for _, v := range tt.driver.made {
+				if !v.stopped {
+					t.Error("VM not stopped")
+				}
+			}
+			if len(m.Pods()) != 0 {
+				t.Errorf("pod stored: %+v", m.Pods())
+			}
+			if entries, _ := os.ReadDir(m.opts.RunDir); len(entries) != 0 {
+				t.Errorf("run dir left: %v", entries)
+			}
+			// The name is free again: a retry is not refused as a duplicate.
+			if err := m.podNames.reserve(podName(podConfig().Metadata), "other"); err != nil {
+				t.Errorf("name still reserved: %v", err)
+			}
+		})
+	}
+}
+
+// installFakeGuest writes files vm/guest.Locate accepts.
+func installFakeGuest(t *testing.T, dir string) {
+	t.Helper()
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"vmlinuz", "initramfs.cpio.gz"} {
+		if err := os.WriteFile(filepath.Join(dir, f), []byte(f), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	writeGuestManifest(t, dir)
+}
+
+func writeGuestManifest(t *testing.T, dir string) {
+	t.Helper()
+	file := func(name string) guest.File {
+		data, err := os.ReadFile(filepath.Join(dir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return guest.File{Name: name, Size: int64(len(data)), SHA256: fmt.Sprintf("%x", sha256.Sum256(data))}
+	}
+	m := guest.Manifest{Schema: guest.ManifestSchema, KernelVersion: "test", Kernel: file("vmlinuz"), Initramfs: file("initramfs.cpio.gz")}
+	data, _ := json.Marshal(m)
+	if err := os.WriteFile(filepath.Join(dir, guest.ManifestFile), data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1,0 +1,76 @@
+package sandbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/cocoon-runtime/cocoon/cni"
+)
+
+// CNINetwork attaches pods through cni/: a netns of their own, CNI ADD in it,
+// and a tap whose traffic tc redirects to and from the CNI veth.
+type CNINetwork struct {
+	NetnsRoot string
+	CNI       *cni.Manager
+}
+
+// Attach implements network.
+func (n *CNINetwork) Attach(ctx context.Context, req PodNetworkRequest) (_ *PodNetwork, err error) {
+	ns, err := cni.NewNetns(n.NetnsRoot, req.PodID)
+	if err != nil {
+		return nil, fmt.Errorf("netns: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, n.Detach(context.Background(), req.PodID, ns.Path()))
+		}
+	}()
+	pod := cni.PodNetwork{
+		ID: req.PodID, Name: req.Name, Namespace: req.Namespace, UID: req.UID,
+		NetnsPath: ns.Path(), PodCIDR: req.PodCIDR,
+	}
+	for _, pm := range req.PortMappings {
+		pod.PortMappings = append(pod.PortMappings, cni.PortMapping{
+			HostPort: pm.GetHostPort(), ContainerPort: pm.GetContainerPort(),
+			Protocol: protocolName(pm.GetProtocol().String()), HostIP: pm.GetHostIp(),
+		})
+	}
+	res, err := n.CNI.Setup(ctx, pod)
+	if err != nil {
+		return nil, fmt.Errorf("CNI ADD: %w", err)
+	}
+	tap, err := cni.SetupTap(ns.Path(), res.Interface)
+	if err != nil {
+		return nil, fmt.Errorf("tap: %w", err)
+	}
+	guest := res.Guest()
+	out := &PodNetwork{
+		NetnsPath: ns.Path(), Tap: tap.File, MAC: tap.MAC, MTU: tap.MTU,
+		Interface: guest.Interface, Routes: guest.Routes,
+	}
+	for _, ip := range res.IPs {
+		out.IPs = append(out.IPs, ip.String())
+	}
+	return out, nil
+}
+
+// Detach implements network; every part tolerates being already undone.
+func (n *CNINetwork) Detach(ctx context.Context, podID, netnsPath string) error {
+	return errors.Join(
+		cni.TeardownTap(netnsPath),
+		n.CNI.Teardown(ctx, podID),
+		cni.RemoveNetns(netnsPath),
+	)
+}
+
+// protocolName maps CRI's TCP/UDP/SCTP enum names to CNI's lower case.
+func protocolName(p string) string {
+	switch p {
+	case "UDP":
+		return "udp"
+	case "SCTP":
+		return "sctp"
+	}
+	return "tcp"
+}

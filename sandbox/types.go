@@ -1,0 +1,104 @@
+package sandbox
+
+import (
+	"encoding/json"
+	"net"
+	"os"
+
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	agentapi "github.com/cocoon-runtime/cocoon/api/agent"
+	"github.com/cocoon-runtime/cocoon/vm"
+)
+
+// Pod states.
+const (
+	StateReady    = "READY"
+	StateNotReady = "NOTREADY"
+)
+
+// Container states.
+const (
+	StateCreated = "CREATED"
+	StateRunning = "RUNNING"
+	StateExited  = "EXITED"
+)
+
+// Pod is a sandbox's persisted record.
+type Pod struct {
+	ID        string          `json:"id"`
+	Name      string          `json:"name"` // registrar key: name_namespace_uid_attempt
+	Config    json.RawMessage `json:"config"`
+	Handler   string          `json:"handler"`
+	State     string          `json:"state"`
+	Reason    string          `json:"reason,omitempty"` // why NOTREADY, when not stopped on request
+	CreatedAt int64           `json:"createdAt"`
+	RunDir    string          `json:"runDir"`
+	ShareDir  string          `json:"shareDir"`
+	NetnsPath string          `json:"netnsPath"`
+	IPs       []string        `json:"ips,omitempty"`
+	VM        *vm.State       `json:"vm,omitempty"`
+}
+
+func (p Pod) id() string { return p.ID }
+
+// PodConfig decodes the CRI config the pod was created with.
+func (p *Pod) PodConfig() *runtimeapi.PodSandboxConfig {
+	var c runtimeapi.PodSandboxConfig
+	_ = protojson.Unmarshal(p.Config, &c)
+	return &c
+}
+
+// Container is a container's persisted record.
+type Container struct {
+	ID         string          `json:"id"`
+	PodID      string          `json:"podID"`
+	Name       string          `json:"name"` // registrar key: pod id + container name + attempt
+	Config     json.RawMessage `json:"config"`
+	ImageID    string          `json:"imageID"`  // "sha256:<hex>", what ImageStatus calls Image.id
+	ImageRef   string          `json:"imageRef"` // what the user asked for
+	State      string          `json:"state"`
+	CreatedAt  int64           `json:"createdAt"`
+	StartedAt  int64           `json:"startedAt,omitempty"`
+	FinishedAt int64           `json:"finishedAt,omitempty"`
+	ExitCode   int32           `json:"exitCode"`
+	Reason     string          `json:"reason,omitempty"`
+	Message    string          `json:"message,omitempty"`
+	LogPath    string          `json:"logPath,omitempty"` // absolute
+	Rootfs     string          `json:"rootfs"`            // host mount of the container's root filesystem
+	Binds      []string        `json:"binds,omitempty"`   // host bind mounts in the share dir, to undo
+}
+
+func (c Container) id() string { return c.ID }
+
+// ContainerConfig decodes the CRI config the container was created with.
+func (c *Container) ContainerConfig() *runtimeapi.ContainerConfig {
+	var cc runtimeapi.ContainerConfig
+	_ = protojson.Unmarshal(c.Config, &cc)
+	return &cc
+}
+
+func marshalConfig(m proto.Message) (json.RawMessage, error) {
+	return protojson.Marshal(m)
+}
+
+// PodNetworkRequest asks for a pod's network.
+type PodNetworkRequest struct {
+	PodID, Name, Namespace, UID string
+	PortMappings                []*runtimeapi.PortMapping
+	PodCIDR                     string
+}
+
+// PodNetwork is a pod attached to the cluster network: the netns, the tap the
+// VM's NIC uses, and what the guest must configure.
+type PodNetwork struct {
+	NetnsPath string
+	Tap       *os.File
+	MAC       net.HardwareAddr
+	MTU       int
+	IPs       []string
+	Interface *agentapi.Interface
+	Routes    *agentapi.Routes
+}

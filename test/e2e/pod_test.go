@@ -1,0 +1,110 @@
+package e2e
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+)
+
+// TestPodLifecycleOverCRI runs a pod and a container through the real socket.
+func TestPodLifecycleOverCRI(t *testing.T) {
+	e := requireEnv(t)
+	if os.Getenv("COCOON_GUEST_DIR") == "" {
+		t.Skip("skipping: COCOON_GUEST_DIR not set (make test-integration builds the guest)")
+	}
+	ctx := ctxT(t)
+	imageRef := pull(t, e, busybox)
+	logDir := t.TempDir()
+	podCfg := &runtimeapi.PodSandboxConfig{
+		Metadata:     &runtimeapi.PodSandboxMetadata{Name: "e2e-pod", Namespace: "default", Uid: "uid-1"},
+		Hostname:     "e2e-host",
+		LogDirectory: logDir,
+		DnsConfig:    &runtimeapi.DNSConfig{Servers: []string{"10.10.10.10"}, Searches: []string{"example.com"}},
+		Labels:       map[string]string{"app": "e2e"},
+	}
+	run, err := e.runtime.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: podCfg})
+	if err != nil {
+		t.Fatalf("RunPodSandbox: %v", err)
+	}
+	podID := run.PodSandboxId
+	defer e.runtime.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: podID})
+
+	pst, err := e.runtime.PodSandboxStatus(ctx, &runtimeapi.PodSandboxStatusRequest{PodSandboxId: podID})
+	if err != nil || pst.Status.State != runtimeapi.PodSandboxState_SANDBOX_READY || pst.Status.GetNetwork().GetIp() == "" {
+		t.Fatalf("pod status: %v, %v", pst, err)
+	}
+
+	create, err := e.runtime.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{
+		PodSandboxId: podID, SandboxConfig: podCfg,
+		Config: &runtimeapi.ContainerConfig{
+			Metadata: &runtimeapi.ContainerMetadata{Name: "main"},
+			Image:    &runtimeapi.ImageSpec{Image: imageRef, UserSpecifiedImage: busybox},
+			Command:  []string{"sh", "-c", "echo hello-log; exec sleep 1000"},
+			LogPath:  "main/0.log",
+		},
+	})
+	if err != nil {
+		t.Fatalf("CreateContainer: %v", err)
+	}
+	cid := create.ContainerId
+	if _, err := e.runtime.StartContainer(ctx, &runtimeapi.StartContainerRequest{ContainerId: cid}); err != nil {
+		t.Fatalf("StartContainer: %v", err)
+	}
+	exec, err := e.runtime.ExecSync(ctx, &runtimeapi.ExecSyncRequest{ContainerId: cid, Cmd: []string{"sh", "-c", "echo exec-ok; hostname; exit 3"}, Timeout: 30})
+	if err != nil || exec.ExitCode != 3 || !strings.Contains(string(exec.Stdout), "exec-ok") || !strings.Contains(string(exec.Stdout), "e2e-host") {
+		t.Fatalf("ExecSync: %v, %v", exec, err)
+	}
+	st, err := e.runtime.ContainerStatus(ctx, &runtimeapi.ContainerStatusRequest{ContainerId: cid})
+	if err != nil || st.Status.State != runtimeapi.ContainerState_CONTAINER_RUNNING || st.Status.ImageId != imageRef || st.Status.LogPath != filepath.Join(logDir, "main/0.log") {
+		t.Fatalf("ContainerStatus: %v, %v", st, err)
+	}
+	list, err := e.runtime.ListContainers(ctx, &runtimeapi.ListContainersRequest{Filter: &runtimeapi.ContainerFilter{PodSandboxId: podID}})
+	if err != nil || len(list.Containers) != 1 || list.Containers[0].ImageId != imageRef {
+		t.Fatalf("ListContainers: %v, %v", list, err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		data, _ := os.ReadFile(st.Status.LogPath)
+		if strings.Contains(string(data), " stdout F hello-log") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("log %q", data)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+
+	// sleep is PID 1 of its namespace, so it ignores SIGTERM: StopContainer
+	// must wait the timeout out, then kill it (137).
+	stopStart := time.Now()
+	if _, err := e.runtime.StopContainer(ctx, &runtimeapi.StopContainerRequest{ContainerId: cid, Timeout: 2}); err != nil {
+		t.Fatalf("StopContainer: %v", err)
+	}
+	st, _ = e.runtime.ContainerStatus(ctx, &runtimeapi.ContainerStatusRequest{ContainerId: cid})
+	if took := time.Since(stopStart); st.Status.State != runtimeapi.ContainerState_CONTAINER_EXITED || st.Status.ExitCode != 137 || took < 2*time.Second {
+		t.Fatalf("after stop (%v): %v", took, st.Status)
+	}
+	if _, err := e.runtime.RemoveContainer(ctx, &runtimeapi.RemoveContainerRequest{ContainerId: cid}); err != nil {
+		t.Fatalf("RemoveContainer: %v", err)
+	}
+	if _, err := e.runtime.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: podID}); err != nil {
+		t.Fatalf("StopPodSandbox: %v", err)
+	}
+	if _, err := e.runtime.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: podID}); err != nil {
+		t.Fatalf("RemovePodSandbox: %v", err)
+	}
+	// Nothing of the pod is left: run dir, netns, VMM processes, mounts.
+	if _, err := os.Stat(filepath.Join(e.dir, "run", "sandboxes", podID)); !os.IsNotExist(err) {
+		t.Errorf("pod run dir left: %v", err)
+	}
+	if entries, _ := os.ReadDir(filepath.Join(e.dir, "run", "netns")); len(entries) != 0 {
+		t.Errorf("netns left: %v", entries)
+	}
+	if m := mountsUnder(filepath.Join(e.dir, "run", "sandboxes")); len(m) > 0 {
+		t.Errorf("mounts left: %v", m)
+	}
+}
