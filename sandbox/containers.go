@@ -110,6 +110,7 @@ func (m *Manager) CreateContainer(ctx context.Context, podID string, cfg *runtim
 			if err != nil {
 				return nil, err
 			}
+			mounts = append(mounts, podFileMounts(cfg.GetMounts())...)
 			s, err := ocispec.Build(ocispec.Input{
 				ContainerID: id, SandboxID: pod.ID, Config: cfg, Sandbox: podCfg, Image: &img.Config.Config,
 				RootfsPath: filepath.Join(guestRoot, "rootfs"), RootfsHostPath: c.Rootfs,
@@ -242,4 +243,20 @@ func shareMounts(c *Container, mounts []*runtimeapi.Mount, ctrShare, guestRoot s
 		})
 	}
 	return out, nil
+}
+
+// podFileMounts binds the pod's resolv.conf, hostname and hosts (written in
+// its share at RunPodSandbox) unless the CRI mounts already provide them.
+func podFileMounts(mounts []*runtimeapi.Mount) []ocispec.Mount {
+	taken := map[string]bool{}
+	for _, m := range mounts {
+		taken[filepath.Clean(m.GetContainerPath())] = true
+	}
+	var out []ocispec.Mount
+	for _, dst := range []string{"/etc/hostname", "/etc/hosts", "/etc/resolv.conf"} {
+		if !taken[dst] {
+			out = append(out, ocispec.Mount{Source: filepath.Join(guestShare, podFiles[dst]), Destination: dst})
+		}
+	}
+	return out
 }

@@ -138,6 +138,9 @@ func (m *Manager) RunPod(ctx context.Context, cfg *runtimeapi.PodSandboxConfig, 
 		{Name: "guest-setup", Run: func(ctx context.Context) (func() error, error) {
 			return nil, m.setupGuest(ctx, rt.agent, id, cfg, net)
 		}},
+		{Name: "pod-files", Run: func(context.Context) (func() error, error) {
+			return nil, writePodFiles(pod.ShareDir, cfg, net)
+		}},
 		{Name: "persist", Run: func(context.Context) (func() error, error) {
 			pod.VM = rt.vmm.State()
 			if err := vm.SaveState(pod.VM); err != nil {
@@ -163,13 +166,42 @@ func (m *Manager) RunPod(ctx context.Context, cfg *runtimeapi.PodSandboxConfig, 
 	return id, nil
 }
 
+// podHostname is the pod's hostname; as with containerd, a pod that sets none
+// gets the node's.
+func podHostname(cfg *runtimeapi.PodSandboxConfig) string {
+	if h := cfg.GetHostname(); h != "" {
+		return h
+	}
+	h, _ := os.Hostname()
+	return h
+}
+
+func hostsFile(ips []string, hostname string) string {
+	return "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n" + hostsLine(ips, hostname)
+}
+
+// podFiles are written once per pod into its share and bound into every
+// container at these paths, unless kubelet mounts its own.
+var podFiles = map[string]string{"/etc/resolv.conf": "resolv.conf", "/etc/hostname": "hostname", "/etc/hosts": "hosts"}
+
+func writePodFiles(shareDir string, cfg *runtimeapi.PodSandboxConfig, net *PodNetwork) error {
+	hostname := podHostname(cfg)
+	content := map[string]string{
+		"resolv.conf": resolvConf(cfg.GetDnsConfig()),
+		"hostname":    hostname + "\n",
+		"hosts":       hostsFile(net.IPs, hostname),
+	}
+	for name, body := range content {
+		if err := os.WriteFile(filepath.Join(shareDir, name), []byte(body), 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // setupGuest sends the pod's identity and network to the agent.
 func (m *Manager) setupGuest(ctx context.Context, a agentapi.AgentClient, id string, cfg *runtimeapi.PodSandboxConfig, net *PodNetwork) error {
-	hostname := cfg.GetHostname()
-	if hostname == "" {
-		// As containerd does: a pod that sets no hostname gets the node's.
-		hostname, _ = os.Hostname()
-	}
+	hostname := podHostname(cfg)
 	// Namespaced sysctls apply to the whole guest: the pod's containers share
 	// its network and IPC namespaces, so libcontainer cannot set them per container.
 	sysctls, err := ocispec.PodSysctls(cfg)
@@ -180,7 +212,7 @@ func (m *Manager) setupGuest(ctx context.Context, a agentapi.AgentClient, id str
 		SandboxId:  id,
 		Hostname:   hostname,
 		ResolvConf: resolvConf(cfg.GetDnsConfig()),
-		Hosts:      "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n" + hostsLine(net.IPs, hostname),
+		Hosts:      hostsFile(net.IPs, hostname),
 		Sysctls:    sysctls,
 		Shares:     []*agentapi.Share{{Kind: agentapi.Share_VIRTIOFS, Tag: shareTag, MountPoint: guestShare}},
 	})

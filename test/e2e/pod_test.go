@@ -3,6 +3,7 @@ package e2e
 import (
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -54,8 +55,9 @@ func TestPodLifecycleOverCRI(t *testing.T) {
 	if _, err := e.runtime.StartContainer(ctx, &runtimeapi.StartContainerRequest{ContainerId: cid}); err != nil {
 		t.Fatalf("StartContainer: %v", err)
 	}
-	exec, err := e.runtime.ExecSync(ctx, &runtimeapi.ExecSyncRequest{ContainerId: cid, Cmd: []string{"sh", "-c", "echo exec-ok; hostname; exit 3"}, Timeout: 30})
-	if err != nil || exec.ExitCode != 3 || !strings.Contains(string(exec.Stdout), "exec-ok") || !strings.Contains(string(exec.Stdout), "e2e-host") {
+	exec, err := e.runtime.ExecSync(ctx, &runtimeapi.ExecSyncRequest{ContainerId: cid, Cmd: []string{"sh", "-c", "echo exec-ok; hostname; cat /etc/resolv.conf /etc/hostname; exit 3"}, Timeout: 30})
+	if err != nil || exec.ExitCode != 3 || !strings.Contains(string(exec.Stdout), "exec-ok") || !strings.Contains(string(exec.Stdout), "e2e-host") ||
+		!strings.Contains(string(exec.Stdout), "nameserver 10.10.10.10\nsearch example.com") {
 		t.Fatalf("ExecSync: %v, %v", exec, err)
 	}
 	st, err := e.runtime.ContainerStatus(ctx, &runtimeapi.ContainerStatusRequest{ContainerId: cid})
@@ -107,4 +109,78 @@ func TestPodLifecycleOverCRI(t *testing.T) {
 	if m := mountsUnder(filepath.Join(e.dir, "run", "sandboxes")); len(m) > 0 {
 		t.Errorf("mounts left: %v", m)
 	}
+}
+
+// TestPodCyclesLeakNothing runs and removes pods over CRI (COCOON_POD_CYCLES,
+// default 2) and checks that no netns, veth, tap, VMM process, mount, run dir
+// or IP allocation outlives them.
+func TestPodCyclesLeakNothing(t *testing.T) {
+	e := requireEnv(t)
+	if os.Getenv("COCOON_GUEST_DIR") == "" {
+		t.Skip("skipping: COCOON_GUEST_DIR not set (make test-integration builds the guest)")
+	}
+	cycles := 2
+	if n, err := strconv.Atoi(os.Getenv("COCOON_POD_CYCLES")); err == nil {
+		cycles = n
+	}
+	ctx := ctxT(t)
+	links0, procs0 := hostLinks(), vmProcesses()
+	var runp []time.Duration
+	for i := range cycles {
+		cfg := &runtimeapi.PodSandboxConfig{Metadata: &runtimeapi.PodSandboxMetadata{
+			Name: "cycle", Namespace: "default", Uid: "cycle-" + strconv.Itoa(i)}, Hostname: "cycle"}
+		start := time.Now()
+		run, err := e.runtime.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: cfg})
+		if err != nil {
+			t.Fatalf("cycle %d: %v", i, err)
+		}
+		runp = append(runp, time.Since(start))
+		if _, err := e.runtime.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: run.PodSandboxId}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := e.runtime.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: run.PodSandboxId}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(300 * time.Millisecond)
+	netns, _ := os.ReadDir(filepath.Join(e.dir, "run", "netns"))
+	vms, _ := os.ReadDir(filepath.Join(e.dir, "run", "vm"))
+	ipam, _ := filepath.Glob("/var/lib/cni/networks/e2e/10.*")
+	leaks := map[string]int{
+		"netns": len(netns), "vm dirs": len(vms), "links": len(hostLinks()) - len(links0),
+		"vmm processes": len(vmProcesses()) - len(procs0), "mounts": len(mountsUnder(e.dir + "/run")),
+		"ip allocations": len(ipam),
+	}
+	t.Logf("%d pod cycles: RunPodSandbox %v; leaks %v", cycles, runp, leaks)
+	for what, n := range leaks {
+		if n != 0 {
+			t.Errorf("%d %s left after %d pod cycles", n, what, cycles)
+		}
+	}
+}
+
+func hostLinks() []string {
+	entries, _ := os.ReadDir("/sys/class/net")
+	var out []string
+	for _, e := range entries {
+		out = append(out, e.Name())
+	}
+	return out
+}
+
+// vmProcesses lists live qemu and virtiofsd processes.
+func vmProcesses() []string {
+	var out []string
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		data, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		s := string(data)
+		if (strings.Contains(s, "(qemu-system-x86") || strings.Contains(s, "(virtiofsd)")) && !strings.Contains(s, ") Z") {
+			out = append(out, e.Name())
+		}
+	}
+	return out
 }
