@@ -123,10 +123,10 @@ func TestPodCyclesLeakNothing(t *testing.T) {
 	if n, err := strconv.Atoi(os.Getenv("COCOON_POD_CYCLES")); err == nil {
 		cycles = n
 	}
-	ctx := ctxT(t)
 	links0, procs0 := hostLinks(), vmProcesses()
 	var runp []time.Duration
 	for i := range cycles {
+		ctx := ctxT(t) // per cycle: 50 cycles take longer than one deadline
 		cfg := &runtimeapi.PodSandboxConfig{Metadata: &runtimeapi.PodSandboxMetadata{
 			Name: "cycle", Namespace: "default", Uid: "cycle-" + strconv.Itoa(i)}, Hostname: "cycle"}
 		start := time.Now()
