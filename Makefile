@@ -22,7 +22,7 @@ SOCKET      := /run/cocoon/cocoon.sock
 GUEST_DIR   ?= /var/lib/cocoon/guest
 TEST_GUEST  := $(CURDIR)/_output/guest
 
-.PHONY: all build guest deps tools run stop test test-unit verify-generate test-integration test-critest bench generate fmt vet clean
+.PHONY: all build guest deps tools run registry registry-down stop test test-unit verify-generate test-integration test-critest bench generate fmt vet clean
 
 all: build
 
@@ -55,6 +55,8 @@ $(BIN)/crictl $(BIN)/critest:
 ## run: set up the machine, build, and start cocoond on its embedded defaults
 run: deps build tools guest
 	@hack/install-cni-default.sh
+	@# crictl's 2 s default timeout is shorter than a VM boot under TCG.
+	@[ -e /etc/crictl.yaml ] || printf 'runtime-endpoint: unix://$(SOCKET)\nimage-endpoint: unix://$(SOCKET)\ntimeout: 60\n' > /etc/crictl.yaml
 	@if [ -S $(SOCKET) ] && $(BIN)/crictl --runtime-endpoint unix://$(SOCKET) version >/dev/null 2>&1; then \
 		echo "cocoond already running on $(SOCKET)"; exit 0; fi; \
 	mkdir -p $$(dirname $(RUN_LOG)) /run/cocoon; \
@@ -62,6 +64,20 @@ run: deps build tools guest
 	for i in $$(seq 1 100); do [ -S $(SOCKET) ] && break; sleep 0.1; done; \
 	$(BIN)/crictl --runtime-endpoint unix://$(SOCKET) version && \
 	echo "cocoond running (pid $$(cat $(RUN_PID)), log $(RUN_LOG)); try: crictl --runtime-endpoint unix://$(SOCKET) info"
+
+## registry: the local test registry on 127.0.0.1:5000 with the critest images, and a
+## registries.conf drop-in mirroring registry.k8s.io, k8s.gcr.io, gcr.io and public.ecr.aws to it
+REGISTRY_DIR    := /var/lib/cocoon/test-registry
+REGISTRY_DROPIN := /etc/containers/registries.conf.d/50-cocoon-test-registry.conf
+registry: build
+	$(BIN)/cocoon-test-images up --dir $(REGISTRY_DIR)
+	mkdir -p $$(dirname $(REGISTRY_DROPIN))
+	$(BIN)/cocoon-test-images registries-conf > $(REGISTRY_DROPIN)
+	@echo "mirror table installed in $(REGISTRY_DROPIN); try: crictl pull registry.k8s.io/e2e-test-images/busybox:1.29-2"
+
+registry-down:
+	-$(BIN)/cocoon-test-images down --dir $(REGISTRY_DIR)
+	rm -f $(REGISTRY_DROPIN)
 
 ## stop: stop the cocoond that `make run` started
 stop:

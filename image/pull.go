@@ -15,6 +15,7 @@ import (
 	"go.podman.io/image/v5/copy"
 	"go.podman.io/image/v5/docker"
 	"go.podman.io/image/v5/docker/reference"
+	"go.podman.io/image/v5/pkg/sysregistriesv2"
 	istorage "go.podman.io/image/v5/storage"
 	"go.podman.io/image/v5/types"
 
@@ -74,6 +75,10 @@ func (s *Service) pull(ctx context.Context, named reference.Named, auth *Auth) (
 	}
 	defer policy.Destroy() //nolint:errcheck // nothing to do about a failed release
 
+	// registries.conf (and its drop-ins) apply to the next pull without a
+	// restart, as policy.json does: containers/image would otherwise keep the
+	// first parse for the life of the process.
+	sysregistriesv2.InvalidateCache()
 	sys := s.systemContext(auth)
 	progress := make(chan types.ProgressProperties)
 	var bytes uint64
