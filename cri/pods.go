@@ -25,6 +25,7 @@ type podManager interface {
 	Containers() []sandbox.Container
 	ExecSync(ctx context.Context, id string, cmd []string, timeout time.Duration) (*sandbox.ExecResult, error)
 	ReopenContainerLog(id string) error
+	ContainerStats(ctx context.Context, id string) (*sandbox.Stats, error)
 }
 
 func podState(s string) runtimeapi.PodSandboxState {

@@ -33,6 +33,8 @@ type Options struct {
 	CgroupDriver string // "cgroupfs" or "systemd"
 	// Handlers are the configured runtime handler names (RuntimeClass handlers).
 	Handlers []string
+	// GraphRoot is the image store, where containers' writable layers live.
+	GraphRoot string
 	// StatusInfo is extra verbose information for Status (effective config and so on).
 	StatusInfo map[string]string
 }

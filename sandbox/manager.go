@@ -60,6 +60,7 @@ type Manager struct {
 	live map[string]*podRuntime // running pods' VM and agent connection
 
 	podCIDR func() string
+	cpu     cpuSamples
 }
 
 // podRuntime is what a running pod holds besides its record.

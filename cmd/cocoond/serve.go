@@ -85,6 +85,7 @@ func serve(loaded *config.Loaded) error {
 	server = cri.New(images, cni.Probe{ConfDir: cfg.CNI.ConfDir, BinDirs: cfg.CNI.BinDirs}, pods, cri.Options{
 		CgroupDriver: cfg.Daemon.CgroupDriver,
 		Handlers:     cfg.Runtime.HandlerNames(),
+		GraphRoot:    images.GraphRoot(),
 		StatusInfo:   statusInfo(cfg, images.Driver()),
 	}, log.WithField("component", "cri"))
 	g := grpc.NewServer(

@@ -60,6 +60,18 @@ func TestPodLifecycleOverCRI(t *testing.T) {
 		!strings.Contains(string(exec.Stdout), "nameserver 10.10.10.10\nsearch example.com") {
 		t.Fatalf("ExecSync: %v, %v", exec, err)
 	}
+	cs, err := e.runtime.ContainerStats(ctx, &runtimeapi.ContainerStatsRequest{ContainerId: cid})
+	if err != nil || cs.Stats.GetCpu().GetUsageCoreNanoSeconds().GetValue() == 0 || cs.Stats.GetMemory().GetWorkingSetBytes().GetValue() == 0 {
+		t.Fatalf("ContainerStats: %v, %v", cs, err)
+	}
+	ps, err := e.runtime.PodSandboxStats(ctx, &runtimeapi.PodSandboxStatsRequest{PodSandboxId: podID})
+	if err != nil || len(ps.Stats.GetLinux().GetContainers()) != 1 || ps.Stats.GetLinux().GetProcess().GetProcessCount().GetValue() == 0 {
+		t.Fatalf("PodSandboxStats: %v, %v", ps, err)
+	}
+	ls, err := e.runtime.ListContainerStats(ctx, &runtimeapi.ListContainerStatsRequest{Filter: &runtimeapi.ContainerStatsFilter{PodSandboxId: podID}})
+	if err != nil || len(ls.Stats) != 1 {
+		t.Fatalf("ListContainerStats: %v, %v", ls, err)
+	}
 	st, err := e.runtime.ContainerStatus(ctx, &runtimeapi.ContainerStatusRequest{ContainerId: cid})
 	if err != nil || st.Status.State != runtimeapi.ContainerState_CONTAINER_RUNNING || st.Status.ImageId != imageRef || st.Status.LogPath != filepath.Join(logDir, "main/0.log") {
 		t.Fatalf("ContainerStatus: %v, %v", st, err)

@@ -1,0 +1,49 @@
+package cri
+
+import (
+	"context"
+	"time"
+
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/cocoon-runtime/cocoon/sandbox"
+)
+
+// PodSandboxStats sums the pod's containers into pod CPU, memory and processes.
+func (s *Server) PodSandboxStats(ctx context.Context, req *runtimeapi.PodSandboxStatsRequest) (*runtimeapi.PodSandboxStatsResponse, error) {
+	p, err := s.pods.Pod(req.GetPodSandboxId())
+	if err != nil {
+		return nil, err
+	}
+	return &runtimeapi.PodSandboxStatsResponse{Stats: s.podStats(ctx, &p)}, nil
+}
+
+func (s *Server) podStats(ctx context.Context, p *sandbox.Pod) *runtimeapi.PodSandboxStats {
+	cfg := p.PodConfig()
+	ts := time.Now().UnixNano()
+	linux := &runtimeapi.LinuxPodSandboxStats{
+		Cpu:     &runtimeapi.CpuUsage{Timestamp: ts, UsageCoreNanoSeconds: u64(0), UsageNanoCores: u64(0)},
+		Memory:  &runtimeapi.MemoryUsage{Timestamp: ts, WorkingSetBytes: u64(0), UsageBytes: u64(0), RssBytes: u64(0), PageFaults: u64(0), MajorPageFaults: u64(0)},
+		Process: &runtimeapi.ProcessUsage{Timestamp: ts, ProcessCount: u64(0)},
+	}
+	for _, c := range s.podContainers(p.ID, nil) {
+		st, err := s.pods.ContainerStats(ctx, c.ID)
+		if err != nil {
+			continue
+		}
+		cs := s.toCRIStats(&c, st)
+		linux.Containers = append(linux.Containers, cs)
+		linux.Cpu.UsageCoreNanoSeconds.Value += st.CPUUsageNs
+		linux.Cpu.UsageNanoCores.Value += st.CPUNanoCores
+		linux.Memory.WorkingSetBytes.Value += st.MemoryWorkingSet
+		linux.Memory.UsageBytes.Value += st.MemoryUsage
+		linux.Memory.RssBytes.Value += st.MemoryRSS
+		linux.Memory.PageFaults.Value += st.PageFaults
+		linux.Memory.MajorPageFaults.Value += st.MajorPageFaults
+		linux.Process.ProcessCount.Value += st.Processes
+	}
+	return &runtimeapi.PodSandboxStats{
+		Attributes: &runtimeapi.PodSandboxAttributes{Id: p.ID, Metadata: cfg.GetMetadata(), Labels: cfg.GetLabels(), Annotations: cfg.GetAnnotations()},
+		Linux:      linux,
+	}
+}
