@@ -4,6 +4,7 @@ package config
 
 import (
 	"fmt"
+	"net"
 	"path/filepath"
 	"slices"
 	"time"
@@ -13,10 +14,29 @@ import (
 
 // Config is the effective configuration of cocoond.
 type Config struct {
-	Daemon  Daemon  `toml:"daemon" json:"daemon" comment:"The daemon: socket, state directories, logging."`
-	Image   Image   `toml:"image" json:"image" comment:"The image service: containers/storage and registry settings."`
-	CNI     CNI     `toml:"cni" json:"cni" comment:"Pod networking through CNI plugins."`
-	Runtime Runtime `toml:"runtime" json:"runtime" comment:"Runtime handlers: which VMM, guest and VM size a pod gets."`
+	Daemon    Daemon    `toml:"daemon" json:"daemon" comment:"The daemon: socket, state directories, logging."`
+	Image     Image     `toml:"image" json:"image" comment:"The image service: containers/storage and registry settings."`
+	CNI       CNI       `toml:"cni" json:"cni" comment:"Pod networking through CNI plugins."`
+	Runtime   Runtime   `toml:"runtime" json:"runtime" comment:"Runtime handlers: which VMM, guest and VM size a pod gets."`
+	Streaming Streaming `toml:"streaming" json:"streaming" comment:"The exec/attach/port-forward server kubelet and crictl are sent to."`
+}
+
+// Streaming configures the streaming server.
+type Streaming struct {
+	Address     string   `toml:"address" json:"address" comment:"host:port to listen on; port 0 picks a free one. Keep it on loopback unless kubelet's API server proxy needs it elsewhere."`
+	IdleTimeout Duration `toml:"idle_timeout" json:"idle_timeout" comment:"How long an idle exec/attach/port-forward connection stays open."`
+}
+
+// Validate checks the streaming section.
+func (s *Streaming) Validate() []*FieldError {
+	var errs []*FieldError
+	if _, _, err := net.SplitHostPort(s.Address); err != nil {
+		errs = append(errs, fieldErr("streaming.address", "%v", err))
+	}
+	if s.IdleTimeout <= 0 {
+		errs = append(errs, fieldErr("streaming.idle_timeout", "must be positive"))
+	}
+	return errs
 }
 
 // Daemon configures the process itself.
@@ -167,5 +187,6 @@ func (c *Config) Validate() []*FieldError {
 	errs = append(errs, c.Image.Validate()...)
 	errs = append(errs, c.CNI.Validate()...)
 	errs = append(errs, c.Runtime.Validate()...)
+	errs = append(errs, c.Streaming.Validate()...)
 	return errs
 }

@@ -48,19 +48,20 @@ type Server struct {
 	// a newer cri-api adds one.
 	runtimeapi.UnimplementedImageServiceServer
 
-	images  imageService
-	network networkProbe
-	pods    podManager
-	opts    Options
-	log     *logrus.Entry
+	images    imageService
+	network   networkProbe
+	pods      podManager
+	streaming streamURLs
+	opts      Options
+	log       *logrus.Entry
 
 	mu      sync.Mutex
 	podCIDR string // from UpdateRuntimeConfig; handed to CNI with each pod
 }
 
 // New builds a server over its dependencies.
-func New(images imageService, network networkProbe, pods podManager, opts Options, log *logrus.Entry) *Server {
-	return &Server{images: images, network: network, pods: pods, opts: opts, log: log}
+func New(images imageService, network networkProbe, pods podManager, streams streamURLs, opts Options, log *logrus.Entry) *Server {
+	return &Server{images: images, network: network, pods: pods, streaming: streams, opts: opts, log: log}
 }
 
 // Register adds both services to g. Create g with UnaryInterceptor(s.Instrument)

@@ -63,7 +63,7 @@ func (f fakeNetwork) Ready() error { return f.err }
 func newTestServer(images *fakeImages, netErr error) *Server {
 	log := logrus.New()
 	log.SetLevel(logrus.PanicLevel)
-	return New(images, fakeNetwork{netErr}, nil, Options{CgroupDriver: "systemd"}, logrus.NewEntry(log))
+	return New(images, fakeNetwork{netErr}, nil, nil, Options{CgroupDriver: "systemd"}, logrus.NewEntry(log))
 }
 
 func testImage(user string) *image.Image {

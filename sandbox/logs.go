@@ -136,6 +136,30 @@ func (o *output) fanOut(stream string, data []byte) {
 	}
 }
 
+// subscribe returns a channel of stream's output ("stdout" or "stderr") from
+// now on, and the function that ends the subscription.
+func (o *output) subscribe(stream string) (chan []byte, func()) {
+	ch := make(chan []byte, 256)
+	o.mu.Lock()
+	o.subs[ch] = stream
+	o.mu.Unlock()
+	return ch, func() {
+		o.mu.Lock()
+		if _, ok := o.subs[ch]; ok {
+			delete(o.subs, ch)
+			close(ch)
+		}
+		o.mu.Unlock()
+	}
+}
+
+// finished is closed once every stream reached EOF (the container exited).
+func (o *output) finished() <-chan struct{} {
+	done := make(chan struct{})
+	go func() { o.done.Wait(); close(done) }()
+	return done
+}
+
 // wait blocks until both streams reached EOF, or the timeout.
 func (o *output) wait(timeout time.Duration) {
 	done := make(chan struct{})

@@ -1920,6 +1920,58 @@ func (x *OOMEvent) GetAtNs() int64 {
 	return 0
 }
 
+type PortForwardChunk struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Port          uint32                 `protobuf:"varint,1,opt,name=port,proto3" json:"port,omitempty"`
+	Data          []byte                 `protobuf:"bytes,2,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PortForwardChunk) Reset() {
+	*x = PortForwardChunk{}
+	mi := &file_agent_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PortForwardChunk) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PortForwardChunk) ProtoMessage() {}
+
+func (x *PortForwardChunk) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PortForwardChunk.ProtoReflect.Descriptor instead.
+func (*PortForwardChunk) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *PortForwardChunk) GetPort() uint32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+func (x *PortForwardChunk) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
 var File_agent_proto protoreflect.FileDescriptor
 
 const file_agent_proto_rawDesc = "" +
@@ -2068,7 +2120,10 @@ const file_agent_proto_rawDesc = "" +
 	"\tneighbors\x18\x01 \x03(\v2\x19.cocoon.agent.v1.NeighborR\tneighbors\"B\n" +
 	"\bOOMEvent\x12!\n" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12\x13\n" +
-	"\x05at_ns\x18\x02 \x01(\x03R\x04atNs2\xb7\x0e\n" +
+	"\x05at_ns\x18\x02 \x01(\x03R\x04atNs\":\n" +
+	"\x10PortForwardChunk\x12\x12\n" +
+	"\x04port\x18\x01 \x01(\rR\x04port\x12\x12\n" +
+	"\x04data\x18\x02 \x01(\fR\x04data2\x90\x0f\n" +
 	"\x05Agent\x12N\n" +
 	"\rCreateSandbox\x12%.cocoon.agent.v1.CreateSandboxRequest\x1a\x16.google.protobuf.Empty\x12P\n" +
 	"\x0eDestroySandbox\x12&.cocoon.agent.v1.DestroySandboxRequest\x1a\x16.google.protobuf.Empty\x12H\n" +
@@ -2097,7 +2152,8 @@ const file_agent_proto_rawDesc = "" +
 	"\x0eListInterfaces\x12\x16.google.protobuf.Empty\x1a\x1b.cocoon.agent.v1.Interfaces\x12=\n" +
 	"\n" +
 	"ListRoutes\x12\x16.google.protobuf.Empty\x1a\x17.cocoon.agent.v1.Routes\x12@\n" +
-	"\tOOMEvents\x12\x16.google.protobuf.Empty\x1a\x19.cocoon.agent.v1.OOMEvent0\x012\x9c\x01\n" +
+	"\tOOMEvents\x12\x16.google.protobuf.Empty\x1a\x19.cocoon.agent.v1.OOMEvent0\x01\x12W\n" +
+	"\vPortForward\x12!.cocoon.agent.v1.PortForwardChunk\x1a!.cocoon.agent.v1.PortForwardChunk(\x010\x012\x9c\x01\n" +
 	"\x06Health\x12F\n" +
 	"\x05Check\x12\x1d.cocoon.agent.v1.CheckRequest\x1a\x1e.cocoon.agent.v1.CheckResponse\x12J\n" +
 	"\aVersion\x12\x1d.cocoon.agent.v1.CheckRequest\x1a .cocoon.agent.v1.VersionResponseB2Z0github.com/cocoon-runtime/cocoon/api/agent;agentb\x06proto3"
@@ -2115,7 +2171,7 @@ func file_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
+var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
 var file_agent_proto_goTypes = []any{
 	(CheckResponse_Status)(0),      // 0: cocoon.agent.v1.CheckResponse.Status
 	(Share_Kind)(0),                // 1: cocoon.agent.v1.Share.Kind
@@ -2149,13 +2205,14 @@ var file_agent_proto_goTypes = []any{
 	(*Neighbor)(nil),               // 29: cocoon.agent.v1.Neighbor
 	(*Neighbors)(nil),              // 30: cocoon.agent.v1.Neighbors
 	(*OOMEvent)(nil),               // 31: cocoon.agent.v1.OOMEvent
-	nil,                            // 32: cocoon.agent.v1.CreateSandboxRequest.SysctlsEntry
-	(*emptypb.Empty)(nil),          // 33: google.protobuf.Empty
+	(*PortForwardChunk)(nil),       // 32: cocoon.agent.v1.PortForwardChunk
+	nil,                            // 33: cocoon.agent.v1.CreateSandboxRequest.SysctlsEntry
+	(*emptypb.Empty)(nil),          // 34: google.protobuf.Empty
 }
 var file_agent_proto_depIdxs = []int32{
 	0,  // 0: cocoon.agent.v1.CheckResponse.status:type_name -> cocoon.agent.v1.CheckResponse.Status
 	1,  // 1: cocoon.agent.v1.Share.kind:type_name -> cocoon.agent.v1.Share.Kind
-	32, // 2: cocoon.agent.v1.CreateSandboxRequest.sysctls:type_name -> cocoon.agent.v1.CreateSandboxRequest.SysctlsEntry
+	33, // 2: cocoon.agent.v1.CreateSandboxRequest.sysctls:type_name -> cocoon.agent.v1.CreateSandboxRequest.SysctlsEntry
 	6,  // 3: cocoon.agent.v1.CreateSandboxRequest.shares:type_name -> cocoon.agent.v1.Share
 	2,  // 4: cocoon.agent.v1.ReadOutputRequest.stream:type_name -> cocoon.agent.v1.ReadOutputRequest.Stream
 	24, // 5: cocoon.agent.v1.Interface.addresses:type_name -> cocoon.agent.v1.IPAddress
@@ -2164,8 +2221,8 @@ var file_agent_proto_depIdxs = []int32{
 	29, // 8: cocoon.agent.v1.Neighbors.neighbors:type_name -> cocoon.agent.v1.Neighbor
 	7,  // 9: cocoon.agent.v1.Agent.CreateSandbox:input_type -> cocoon.agent.v1.CreateSandboxRequest
 	8,  // 10: cocoon.agent.v1.Agent.DestroySandbox:input_type -> cocoon.agent.v1.DestroySandboxRequest
-	33, // 11: cocoon.agent.v1.Agent.GetGuestDetails:input_type -> google.protobuf.Empty
-	33, // 12: cocoon.agent.v1.Agent.OnlineCPUMem:input_type -> google.protobuf.Empty
+	34, // 11: cocoon.agent.v1.Agent.GetGuestDetails:input_type -> google.protobuf.Empty
+	34, // 12: cocoon.agent.v1.Agent.OnlineCPUMem:input_type -> google.protobuf.Empty
 	10, // 13: cocoon.agent.v1.Agent.CreateContainer:input_type -> cocoon.agent.v1.CreateContainerRequest
 	11, // 14: cocoon.agent.v1.Agent.StartContainer:input_type -> cocoon.agent.v1.ContainerRequest
 	12, // 15: cocoon.agent.v1.Agent.RemoveContainer:input_type -> cocoon.agent.v1.RemoveContainerRequest
@@ -2183,39 +2240,41 @@ var file_agent_proto_depIdxs = []int32{
 	25, // 27: cocoon.agent.v1.Agent.UpdateInterface:input_type -> cocoon.agent.v1.Interface
 	28, // 28: cocoon.agent.v1.Agent.UpdateRoutes:input_type -> cocoon.agent.v1.Routes
 	30, // 29: cocoon.agent.v1.Agent.AddNeighbors:input_type -> cocoon.agent.v1.Neighbors
-	33, // 30: cocoon.agent.v1.Agent.ListInterfaces:input_type -> google.protobuf.Empty
-	33, // 31: cocoon.agent.v1.Agent.ListRoutes:input_type -> google.protobuf.Empty
-	33, // 32: cocoon.agent.v1.Agent.OOMEvents:input_type -> google.protobuf.Empty
-	3,  // 33: cocoon.agent.v1.Health.Check:input_type -> cocoon.agent.v1.CheckRequest
-	3,  // 34: cocoon.agent.v1.Health.Version:input_type -> cocoon.agent.v1.CheckRequest
-	33, // 35: cocoon.agent.v1.Agent.CreateSandbox:output_type -> google.protobuf.Empty
-	33, // 36: cocoon.agent.v1.Agent.DestroySandbox:output_type -> google.protobuf.Empty
-	9,  // 37: cocoon.agent.v1.Agent.GetGuestDetails:output_type -> cocoon.agent.v1.GuestDetails
-	9,  // 38: cocoon.agent.v1.Agent.OnlineCPUMem:output_type -> cocoon.agent.v1.GuestDetails
-	33, // 39: cocoon.agent.v1.Agent.CreateContainer:output_type -> google.protobuf.Empty
-	33, // 40: cocoon.agent.v1.Agent.StartContainer:output_type -> google.protobuf.Empty
-	33, // 41: cocoon.agent.v1.Agent.RemoveContainer:output_type -> google.protobuf.Empty
-	33, // 42: cocoon.agent.v1.Agent.UpdateContainer:output_type -> google.protobuf.Empty
-	14, // 43: cocoon.agent.v1.Agent.StatsContainer:output_type -> cocoon.agent.v1.ContainerStats
-	33, // 44: cocoon.agent.v1.Agent.PauseContainer:output_type -> google.protobuf.Empty
-	33, // 45: cocoon.agent.v1.Agent.ResumeContainer:output_type -> google.protobuf.Empty
-	33, // 46: cocoon.agent.v1.Agent.ExecProcess:output_type -> google.protobuf.Empty
-	33, // 47: cocoon.agent.v1.Agent.SignalProcess:output_type -> google.protobuf.Empty
-	18, // 48: cocoon.agent.v1.Agent.WaitProcess:output_type -> cocoon.agent.v1.WaitProcessResponse
-	20, // 49: cocoon.agent.v1.Agent.ReadOutput:output_type -> cocoon.agent.v1.OutputChunk
-	22, // 50: cocoon.agent.v1.Agent.WriteStdin:output_type -> cocoon.agent.v1.WriteStdinResponse
-	33, // 51: cocoon.agent.v1.Agent.CloseStdin:output_type -> google.protobuf.Empty
-	33, // 52: cocoon.agent.v1.Agent.ResizeTty:output_type -> google.protobuf.Empty
-	25, // 53: cocoon.agent.v1.Agent.UpdateInterface:output_type -> cocoon.agent.v1.Interface
-	28, // 54: cocoon.agent.v1.Agent.UpdateRoutes:output_type -> cocoon.agent.v1.Routes
-	33, // 55: cocoon.agent.v1.Agent.AddNeighbors:output_type -> google.protobuf.Empty
-	26, // 56: cocoon.agent.v1.Agent.ListInterfaces:output_type -> cocoon.agent.v1.Interfaces
-	28, // 57: cocoon.agent.v1.Agent.ListRoutes:output_type -> cocoon.agent.v1.Routes
-	31, // 58: cocoon.agent.v1.Agent.OOMEvents:output_type -> cocoon.agent.v1.OOMEvent
-	4,  // 59: cocoon.agent.v1.Health.Check:output_type -> cocoon.agent.v1.CheckResponse
-	5,  // 60: cocoon.agent.v1.Health.Version:output_type -> cocoon.agent.v1.VersionResponse
-	35, // [35:61] is the sub-list for method output_type
-	9,  // [9:35] is the sub-list for method input_type
+	34, // 30: cocoon.agent.v1.Agent.ListInterfaces:input_type -> google.protobuf.Empty
+	34, // 31: cocoon.agent.v1.Agent.ListRoutes:input_type -> google.protobuf.Empty
+	34, // 32: cocoon.agent.v1.Agent.OOMEvents:input_type -> google.protobuf.Empty
+	32, // 33: cocoon.agent.v1.Agent.PortForward:input_type -> cocoon.agent.v1.PortForwardChunk
+	3,  // 34: cocoon.agent.v1.Health.Check:input_type -> cocoon.agent.v1.CheckRequest
+	3,  // 35: cocoon.agent.v1.Health.Version:input_type -> cocoon.agent.v1.CheckRequest
+	34, // 36: cocoon.agent.v1.Agent.CreateSandbox:output_type -> google.protobuf.Empty
+	34, // 37: cocoon.agent.v1.Agent.DestroySandbox:output_type -> google.protobuf.Empty
+	9,  // 38: cocoon.agent.v1.Agent.GetGuestDetails:output_type -> cocoon.agent.v1.GuestDetails
+	9,  // 39: cocoon.agent.v1.Agent.OnlineCPUMem:output_type -> cocoon.agent.v1.GuestDetails
+	34, // 40: cocoon.agent.v1.Agent.CreateContainer:output_type -> google.protobuf.Empty
+	34, // 41: cocoon.agent.v1.Agent.StartContainer:output_type -> google.protobuf.Empty
+	34, // 42: cocoon.agent.v1.Agent.RemoveContainer:output_type -> google.protobuf.Empty
+	34, // 43: cocoon.agent.v1.Agent.UpdateContainer:output_type -> google.protobuf.Empty
+	14, // 44: cocoon.agent.v1.Agent.StatsContainer:output_type -> cocoon.agent.v1.ContainerStats
+	34, // 45: cocoon.agent.v1.Agent.PauseContainer:output_type -> google.protobuf.Empty
+	34, // 46: cocoon.agent.v1.Agent.ResumeContainer:output_type -> google.protobuf.Empty
+	34, // 47: cocoon.agent.v1.Agent.ExecProcess:output_type -> google.protobuf.Empty
+	34, // 48: cocoon.agent.v1.Agent.SignalProcess:output_type -> google.protobuf.Empty
+	18, // 49: cocoon.agent.v1.Agent.WaitProcess:output_type -> cocoon.agent.v1.WaitProcessResponse
+	20, // 50: cocoon.agent.v1.Agent.ReadOutput:output_type -> cocoon.agent.v1.OutputChunk
+	22, // 51: cocoon.agent.v1.Agent.WriteStdin:output_type -> cocoon.agent.v1.WriteStdinResponse
+	34, // 52: cocoon.agent.v1.Agent.CloseStdin:output_type -> google.protobuf.Empty
+	34, // 53: cocoon.agent.v1.Agent.ResizeTty:output_type -> google.protobuf.Empty
+	25, // 54: cocoon.agent.v1.Agent.UpdateInterface:output_type -> cocoon.agent.v1.Interface
+	28, // 55: cocoon.agent.v1.Agent.UpdateRoutes:output_type -> cocoon.agent.v1.Routes
+	34, // 56: cocoon.agent.v1.Agent.AddNeighbors:output_type -> google.protobuf.Empty
+	26, // 57: cocoon.agent.v1.Agent.ListInterfaces:output_type -> cocoon.agent.v1.Interfaces
+	28, // 58: cocoon.agent.v1.Agent.ListRoutes:output_type -> cocoon.agent.v1.Routes
+	31, // 59: cocoon.agent.v1.Agent.OOMEvents:output_type -> cocoon.agent.v1.OOMEvent
+	32, // 60: cocoon.agent.v1.Agent.PortForward:output_type -> cocoon.agent.v1.PortForwardChunk
+	4,  // 61: cocoon.agent.v1.Health.Check:output_type -> cocoon.agent.v1.CheckResponse
+	5,  // 62: cocoon.agent.v1.Health.Version:output_type -> cocoon.agent.v1.VersionResponse
+	36, // [36:63] is the sub-list for method output_type
+	9,  // [9:36] is the sub-list for method input_type
 	9,  // [9:9] is the sub-list for extension type_name
 	9,  // [9:9] is the sub-list for extension extendee
 	0,  // [0:9] is the sub-list for field type_name
@@ -2232,7 +2291,7 @@ func file_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_proto_rawDesc), len(file_agent_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   30,
+			NumMessages:   31,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -33,6 +33,7 @@ type AgentService interface {
 	ListInterfaces(context.Context, *emptypb.Empty) (*Interfaces, error)
 	ListRoutes(context.Context, *emptypb.Empty) (*Routes, error)
 	OOMEvents(context.Context, *emptypb.Empty, Agent_OOMEventsServer) error
+	PortForward(context.Context, Agent_PortForwardServer) error
 }
 
 type Agent_ReadOutputServer interface {
@@ -59,6 +60,28 @@ type agentOOMEventsServer struct {
 
 func (x *agentOOMEventsServer) Send(m *OOMEvent) error {
 	return x.StreamServer.SendMsg(m)
+}
+
+type Agent_PortForwardServer interface {
+	Send(*PortForwardChunk) error
+	Recv() (*PortForwardChunk, error)
+	ttrpc.StreamServer
+}
+
+type agentPortForwardServer struct {
+	ttrpc.StreamServer
+}
+
+func (x *agentPortForwardServer) Send(m *PortForwardChunk) error {
+	return x.StreamServer.SendMsg(m)
+}
+
+func (x *agentPortForwardServer) Recv() (*PortForwardChunk, error) {
+	m := new(PortForwardChunk)
+	if err := x.StreamServer.RecvMsg(m); err != nil {
+		return nil, err
+	}
+	return m, nil
 }
 
 func RegisterAgentService(srv *ttrpc.Server, svc AgentService) {
@@ -242,6 +265,13 @@ func RegisterAgentService(srv *ttrpc.Server, svc AgentService) {
 				StreamingClient: false,
 				StreamingServer: true,
 			},
+			"PortForward": {
+				Handler: func(ctx context.Context, stream ttrpc.StreamServer) (interface{}, error) {
+					return nil, svc.PortForward(ctx, &agentPortForwardServer{stream})
+				},
+				StreamingClient: true,
+				StreamingServer: true,
+			},
 		},
 	})
 }
@@ -271,6 +301,7 @@ type AgentClient interface {
 	ListInterfaces(context.Context, *emptypb.Empty) (*Interfaces, error)
 	ListRoutes(context.Context, *emptypb.Empty) (*Routes, error)
 	OOMEvents(context.Context, *emptypb.Empty) (Agent_OOMEventsClient, error)
+	PortForward(context.Context) (Agent_PortForwardClient, error)
 }
 
 type agentClient struct {
@@ -511,6 +542,40 @@ type agentOOMEventsClient struct {
 
 func (x *agentOOMEventsClient) Recv() (*OOMEvent, error) {
 	m := new(OOMEvent)
+	if err := x.ClientStream.RecvMsg(m); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+func (c *agentClient) PortForward(ctx context.Context) (Agent_PortForwardClient, error) {
+	stream, err := c.client.NewStream(ctx, &ttrpc.StreamDesc{
+		StreamingClient: true,
+		StreamingServer: true,
+	}, "cocoon.agent.v1.Agent", "PortForward", nil)
+	if err != nil {
+		return nil, err
+	}
+	x := &agentPortForwardClient{stream}
+	return x, nil
+}
+
+type Agent_PortForwardClient interface {
+	Send(*PortForwardChunk) error
+	Recv() (*PortForwardChunk, error)
+	ttrpc.ClientStream
+}
+
+type agentPortForwardClient struct {
+	ttrpc.ClientStream
+}
+
+func (x *agentPortForwardClient) Send(m *PortForwardChunk) error {
+	return x.ClientStream.SendMsg(m)
+}
+
+func (x *agentPortForwardClient) Recv() (*PortForwardChunk, error) {
+	m := new(PortForwardChunk)
 	if err := x.ClientStream.RecvMsg(m); err != nil {
 		return nil, err
 	}

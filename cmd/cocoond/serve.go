@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -82,7 +83,18 @@ func serve(loaded *config.Loaded) error {
 		log.WithError(err).Warn("recovering pods")
 	}
 
-	server = cri.New(images, cni.Probe{ConfDir: cfg.CNI.ConfDir, BinDirs: cfg.CNI.BinDirs}, pods, cri.Options{
+	streams, err := cri.NewStreamingServer(cfg.Streaming.Address, cfg.Streaming.IdleTimeout.Std(), pods)
+	if err != nil {
+		return fmt.Errorf("streaming server: %w", err)
+	}
+	go func() {
+		if err := streams.Start(true); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.WithError(err).Error("streaming server stopped")
+		}
+	}()
+	defer streams.Stop()
+
+	server = cri.New(images, cni.Probe{ConfDir: cfg.CNI.ConfDir, BinDirs: cfg.CNI.BinDirs}, pods, streams, cri.Options{
 		CgroupDriver: cfg.Daemon.CgroupDriver,
 		Handlers:     cfg.Runtime.HandlerNames(),
 		GraphRoot:    images.GraphRoot(),

@@ -102,7 +102,7 @@ func TestEnvAndCwd(t *testing.T) {
 		{
 			name:    "image then CRI, later wins in place",
 			imgEnv:  []string{"PATH=/img", "A=1", "B=2"},
-			envs:    []*runtimeapi.KeyValue{{Key: "B", Value: "cri"}, {Key: "C", Value: "3"}, {Key: "HOSTNAME", Value: "h"}},
+			envs:    []*runtimeapi.KeyValue{{Key: "B", Value: []byte("cri")}, {Key: "C", Value: []byte("3")}, {Key: "HOSTNAME", Value: []byte("h")}},
 			wantEnv: []string{"PATH=/img", "HOSTNAME=h", "A=1", "B=cri", "C=3"},
 			imgDir:  "/srv", wantCwd: "/srv",
 		},

@@ -205,7 +205,7 @@ func processEnv(cfg *runtimeapi.ContainerConfig, img *imgspecv1.ImageConfig, hos
 		set(kv)
 	}
 	for _, kv := range cfg.GetEnvs() {
-		set(kv.GetKey() + "=" + kv.GetValue())
+		set(kv.GetKey() + "=" + string(kv.GetValue()))
 	}
 	return env
 }

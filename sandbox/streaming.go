@@ -1,0 +1,220 @@
+package sandbox
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+
+	agentapi "github.com/cocoon-runtime/cocoon/api/agent"
+	"github.com/cocoon-runtime/cocoon/errdefs"
+	"github.com/cocoon-runtime/cocoon/sandbox/ocispec"
+)
+
+// TermSize is a terminal's size in characters.
+type TermSize struct{ Width, Height uint16 }
+
+// Exec runs cmd in a container with the caller's stdio (a terminal when tty)
+// and returns its exit code when it ends.
+func (m *Manager) Exec(ctx context.Context, id string, cmd []string, stdin io.Reader, stdout, stderr io.WriteCloser, tty bool, resize <-chan TermSize) (int32, error) {
+	c, rt, base, err := m.execTarget(id)
+	if err != nil {
+		return 0, err
+	}
+	if len(cmd) == 0 {
+		return 0, fmt.Errorf("%w: empty command", errdefs.ErrInvalidArgument)
+	}
+	execID := newID()[:16]
+	proc, _ := json.Marshal(ocispec.ExecProcess(base, cmd, tty))
+	if _, err := rt.agent.ExecProcess(ctx, &agentapi.ExecProcessRequest{ContainerId: c.ID, ExecId: execID, Process: proc, Tty: tty, Stdin: stdin != nil}); err != nil {
+		return 0, fmt.Errorf("agent ExecProcess: %w", err)
+	}
+	drained := m.pipeOutputs(rt, c.ID, execID, stdout, stderr, tty)
+	go feedStdin(rt.agent, c.ID, execID, stdin, true)
+	go forwardResize(ctx, rt.agent, c.ID, execID, resize)
+	res, err := rt.agent.WaitProcess(ctx, &agentapi.ProcessRequest{ContainerId: c.ID, ExecId: execID})
+	if err != nil {
+		return 0, err
+	}
+	<-drained
+	return res.GetExitCode(), nil
+}
+
+// pipeOutputs copies an exec's output streams to the writers; the returned
+// channel closes when both reached EOF.
+func (m *Manager) pipeOutputs(rt *podRuntime, cid, execID string, stdout, stderr io.WriteCloser, tty bool) <-chan struct{} {
+	type target struct {
+		which agentapi.ReadOutputRequest_Stream
+		w     io.Writer
+	}
+	targets := []target{{agentapi.ReadOutputRequest_STDOUT, stdout}}
+	if !tty {
+		targets = append(targets, target{agentapi.ReadOutputRequest_STDERR, stderr})
+	}
+	done := make(chan struct{})
+	remaining := make(chan struct{}, len(targets))
+	for _, t := range targets {
+		go func() {
+			defer func() { remaining <- struct{}{} }()
+			stream, err := rt.agent.ReadOutput(context.Background(), &agentapi.ReadOutputRequest{ContainerId: cid, ExecId: execID, Stream: t.which})
+			if err != nil {
+				return
+			}
+			for {
+				chunk, err := stream.Recv()
+				if err != nil {
+					return
+				}
+				if t.w != nil {
+					_, _ = t.w.Write(chunk.GetData())
+				}
+			}
+		}()
+	}
+	go func() {
+		for range targets {
+			<-remaining
+		}
+		close(done)
+	}()
+	return done
+}
+
+// feedStdin copies the caller's stdin to the process; EOF closes the
+// process's stdin when closeOnEOF (exec, or attach with stdin_once).
+func feedStdin(a agentapi.AgentClient, cid, execID string, in io.Reader, closeOnEOF bool) {
+	if in == nil {
+		return
+	}
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := in.Read(buf)
+		if n > 0 {
+			if _, werr := a.WriteStdin(context.Background(), &agentapi.WriteStdinRequest{ContainerId: cid, ExecId: execID, Data: append([]byte(nil), buf[:n]...)}); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			if closeOnEOF {
+				_, _ = a.CloseStdin(context.Background(), &agentapi.ProcessRequest{ContainerId: cid, ExecId: execID})
+			}
+			return
+		}
+	}
+}
+
+func forwardResize(ctx context.Context, a agentapi.AgentClient, cid, execID string, resize <-chan TermSize) {
+	for {
+		select {
+		case sz, ok := <-resize:
+			if !ok {
+				return
+			}
+			_, _ = a.ResizeTty(ctx, &agentapi.ResizeTtyRequest{ContainerId: cid, ExecId: execID, Rows: uint32(sz.Height), Columns: uint32(sz.Width)})
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// Attach connects the caller to a running container's stdio until it exits or
+// the caller goes away. Output is shared with the log writer.
+func (m *Manager) Attach(ctx context.Context, id string, stdin io.Reader, stdout, stderr io.WriteCloser, tty bool, resize <-chan TermSize) error {
+	c, err := m.Container(id)
+	if err != nil {
+		return err
+	}
+	if c.State != StateRunning {
+		return fmt.Errorf("%w: container %s is not running", errdefs.ErrFailedPrecondition, c.ID)
+	}
+	rt, err := m.runtime(c.PodID)
+	if err != nil {
+		return err
+	}
+	rt.mu.Lock()
+	out := rt.outputs[c.ID]
+	rt.mu.Unlock()
+	if out == nil {
+		return fmt.Errorf("%w: container %s has no output to attach to", errdefs.ErrFailedPrecondition, c.ID)
+	}
+	cfg := c.ContainerConfig()
+	subs := []struct {
+		stream string
+		w      io.Writer
+	}{{"stdout", stdout}, {"stderr", stderr}}
+	var unsubscribe []func()
+	for _, s := range subs {
+		if s.w == nil {
+			continue
+		}
+		ch, cancel := out.subscribe(s.stream)
+		unsubscribe = append(unsubscribe, cancel)
+		go func() {
+			for data := range ch {
+				_, _ = s.w.Write(data)
+			}
+		}()
+	}
+	defer func() {
+		for _, u := range unsubscribe {
+			u()
+		}
+	}()
+	if stdin != nil && cfg.GetStdin() {
+		go feedStdin(rt.agent, c.ID, "", stdin, cfg.GetStdinOnce())
+	}
+	go forwardResize(ctx, rt.agent, c.ID, "", resize)
+	select {
+	case <-out.finished():
+	case <-ctx.Done():
+	}
+	return nil
+}
+
+// PortForward relays stream to port inside the pod, through the agent.
+func (m *Manager) PortForward(ctx context.Context, podID string, port int32, stream io.ReadWriteCloser) error {
+	p, err := m.Pod(podID)
+	if err != nil {
+		return err
+	}
+	rt, err := m.runtime(p.ID)
+	if err != nil {
+		return err
+	}
+	defer stream.Close()
+	fwd, err := rt.agent.PortForward(ctx)
+	if err != nil {
+		return err
+	}
+	if err := fwd.Send(&agentapi.PortForwardChunk{Port: uint32(port)}); err != nil {
+		return err
+	}
+	go func() {
+		buf := make([]byte, 32<<10)
+		for {
+			n, err := stream.Read(buf)
+			if n > 0 {
+				if serr := fwd.Send(&agentapi.PortForwardChunk{Data: append([]byte(nil), buf[:n]...)}); serr != nil {
+					return
+				}
+			}
+			if err != nil {
+				_ = fwd.CloseSend()
+				return
+			}
+		}
+	}()
+	for {
+		chunk, err := fwd.Recv()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("port-forward to %d in pod %s: %w", port, p.ID, err)
+		}
+		if _, err := stream.Write(chunk.GetData()); err != nil {
+			return err
+		}
+	}
+}
