@@ -141,7 +141,27 @@ func (e *engine) start(id string) error {
 	if err := c.lc.Exec(); err != nil {
 		return status.Errorf(codes.Internal, "start container: %v", err)
 	}
+	waitExecve(c.init)
 	return nil
+}
+
+// waitExecve returns once the container's init has replaced libcontainer's
+// "init" with the user's program (or after a second). A stop signal sent
+// before that is pending across execve and then discarded, because PID 1 of a
+// namespace only receives signals it has a handler for: StopContainer right
+// after StartContainer would wait its whole timeout for nothing.
+func waitExecve(p *process) {
+	pid, err := p.lp.Pid()
+	if err != nil {
+		return
+	}
+	initArgs := os.Args[0] + "\x00init\x00"
+	for deadline := time.Now().Add(time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+		cmdline, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
+		if err != nil || string(cmdline) != initArgs {
+			return
+		}
+	}
 }
 
 // remove destroys the container; a running one only with force (killed first).
