@@ -339,6 +339,8 @@ func (e *engine) update(req *agentapi.UpdateContainerRequest) error {
 		return status.Errorf(codes.InvalidArgument, "resources: %v", err)
 	}
 	cfg := c.lc.Config()
+	// Device rules are set at creation and never change with an update.
+	cg.Resources.Devices = cfg.Cgroups.Resources.Devices
 	cfg.Cgroups.Resources = cg.Resources
 	if err := c.lc.Set(cfg); err != nil {
 		return status.Errorf(codes.Internal, "update cgroup: %v", err)

@@ -22,6 +22,7 @@ func (s *Server) ContainerStatus(ctx context.Context, req *runtimeapi.ContainerS
 		ImageRef: c.ImageID, ImageId: c.ImageID,
 		Labels: cfg.GetLabels(), Annotations: cfg.GetAnnotations(),
 		Mounts: cfg.GetMounts(), LogPath: c.LogPath,
+		Resources: &runtimeapi.ContainerResources{Linux: cfg.GetLinux().GetResources()},
 	}
 	resp := &runtimeapi.ContainerStatusResponse{Status: st}
 	if req.GetVerbose() {

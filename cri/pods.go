@@ -26,6 +26,7 @@ type podManager interface {
 	ExecSync(ctx context.Context, id string, cmd []string, timeout time.Duration) (*sandbox.ExecResult, error)
 	ReopenContainerLog(id string) error
 	ContainerStats(ctx context.Context, id string) (*sandbox.Stats, error)
+	UpdateContainerResources(ctx context.Context, id string, res *runtimeapi.LinuxContainerResources) error
 }
 
 func podState(s string) runtimeapi.PodSandboxState {

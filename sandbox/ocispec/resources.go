@@ -44,6 +44,14 @@ func buildNamespaces(opts *runtimeapi.NamespaceOption, podPID string) ([]specs.L
 }
 
 // buildResources maps CRI's Linux resources; zero means "not set" in CRI.
+// Resources converts CRI resources for UpdateContainerResources: the same
+// mapping as a new container's, without the device rules.
+func Resources(r *runtimeapi.LinuxContainerResources) *specs.LinuxResources {
+	res := buildResources(r, false)
+	res.Devices = nil
+	return res
+}
+
 func buildResources(r *runtimeapi.LinuxContainerResources, privileged bool) *specs.LinuxResources {
 	out := &specs.LinuxResources{}
 	if privileged {

@@ -72,6 +72,20 @@ func TestPodLifecycleOverCRI(t *testing.T) {
 	if err != nil || len(ls.Stats) != 1 {
 		t.Fatalf("ListContainerStats: %v, %v", ls, err)
 	}
+	// A limit above the VM's 256 MiB grows the VM, then the cgroup takes it.
+	const limit = 400 << 20
+	if _, err := e.runtime.UpdateContainerResources(ctx, &runtimeapi.UpdateContainerResourcesRequest{
+		ContainerId: cid, Linux: &runtimeapi.LinuxContainerResources{MemoryLimitInBytes: limit, CpuPeriod: 100000, CpuQuota: 150000},
+	}); err != nil {
+		t.Fatalf("UpdateContainerResources: %v", err)
+	}
+	mem, err := e.runtime.ExecSync(ctx, &runtimeapi.ExecSyncRequest{ContainerId: cid, Cmd: []string{"sh", "-c", "cat /sys/fs/cgroup/memory.max /sys/fs/cgroup/cpu.max; grep MemTotal /proc/meminfo"}, Timeout: 30})
+	if err != nil || !strings.Contains(string(mem.Stdout), "419430400") || !strings.Contains(string(mem.Stdout), "150000 100000") {
+		t.Fatalf("limits in the guest after update: %v, %q", err, mem.GetStdout())
+	}
+	if pst, _ := e.runtime.PodSandboxStatus(ctx, &runtimeapi.PodSandboxStatusRequest{PodSandboxId: podID, Verbose: true}); !strings.Contains(pst.Info["info"], `"vcpus":2`) {
+		t.Fatalf("VM not grown: %s", pst.Info["info"])
+	}
 	st, err := e.runtime.ContainerStatus(ctx, &runtimeapi.ContainerStatusRequest{ContainerId: cid})
 	if err != nil || st.Status.State != runtimeapi.ContainerState_CONTAINER_RUNNING || st.Status.ImageId != imageRef || st.Status.LogPath != filepath.Join(logDir, "main/0.log") {
 		t.Fatalf("ContainerStatus: %v, %v", st, err)

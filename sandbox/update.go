@@ -1,0 +1,87 @@
+package sandbox
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+
+	"google.golang.org/protobuf/types/known/emptypb"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	agentapi "github.com/cocoon-runtime/cocoon/api/agent"
+	"github.com/cocoon-runtime/cocoon/errdefs"
+	"github.com/cocoon-runtime/cocoon/sandbox/ocispec"
+)
+
+// guestOverheadMiB is memory the guest kernel and agent need besides containers.
+const guestOverheadMiB = 128
+
+// UpdateContainerResources applies new limits to the container's cgroup in the
+// guest, first growing the VM (vCPUs, memory) when a limit exceeds it, within
+// the handler's hotplug limits.
+func (m *Manager) UpdateContainerResources(ctx context.Context, id string, res *runtimeapi.LinuxContainerResources) error {
+	c, err := m.Container(id)
+	if err != nil {
+		return err
+	}
+	if c.State == StateExited {
+		return fmt.Errorf("%w: container %s has exited", errdefs.ErrFailedPrecondition, c.ID)
+	}
+	rt, err := m.runtime(c.PodID)
+	if err != nil {
+		return err
+	}
+	if res == nil {
+		return fmt.Errorf("%w: no linux resources given", errdefs.ErrInvalidArgument)
+	}
+	if err := m.growVM(ctx, c.PodID, rt, res); err != nil {
+		return err
+	}
+	data, err := json.Marshal(ocispec.Resources(res))
+	if err != nil {
+		return err
+	}
+	if _, err := rt.agent.UpdateContainer(ctx, &agentapi.UpdateContainerRequest{ContainerId: c.ID, Resources: data}); err != nil {
+		return fmt.Errorf("agent UpdateContainer: %w", err)
+	}
+	_, err = m.containers.update(c.ID, func(c *Container) error {
+		cfg := c.ContainerConfig()
+		if cfg.Linux == nil {
+			cfg.Linux = &runtimeapi.LinuxContainerConfig{}
+		}
+		cfg.Linux.Resources = res
+		raw, err := marshalConfig(cfg)
+		c.Config = raw
+		return err
+	})
+	return err
+}
+
+// growVM hotplugs vCPUs and memory so the VM can honour the new limits.
+func (m *Manager) growVM(ctx context.Context, podID string, rt *podRuntime, res *runtimeapi.LinuxContainerResources) error {
+	pod, err := m.Pod(podID)
+	if err != nil {
+		return err
+	}
+	h := m.opts.Runtime.Handlers[pod.Handler]
+	st := rt.vmm.State()
+	vcpus, mem := st.VCPUs, st.MemoryMiB
+	if q, p := res.GetCpuQuota(), res.GetCpuPeriod(); q > 0 && p > 0 {
+		vcpus = max(vcpus, min(uint32((q+p-1)/p), h.MaxVCPUs))
+	}
+	if limit := uint64(res.GetMemoryLimitInBytes()) >> 20; limit > 0 {
+		mem = max(mem, min(limit+guestOverheadMiB, h.MaxMemoryMiB))
+	}
+	if vcpus == st.VCPUs && mem == st.MemoryMiB {
+		return nil
+	}
+	if err := rt.vmm.Resize(ctx, vcpus, mem); err != nil {
+		return fmt.Errorf("grow VM to %d vCPUs, %d MiB: %w", vcpus, mem, err)
+	}
+	if _, err := rt.agent.OnlineCPUMem(ctx, &emptypb.Empty{}); err != nil {
+		return fmt.Errorf("agent OnlineCPUMem: %w", err)
+	}
+	_, err = m.pods.update(podID, func(p *Pod) error { p.VM = rt.vmm.State(); return nil })
+	m.opts.Log.WithField("pod", podID).WithField("vcpus", vcpus).WithField("memory_mib", mem).Info("VM grown for new limits")
+	return err
+}
