@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/cocoon-runtime/cocoon/sandbox"
 )
 
 // ContainerStatus reports a container's state, exit, image, mounts and log path.
@@ -13,8 +15,17 @@ func (s *Server) ContainerStatus(ctx context.Context, req *runtimeapi.ContainerS
 	if err != nil {
 		return nil, err
 	}
+	resp := &runtimeapi.ContainerStatusResponse{Status: containerStatus(&c)}
+	if req.GetVerbose() {
+		info, _ := json.Marshal(map[string]any{"pod": c.PodID, "rootfs": c.Rootfs, "binds": c.Binds})
+		resp.Info = map[string]string{"info": string(info)}
+	}
+	return resp, nil
+}
+
+func containerStatus(c *sandbox.Container) *runtimeapi.ContainerStatus {
 	cfg := c.ContainerConfig()
-	st := &runtimeapi.ContainerStatus{
+	return &runtimeapi.ContainerStatus{
 		Id: c.ID, Metadata: cfg.GetMetadata(), State: containerState(c.State),
 		CreatedAt: c.CreatedAt, StartedAt: c.StartedAt, FinishedAt: c.FinishedAt,
 		ExitCode: c.ExitCode, Reason: c.Reason, Message: c.Message,
@@ -24,10 +35,4 @@ func (s *Server) ContainerStatus(ctx context.Context, req *runtimeapi.ContainerS
 		Mounts: cfg.GetMounts(), LogPath: c.LogPath,
 		Resources: &runtimeapi.ContainerResources{Linux: cfg.GetLinux().GetResources()},
 	}
-	resp := &runtimeapi.ContainerStatusResponse{Status: st}
-	if req.GetVerbose() {
-		info, _ := json.Marshal(map[string]any{"pod": c.PodID, "rootfs": c.Rootfs, "binds": c.Binds})
-		resp.Info = map[string]string{"info": string(info)}
-	}
-	return resp, nil
 }

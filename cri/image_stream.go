@@ -15,15 +15,11 @@ func (s *Server) StreamImages(req *runtimeapi.StreamImagesRequest, stream grpc.S
 	if err != nil {
 		return err
 	}
-	for start := 0; start < len(images); start += streamChunk {
-		end := min(start+streamChunk, len(images))
-		msg := &runtimeapi.StreamImagesResponse{Images: make([]*runtimeapi.Image, 0, end-start)}
-		for _, img := range images[start:end] {
-			msg.Images = append(msg.Images, toCRIImage(img))
-		}
-		if err := stream.Send(msg); err != nil {
-			return err
-		}
+	out := make([]*runtimeapi.Image, 0, len(images))
+	for _, img := range images {
+		out = append(out, toCRIImage(img))
 	}
-	return nil
+	return sendChunks(out, func(c []*runtimeapi.Image) error {
+		return stream.Send(&runtimeapi.StreamImagesResponse{Images: c})
+	})
 }

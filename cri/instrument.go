@@ -19,7 +19,7 @@ import (
 
 // quiet RPCs are polled by kubelet every few seconds: success is logged at debug.
 var quiet = map[string]bool{
-	"Version": true, "Status": true, "ImageFsInfo": true, "ListImages": true, "StreamImages": true, "StreamPodSandboxes": true, "StreamContainers": true, "StreamContainerStats": true, "ImageStatus": true,
+	"Version": true, "Status": true, "ImageFsInfo": true, "ListImages": true, "StreamImages": true, "StreamPodSandboxes": true, "StreamContainers": true, "StreamContainerStats": true, "GetContainerEvents": true, "StreamPodSandboxStats": true, "StreamPodSandboxMetrics": true, "ImageStatus": true,
 	"ListPodSandbox": true, "ListContainers": true, "PodSandboxStatus": true, "ContainerStatus": true,
 	"ListContainerStats": true, "ListPodSandboxStats": true, "ContainerStats": true, "PodSandboxStats": true,
 	"RuntimeConfig": true, "ListMetricDescriptors": true, "ListPodSandboxMetrics": true,

@@ -27,6 +27,8 @@ type podManager interface {
 	ReopenContainerLog(id string) error
 	ContainerStats(ctx context.Context, id string) (*sandbox.Stats, error)
 	UpdateContainerResources(ctx context.Context, id string, res *runtimeapi.LinuxContainerResources) error
+	Subscribe() (<-chan sandbox.Event, func())
+	UpdatePodResources(ctx context.Context, podID string, res *runtimeapi.LinuxContainerResources) error
 }
 
 func podState(s string) runtimeapi.PodSandboxState {

@@ -6,6 +6,8 @@ import (
 	"strings"
 
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/cocoon-runtime/cocoon/sandbox"
 )
 
 // PodSandboxStatus reports a pod's state, network and, verbose, its VM.
@@ -14,6 +16,15 @@ func (s *Server) PodSandboxStatus(ctx context.Context, req *runtimeapi.PodSandbo
 	if err != nil {
 		return nil, err
 	}
+	resp := &runtimeapi.PodSandboxStatusResponse{Status: podSandboxStatus(&p)}
+	if req.GetVerbose() {
+		info, _ := json.Marshal(map[string]any{"runDir": p.RunDir, "netns": p.NetnsPath, "vm": p.VM, "reason": p.Reason})
+		resp.Info = map[string]string{"info": string(info)}
+	}
+	return resp, nil
+}
+
+func podSandboxStatus(p *sandbox.Pod) *runtimeapi.PodSandboxStatus {
 	cfg := p.PodConfig()
 	st := &runtimeapi.PodSandboxStatus{
 		Id: p.ID, Metadata: cfg.GetMetadata(), State: podState(p.State), CreatedAt: p.CreatedAt,
@@ -29,12 +40,7 @@ func (s *Server) PodSandboxStatus(ctx context.Context, req *runtimeapi.PodSandbo
 		}
 		st.Network = net
 	}
-	resp := &runtimeapi.PodSandboxStatusResponse{Status: st}
-	if req.GetVerbose() {
-		info, _ := json.Marshal(map[string]any{"runDir": p.RunDir, "netns": p.NetnsPath, "vm": p.VM, "reason": p.Reason})
-		resp.Info = map[string]string{"info": string(info)}
-	}
-	return resp, nil
+	return st
 }
 
 func stripPrefix(cidr string) string {

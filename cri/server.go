@@ -41,8 +41,8 @@ type Options struct {
 
 // Server implements both CRI services.
 type Server struct {
-	// Runtime RPCs that have no implementation yet answer Unimplemented with
-	// the method name; each lands with the pod-lifecycle work.
+	// Every runtime RPC is implemented; the embed keeps the build working
+	// when a newer cri-api adds one (it then answers Unimplemented).
 	runtimeapi.UnimplementedRuntimeServiceServer
 	// Every image RPC is implemented; the embed keeps the build working when
 	// a newer cri-api adds one.

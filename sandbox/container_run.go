@@ -39,6 +39,7 @@ func (m *Manager) StartContainer(ctx context.Context, id string) error {
 	}); err != nil {
 		return err
 	}
+	m.events.publish(EventStarted, c.ID, c.PodID)
 	go m.waitExit(rt, c.ID)
 	return nil
 }
@@ -55,6 +56,7 @@ func (m *Manager) waitExit(rt *podRuntime, id string) {
 	if out != nil {
 		out.wait(2 * time.Second)
 	}
+	defer m.events.publish(EventStopped, id, "")
 	_, _ = m.containers.update(id, func(c *Container) error {
 		if c.State == StateExited {
 			return nil
@@ -166,7 +168,11 @@ func (m *Manager) RemoveContainer(ctx context.Context, id string) error {
 		return fmt.Errorf("delete rootfs: %w", err)
 	}
 	m.ctrNames.release(c.Name)
-	return m.containers.remove(c.ID)
+	if err := m.containers.remove(c.ID); err != nil {
+		return err
+	}
+	m.events.publish(EventDeleted, c.ID, c.PodID)
+	return nil
 }
 
 func isUnknownContainer(err error) bool {

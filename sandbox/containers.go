@@ -164,6 +164,7 @@ func (m *Manager) CreateContainer(ctx context.Context, podID string, cfg *runtim
 	rt.mu.Lock()
 	rt.outputs[id] = out
 	rt.mu.Unlock()
+	m.events.publish(EventCreated, id, pod.ID)
 	if err := os.WriteFile(filepath.Join(ctrShare, "config.json"), spec, 0o600); err != nil {
 		log.WithError(err).Warn("keeping the container's spec")
 	}

@@ -61,6 +61,7 @@ type Manager struct {
 
 	podCIDR func() string
 	cpu     cpuSamples
+	events  events
 }
 
 // podRuntime is what a running pod holds besides its record.

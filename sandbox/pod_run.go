@@ -162,6 +162,8 @@ func (m *Manager) RunPod(ctx context.Context, cfg *runtimeapi.PodSandboxConfig, 
 	m.live[id] = rt
 	m.mu.Unlock()
 	go m.watchVM(id, rt)
+	m.events.publish(EventCreated, id, id)
+	m.events.publish(EventStarted, id, id)
 	log.WithField("ips", pod.IPs).Info("pod running")
 	return id, nil
 }
@@ -287,5 +289,6 @@ func (m *Manager) markDead(id, reason string) {
 			c.State, c.FinishedAt, c.ExitCode, c.Reason, c.Message = StateExited, now, 255, "PodVMDied", reason
 			return nil
 		})
+		m.events.publish(EventStopped, c.ID, id)
 	}
 }

@@ -69,6 +69,9 @@ func (m *Manager) StopPod(ctx context.Context, id string) error {
 	}
 	_, err = m.pods.update(id, func(p *Pod) error { p.State, p.NetnsPath = StateNotReady, ""; return nil })
 	if err == nil && rt != nil {
+		m.events.publish(EventStopped, id, id)
+	}
+	if err == nil && rt != nil {
 		log.Info("pod stopped")
 	}
 	return err
@@ -101,6 +104,7 @@ func (m *Manager) RemovePod(ctx context.Context, id string) error {
 	if err := m.pods.remove(pod.ID); err != nil {
 		return err
 	}
+	m.events.publish(EventDeleted, pod.ID, pod.ID)
 	m.opts.Log.WithField("pod", pod.ID).Info("pod removed")
 	return nil
 }

@@ -85,3 +85,20 @@ func (m *Manager) growVM(ctx context.Context, podID string, rt *podRuntime, res 
 	m.opts.Log.WithField("pod", podID).WithField("vcpus", vcpus).WithField("memory_mib", mem).Info("VM grown for new limits")
 	return err
 }
+
+// UpdatePodResources grows the pod's VM to fit new pod-level limits (kubelet
+// sends them after resizing the pod; best effort by CRI's contract).
+func (m *Manager) UpdatePodResources(ctx context.Context, podID string, res *runtimeapi.LinuxContainerResources) error {
+	pod, err := m.Pod(podID)
+	if err != nil {
+		return err
+	}
+	rt, err := m.runtime(pod.ID)
+	if err != nil {
+		return err
+	}
+	if res == nil {
+		return nil
+	}
+	return m.growVM(ctx, pod.ID, rt, res)
+}

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -33,6 +34,25 @@ func TestPodLifecycleOverCRI(t *testing.T) {
 	}
 	podID := run.PodSandboxId
 	defer e.runtime.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: podID})
+	evCtx, stopEvents := context.WithCancel(ctx)
+	events, err := e.runtime.GetContainerEvents(evCtx, &runtimeapi.GetEventsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan []string, 1)
+	go func() {
+		var seen []string
+		for {
+			ev, err := events.Recv()
+			if err != nil {
+				got <- seen
+				return
+			}
+			if ev.GetPodSandboxStatus().GetId() == podID {
+				seen = append(seen, ev.ContainerId[:8]+":"+ev.ContainerEventType.String())
+			}
+		}
+	}()
 
 	pst, err := e.runtime.PodSandboxStatus(ctx, &runtimeapi.PodSandboxStatusRequest{PodSandboxId: podID})
 	if err != nil || pst.Status.State != runtimeapi.PodSandboxState_SANDBOX_READY || pst.Status.GetNetwork().GetIp() == "" {
@@ -124,6 +144,14 @@ func TestPodLifecycleOverCRI(t *testing.T) {
 	}
 	if _, err := e.runtime.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: podID}); err != nil {
 		t.Fatalf("RemovePodSandbox: %v", err)
+	}
+	time.Sleep(200 * time.Millisecond)
+	stopEvents()
+	seen := strings.Join(<-got, " ")
+	for _, want := range []string{"CONTAINER_CREATED_EVENT", "CONTAINER_STARTED_EVENT", "CONTAINER_STOPPED_EVENT", "CONTAINER_DELETED_EVENT"} {
+		if !strings.Contains(seen, cid[:8]+":"+want) {
+			t.Errorf("no %s for the container in events %q", want, seen)
+		}
 	}
 	// Nothing of the pod is left: run dir, netns, VMM processes, mounts.
 	if _, err := os.Stat(filepath.Join(e.dir, "run", "sandboxes", podID)); !os.IsNotExist(err) {
