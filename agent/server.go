@@ -170,8 +170,47 @@ func (s *Server) SignalProcess(_ context.Context, req *agentapi.SignalProcessReq
 		c.killAll(sig)
 		return empty, nil
 	default:
+		if req.GetExecId() == "" {
+			awaitHandler(p, sig, time.Second)
+		}
 		return empty, errorf(codes.Internal, p.lp.Signal(sig))
 	}
+}
+
+// awaitHandler gives a container's init up to wait to install a handler for
+// sig. The kernel drops signals that PID 1 of a namespace does not catch, so a
+// stop signal sent while the program is still starting (a shell about to exec
+// it, or the program before its signal setup) would be lost and the stop would
+// wait out its whole timeout. A process that never catches sig still gets it
+// after wait, to the same effect as before.
+func awaitHandler(p *process, sig unix.Signal, wait time.Duration) {
+	if sig == unix.SIGKILL || sig == unix.SIGSTOP {
+		return
+	}
+	pid, err := p.lp.Pid()
+	if err != nil {
+		return
+	}
+	for deadline := time.Now().Add(wait); time.Now().Before(deadline) && !p.exited(); time.Sleep(5 * time.Millisecond) {
+		if catches(pid, sig) {
+			return
+		}
+	}
+}
+
+// catches reads whether pid has a handler for sig (SigCgt in /proc/<pid>/status).
+func catches(pid int, sig unix.Signal) bool {
+	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return true // gone or unreadable: nothing to wait for
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "SigCgt:"); ok {
+			mask, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+			return err != nil || mask&(1<<(uint(sig)-1)) != 0
+		}
+	}
+	return true
 }
 
 func (s *Server) WaitProcess(ctx context.Context, req *agentapi.ProcessRequest) (*agentapi.WaitProcessResponse, error) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"testing"
@@ -159,5 +160,23 @@ func TestCountCPUList(t *testing.T) {
 		if got := countCPUList(list); got != want {
 			t.Errorf("%q: %d, want %d", list, got, want)
 		}
+	}
+}
+
+func TestCatchesReadsSigCgt(t *testing.T) {
+	plain := exec.Command("sleep", "10")
+	trapping := exec.Command("sh", "-c", "trap 'exit 0' TERM; while :; do sleep 0.1; done")
+	for _, c := range []*exec.Cmd{plain, trapping} {
+		if err := c.Start(); err != nil {
+			t.Skipf("skipping: %v", err)
+		}
+		defer func() { _ = c.Process.Kill(); _ = c.Wait() }()
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for !catches(trapping.Process.Pid, unix.SIGTERM) && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond) // the shell sets its trap after starting
+	}
+	if catches(plain.Process.Pid, unix.SIGTERM) || !catches(trapping.Process.Pid, unix.SIGTERM) {
+		t.Fatalf("SigCgt misread: sleep %v, trapping shell %v", catches(plain.Process.Pid, unix.SIGTERM), catches(trapping.Process.Pid, unix.SIGTERM))
 	}
 }

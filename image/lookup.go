@@ -31,8 +31,9 @@ func (s *Service) lookup(ref string) (*storage.Image, error) {
 	}
 	if hexID.MatchString(ref) {
 		// A short ID also parses as a repository name: try the ID first, as crictl users expect.
-		if img, err := s.imageByID(ref); err == nil {
-			return img, nil
+		img, err := s.imageByID(ref)
+		if err == nil || len(ref) == 64 {
+			return img, err // a full ID can only be an ID (names may not be 64 hex characters)
 		}
 	}
 	named, err := reference.ParseNormalizedNamed(ref)

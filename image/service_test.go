@@ -177,6 +177,9 @@ func TestPullListStatusRemove(t *testing.T) {
 	if err := s.Remove(ctx, reg.host+"/app/web:2"); err != nil {
 		t.Fatalf("second remove: %v", err)
 	}
+	if err := s.Remove(ctx, strings.Repeat("0", 64)); err != nil {
+		t.Fatalf("removing an unknown full ID: %v", err)
+	}
 	for _, ref := range []string{reg.host + "/app/web:1", wantID} {
 		if _, err := s.Status(ctx, ref); !errors.Is(err, errdefs.ErrNotFound) {
 			t.Fatalf("status(%q) after remove: %v", ref, err)
