@@ -186,6 +186,11 @@ func ResolveUser(rootfsHostPath string, sc *runtimeapi.LinuxContainerSecurityCon
 
 func resolveUser(root string, sc *runtimeapi.LinuxContainerSecurityContext, imageUser string, podGroups []int64, podStrict bool) (specs.User, error) {
 	db := &userDB{root: root}
+	if sc.GetRunAsGroup() != nil && sc.GetRunAsUser() == nil && sc.GetRunAsUsername() == "" {
+		// kubelet and containerd refuse a group without a user: the image's
+		// user might not belong to it.
+		return specs.User{}, invalid("RunAsGroup is set without RunAsUser or RunAsUsername")
+	}
 	var userPart, groupPart string
 	switch {
 	case sc.GetRunAsUsername() != "":

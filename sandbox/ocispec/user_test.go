@@ -77,9 +77,10 @@ func TestResolveUser(t *testing.T) {
 			want: specs.User{UID: 1000, GID: 3000, AdditionalGids: []uint32{3000, 10, 50}},
 		},
 		{
-			name: "RunAsGroup with image user",
+			// kubelet and critest refuse a group without a user.
+			name: "RunAsGroup without RunAsUser",
 			sc:   &runtimeapi.LinuxContainerSecurityContext{RunAsGroup: i64(3000)}, imageUser: "app:staff",
-			want: specs.User{UID: 1000, GID: 3000, AdditionalGids: []uint32{3000, 10, 50}},
+			fail: true,
 		},
 		{
 			name: "RunAsUsername",

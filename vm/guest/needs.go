@@ -48,6 +48,8 @@ var Needs = []Need{
 	{Config: "VIRTIO_VSOCKETS", Module: "vmw_vsock_virtio_transport", Why: "vsock over virtio"},
 	{Config: "VIRTIO_NET", Module: "virtio_net", Why: "pod network interface"},
 	{Config: "VIRTIO_BLK", Module: "virtio_blk", Why: "block-device rootfs and volumes"},
+	{Config: "BRIDGE", Module: "bridge", Optional: true, Why: "privileged containers that build bridges (critest's brctl check)"},
+	{Config: "VETH", Module: "veth", Optional: true, Why: "veth pairs for network tooling in privileged containers"},
 	{Config: "HW_RANDOM_VIRTIO", Module: "virtio_rng", Optional: true, Why: "entropy early in boot"},
 
 	// Filesystems.
