@@ -48,6 +48,11 @@ func (s *Server) CreateSandbox(_ context.Context, req *agentapi.CreateSandboxReq
 			return nil, err
 		}
 	}
+	if req.GetSharedPidNamespace() {
+		if _, err := startPodPIDNamespace(); err != nil {
+			return nil, errorf(codes.Internal, err)
+		}
+	}
 	return empty, nil
 }
 

@@ -115,6 +115,7 @@ func (m *Manager) CreateContainer(ctx context.Context, podID string, cfg *runtim
 				ContainerID: id, SandboxID: pod.ID, Config: cfg, Sandbox: podCfg, Image: &img.Config.Config,
 				RootfsPath: filepath.Join(guestRoot, "rootfs"), RootfsHostPath: c.Rootfs,
 				Mounts: mounts, CgroupsPath: "/cocoon/" + id,
+				PodPIDNamespace: podPIDNamespace(podCfg),
 			})
 			if err != nil {
 				return nil, err
@@ -260,4 +261,15 @@ func podFileMounts(mounts []*runtimeapi.Mount) []ocispec.Mount {
 		}
 	}
 	return out
+}
+
+// guestPodPIDNamespace is where the agent pins a pod's shared PID namespace.
+const guestPodPIDNamespace = "/run/cocoon/pod-pidns"
+
+// podPIDNamespace is the shared PID namespace's guest path when the pod shares one.
+func podPIDNamespace(podCfg *runtimeapi.PodSandboxConfig) string {
+	if podCfg.GetLinux().GetSecurityContext().GetNamespaceOptions().GetPid() == runtimeapi.NamespaceMode_POD {
+		return guestPodPIDNamespace
+	}
+	return ""
 }

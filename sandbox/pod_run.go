@@ -216,7 +216,9 @@ func (m *Manager) setupGuest(ctx context.Context, a agentapi.AgentClient, id str
 		ResolvConf: resolvConf(cfg.GetDnsConfig()),
 		Hosts:      hostsFile(net.IPs, hostname),
 		Sysctls:    sysctls,
-		Shares:     []*agentapi.Share{{Kind: agentapi.Share_VIRTIOFS, Tag: shareTag, MountPoint: guestShare}},
+		// shareProcessNamespace: the agent makes a PID namespace the pod's containers join.
+		SharedPidNamespace: cfg.GetLinux().GetSecurityContext().GetNamespaceOptions().GetPid() == runtimeapi.NamespaceMode_POD,
+		Shares:             []*agentapi.Share{{Kind: agentapi.Share_VIRTIOFS, Tag: shareTag, MountPoint: guestShare}},
 	})
 	if err != nil {
 		return fmt.Errorf("agent CreateSandbox: %w", err)

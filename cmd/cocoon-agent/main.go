@@ -26,6 +26,10 @@ func init() {
 
 func main() {
 	switch {
+	// The pod's pause process is PID 1 of its own PID namespace too: it must
+	// not be mistaken for the guest's init (which mounts over /run).
+	case len(os.Args) > 1 && os.Args[1] == "pause":
+		agent.RunPause()
 	case os.Getpid() == 1:
 		agent.RunPID1()
 	case len(os.Args) > 1 && os.Args[1] == "serve":

@@ -64,7 +64,7 @@ func TestPodLifecycleOverCRI(t *testing.T) {
 		Config: &runtimeapi.ContainerConfig{
 			Metadata: &runtimeapi.ContainerMetadata{Name: "main"},
 			Image:    &runtimeapi.ImageSpec{Image: imageRef, UserSpecifiedImage: busybox},
-			Command:  []string{"sh", "-c", "echo hello-log; exec sleep 1000"},
+			Command:  []string{"sh", "-c", "trap '' TERM; echo hello-log; while :; do sleep 1; done"},
 			LogPath:  "main/0.log",
 		},
 	})
@@ -126,8 +126,8 @@ func TestPodLifecycleOverCRI(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 
-	// sleep is PID 1 of its namespace, so it ignores SIGTERM: StopContainer
-	// must wait the timeout out, then kill it (137).
+	// The container ignores SIGTERM: StopContainer must wait the timeout out,
+	// then kill it (137).
 	stopStart := time.Now()
 	if _, err := e.runtime.StopContainer(ctx, &runtimeapi.StopContainerRequest{ContainerId: cid, Timeout: 2}); err != nil {
 		t.Fatalf("StopContainer: %v", err)
