@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	agentapi "github.com/cocoon-runtime/cocoon/api/agent"
 )
@@ -60,7 +62,10 @@ func (o *output) reopen() error {
 
 // copyStream reads one stream from the agent until EOF.
 func (o *output) copyStream(ctx context.Context, a agentapi.AgentClient, containerID string, which agentapi.ReadOutputRequest_Stream, log *logrus.Entry) error {
-	stream, err := a.ReadOutput(ctx, &agentapi.ReadOutputRequest{ContainerId: containerID, Stream: which})
+	open := func() (agentapi.Agent_ReadOutputClient, error) {
+		return a.ReadOutput(ctx, &agentapi.ReadOutputRequest{ContainerId: containerID, Stream: which})
+	}
+	stream, err := open()
 	if err != nil {
 		return err
 	}
@@ -72,8 +77,18 @@ func (o *output) copyStream(ctx context.Context, a agentapi.AgentClient, contain
 	go func() {
 		defer o.done.Done()
 		var pending []byte
+		// After a cocoond restart the agent may still hold the stream for the
+		// reader of the dead connection for up to half a second: retry then.
+		retryUntil := time.Now().Add(10 * time.Second)
 		for {
 			chunk, err := stream.Recv()
+			if status.Code(err) == codes.FailedPrecondition && time.Now().Before(retryUntil) {
+				time.Sleep(100 * time.Millisecond)
+				if next, oerr := open(); oerr == nil {
+					stream = next
+					continue
+				}
+			}
 			if err != nil {
 				if len(pending) > 0 {
 					o.writeRecord(name, "F", pending)
