@@ -29,8 +29,8 @@ func TestDaemonRestartChangesNothing(t *testing.T) {
 	}
 	logDir := t.TempDir()
 	podCfg := &runtimeapi.PodSandboxConfig{
-		Metadata:     &runtimeapi.PodSandboxMetadata{Name: "restart", Namespace: "default", Uid: "restart-1"},
-		Hostname:     "restart", LogDirectory: logDir,
+		Metadata: &runtimeapi.PodSandboxMetadata{Name: "restart", Namespace: "default", Uid: "restart-1"},
+		Hostname: "restart", LogDirectory: logDir,
 	}
 	run, err := d.runtime.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: podCfg})
 	if err != nil {
