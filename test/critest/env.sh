@@ -12,10 +12,20 @@ COCOON_REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 
 cocoon_cleanup() {
   local rc=$?
+  # Pods outlive cocoond by design (their VMs keep running): remove them all
+  # first, through CRI, so their VMs stop and CNI DEL frees their addresses.
+  if [ -n "$COCOOND_PID" ] && kill -0 "$COCOOND_PID" 2>/dev/null; then
+    timeout 300 "$BIN/crictl" --config "$WORK/crictl.yaml" rmp -a -f >/dev/null 2>&1 || true
+  fi
   if [ -n "$COCOOND_PID" ] && kill -0 "$COCOOND_PID" 2>/dev/null; then
     kill -TERM "$COCOOND_PID"
     for _ in $(seq 1 100); do kill -0 "$COCOOND_PID" 2>/dev/null || break; sleep 0.1; done
     kill -KILL "$COCOOND_PID" 2>/dev/null || true
+  fi
+  if pgrep -f -- "$WORK/run/vm/" >/dev/null; then
+    echo "cleanup: VMs still running after every pod was removed (a bug): $(pgrep -f -- "$WORK/run/vm/" | tr '\n' ' ')" >&2
+    pkill -KILL -f -- "$WORK/run/vm/" || true
+    [ $rc -eq 0 ] && rc=1
   fi
   "$BIN/cocoon-test-images" down --dir "$WORK/registry" >/dev/null 2>&1 || true
   # Anything the store left mounted (it should have unmounted on SIGTERM).

@@ -4,11 +4,13 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -33,6 +35,8 @@ type env struct {
 }
 
 var (
+	leaked bool // teardown found something left running
+
 	sharedOnce sync.Once
 	shared     *env
 	sharedErr  error
@@ -94,6 +98,9 @@ func TestMain(m *testing.M) {
 	}()
 	code := m.Run()
 	runTeardowns()
+	if leaked && code == 0 {
+		code = 1
+	}
 	os.Exit(code)
 }
 
@@ -126,7 +133,12 @@ func startShared(bin string) (*env, error) {
 	if err != nil {
 		return nil, err
 	}
-	onTeardown(func() { _ = e.stop() })
+	onTeardown(func() {
+		if err := e.shutdown(); err != nil {
+			fmt.Println("e2e: teardown:", err)
+			leaked = true
+		}
+	})
 	return e, nil
 }
 
@@ -213,7 +225,49 @@ func startDaemon(bin, dir string) (*env, error) {
 	return e, nil
 }
 
+// shutdown removes every pod through CRI (their VMs outlive the daemon by
+// design), stops the daemon, and fails if any VM of this daemon still runs.
+func (e *env) shutdown() error {
+	if e.runtime != nil && e.cmd.ProcessState == nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+		if pods, err := e.runtime.ListPodSandbox(ctx, &runtimeapi.ListPodSandboxRequest{}); err == nil {
+			for _, p := range pods.Items {
+				_, _ = e.runtime.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: p.Id})
+			}
+		}
+		cancel()
+	}
+	err := e.stop()
+	if left := processesUnder(filepath.Join(e.dir, "run", "vm")); len(left) > 0 {
+		for _, pid := range left {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+		return errors.Join(err, fmt.Errorf("VMs still running after every pod was removed: %v", left))
+	}
+	return err
+}
+
+// processesUnder lists processes whose command line mentions dir.
+func processesUnder(dir string) []int {
+	var out []int
+	entries, _ := os.ReadDir("/proc")
+	for _, en := range entries {
+		pid, err := strconv.Atoi(en.Name())
+		if err != nil {
+			continue
+		}
+		cmdline, err := os.ReadFile("/proc/" + en.Name() + "/cmdline")
+		if err == nil && strings.Contains(string(cmdline), dir) {
+			if stat, _ := os.ReadFile("/proc/" + en.Name() + "/stat"); !strings.Contains(string(stat), ") Z") {
+				out = append(out, pid)
+			}
+		}
+	}
+	return out
+}
+
 // stop sends SIGTERM and waits; it reports whether the daemon exited cleanly.
+// Pods and their VMs stay (a restart test adopts them again).
 func (e *env) stop() error {
 	if e.cmd.Process == nil {
 		return nil

@@ -220,7 +220,7 @@ func TestDaemonLifecycle(t *testing.T) {
 		d.stop()
 		t.Fatal(err)
 	}
-	if err := d.stop(); err != nil {
+	if err := d.shutdown(); err != nil {
 		t.Fatalf("unclean exit on SIGTERM: %v", err)
 	}
 	if _, err := os.Stat(d.socket); !os.IsNotExist(err) {

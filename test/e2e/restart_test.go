@@ -22,7 +22,11 @@ func TestDaemonRestartChangesNothing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer func() { _ = d.stop() }()
+	defer func() {
+		if err := d.shutdown(); err != nil {
+			t.Error(err)
+		}
+	}()
 	ctx := ctxT(t)
 	if _, err := d.images.PullImage(ctx, &runtimeapi.PullImageRequest{Image: spec(busybox)}); err != nil {
 		t.Fatal(err)
