@@ -110,6 +110,7 @@ test-critest:
 bench: deps build tools
 	BIN=$(BIN) test/bench/pull.sh
 	$(MAKE) guest GUEST_DIR=$(TEST_GUEST)
+	BIN=$(BIN) COCOON_GUEST_DIR=$(TEST_GUEST) test/bench/pods.sh
 	CGO_ENABLED=1 COCOON_INTEGRATION=1 COCOON_GUEST_DIR=$(TEST_GUEST) $(GO) test -run XXX -bench GuestBoot -benchtime $${BOOTS:-5}x ./test/e2e/
 	CGO_ENABLED=1 COCOON_INTEGRATION=1 COCOON_GUEST_DIR=$(TEST_GUEST) $(GO) test -run XXX -bench QEMUColdBoot -benchtime $${BOOTS:-10}x ./vm/qemu/
 	CGO_ENABLED=1 COCOON_INTEGRATION=1 COCOON_GUEST_DIR=$(TEST_GUEST) COCOON_CYCLES=$${CYCLES:-50} $(GO) test -count=1 -v -timeout 30m -run BootStopCycles ./vm/qemu/ | grep -E "cycles|^(---|ok|FAIL)"

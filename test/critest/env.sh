@@ -12,6 +12,7 @@ COCOON_REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 
 cocoon_cleanup() {
   local rc=$?
+  set +e # cleanup must run to the end whatever fails on the way
   # Pods outlive cocoond by design (their VMs keep running): remove them all
   # first, through CRI, so their VMs stop and CNI DEL frees their addresses.
   if [ -n "$COCOOND_PID" ] && kill -0 "$COCOOND_PID" 2>/dev/null; then
