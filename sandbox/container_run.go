@@ -266,22 +266,35 @@ func (m *Manager) execTarget(id string) (Container, *podRuntime, *specs.Spec, er
 
 // ReopenContainerLog makes the container's log writer reopen its file.
 func (m *Manager) ReopenContainerLog(id string) error {
-	c, err := m.Container(id)
+	c, _, o, err := m.runningOutput(id)
 	if err != nil {
 		return err
 	}
+	if o.path == "" {
+		return fmt.Errorf("%w: container %s has no log", errdefs.ErrFailedPrecondition, c.ID)
+	}
+	return o.reopen()
+}
+
+// runningOutput finds a running container with its pod runtime and the output
+// (log writer and attach fan-out) of its init process.
+func (m *Manager) runningOutput(id string) (Container, *podRuntime, *output, error) {
+	c, err := m.Container(id)
+	if err != nil {
+		return c, nil, nil, err
+	}
 	if c.State != StateRunning {
-		return fmt.Errorf("%w: container %s is not running", errdefs.ErrFailedPrecondition, c.ID)
+		return c, nil, nil, fmt.Errorf("%w: container %s is not running", errdefs.ErrFailedPrecondition, c.ID)
 	}
 	rt, err := m.runtime(c.PodID)
 	if err != nil {
-		return err
+		return c, nil, nil, err
 	}
 	rt.mu.Lock()
 	o := rt.outputs[c.ID]
 	rt.mu.Unlock()
-	if o == nil || o.path == "" {
-		return fmt.Errorf("%w: container %s has no log", errdefs.ErrFailedPrecondition, c.ID)
+	if o == nil {
+		return c, nil, nil, fmt.Errorf("%w: container %s has no output", errdefs.ErrFailedPrecondition, c.ID)
 	}
-	return o.reopen()
+	return c, rt, o, nil
 }

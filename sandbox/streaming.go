@@ -121,22 +121,9 @@ func forwardResize(ctx context.Context, a agentapi.AgentClient, cid, execID stri
 // Attach connects the caller to a running container's stdio until it exits or
 // the caller goes away. Output is shared with the log writer.
 func (m *Manager) Attach(ctx context.Context, id string, stdin io.Reader, stdout, stderr io.WriteCloser, tty bool, resize <-chan TermSize) error {
-	c, err := m.Container(id)
+	c, rt, out, err := m.runningOutput(id)
 	if err != nil {
 		return err
-	}
-	if c.State != StateRunning {
-		return fmt.Errorf("%w: container %s is not running", errdefs.ErrFailedPrecondition, c.ID)
-	}
-	rt, err := m.runtime(c.PodID)
-	if err != nil {
-		return err
-	}
-	rt.mu.Lock()
-	out := rt.outputs[c.ID]
-	rt.mu.Unlock()
-	if out == nil {
-		return fmt.Errorf("%w: container %s has no output to attach to", errdefs.ErrFailedPrecondition, c.ID)
 	}
 	cfg := c.ContainerConfig()
 	subs := []struct {
