@@ -249,6 +249,11 @@ func (e *env) shutdown() error {
 
 // processesUnder lists processes whose command line mentions dir.
 func processesUnder(dir string) []int {
+	return liveProcesses(func(_, cmdline string) bool { return strings.Contains(cmdline, dir) })
+}
+
+// liveProcesses lists non-zombie processes for which match(stat, cmdline) holds.
+func liveProcesses(match func(stat, cmdline string) bool) []int {
 	var out []int
 	entries, _ := os.ReadDir("/proc")
 	for _, en := range entries {
@@ -256,11 +261,13 @@ func processesUnder(dir string) []int {
 		if err != nil {
 			continue
 		}
-		cmdline, err := os.ReadFile("/proc/" + en.Name() + "/cmdline")
-		if err == nil && strings.Contains(string(cmdline), dir) {
-			if stat, _ := os.ReadFile("/proc/" + en.Name() + "/stat"); !strings.Contains(string(stat), ") Z") {
-				out = append(out, pid)
-			}
+		stat, err := os.ReadFile("/proc/" + en.Name() + "/stat")
+		if err != nil || strings.Contains(string(stat), ") Z") {
+			continue
+		}
+		cmdline, _ := os.ReadFile("/proc/" + en.Name() + "/cmdline")
+		if match(string(stat), string(cmdline)) {
+			out = append(out, pid)
 		}
 	}
 	return out

@@ -223,18 +223,8 @@ func hostLinks() []string {
 }
 
 // vmProcesses lists live qemu and virtiofsd processes.
-func vmProcesses() []string {
-	var out []string
-	entries, _ := os.ReadDir("/proc")
-	for _, e := range entries {
-		data, err := os.ReadFile("/proc/" + e.Name() + "/stat")
-		if err != nil {
-			continue
-		}
-		s := string(data)
-		if (strings.Contains(s, "(qemu-system-x86") || strings.Contains(s, "(virtiofsd)")) && !strings.Contains(s, ") Z") {
-			out = append(out, e.Name())
-		}
-	}
-	return out
+func vmProcesses() []int {
+	return liveProcesses(func(stat, _ string) bool {
+		return strings.Contains(stat, "(qemu-system-x86") || strings.Contains(stat, "(virtiofsd)")
+	})
 }
