@@ -19,6 +19,29 @@ type Config struct {
 	CNI       CNI       `toml:"cni" json:"cni" comment:"Pod networking through CNI plugins."`
 	Runtime   Runtime   `toml:"runtime" json:"runtime" comment:"Runtime handlers: which VMM, guest and VM size a pod gets."`
 	Streaming Streaming `toml:"streaming" json:"streaming" comment:"The exec/attach/port-forward server kubelet and crictl are sent to."`
+	Metrics   Metrics   `toml:"metrics" json:"metrics" comment:"Prometheus metrics."`
+	Debug     Debug     `toml:"debug" json:"debug" comment:"Break-glass access for operators."`
+}
+
+// Metrics configures the Prometheus endpoint.
+type Metrics struct {
+	Address string `toml:"address" json:"address" comment:"host:port serving /metrics; empty turns metrics off. Keep it on loopback or behind a firewall."`
+}
+
+// Validate checks the metrics section.
+func (m *Metrics) Validate() []*FieldError {
+	if m.Address == "" {
+		return nil
+	}
+	if _, _, err := net.SplitHostPort(m.Address); err != nil {
+		return []*FieldError{fieldErr("metrics.address", "%v", err)}
+	}
+	return nil
+}
+
+// Debug configures operator access into pod VMs.
+type Debug struct {
+	Console bool `toml:"console" json:"console" comment:"Allow 'cocoon debug-console <pod>': a root shell in the pod VM, outside the containers. Off in production."`
 }
 
 // Streaming configures the streaming server.
@@ -188,5 +211,6 @@ func (c *Config) Validate() []*FieldError {
 	errs = append(errs, c.CNI.Validate()...)
 	errs = append(errs, c.Runtime.Validate()...)
 	errs = append(errs, c.Streaming.Validate()...)
+	errs = append(errs, c.Metrics.Validate()...)
 	return errs
 }
