@@ -35,9 +35,9 @@ type builder struct {
 	helpers map[string][]byte
 }
 
-func newBuilder(busybox, goTool string) (*builder, error) {
+func newBuilder(busybox, shell, goTool string) (*builder, error) {
 	b := &builder{goTool: goTool, helpers: map[string][]byte{}}
-	files, err := baseFiles(busybox)
+	files, err := baseFiles(busybox, shell)
 	if err != nil {
 		return nil, err
 	}
@@ -49,7 +49,8 @@ func newBuilder(busybox, goTool string) (*builder, error) {
 
 // baseFiles lays out the busybox root filesystem: the binary, every applet
 // as a hard link at the path busybox itself reports, and a minimal /etc.
-func baseFiles(busybox string) ([]file, error) {
+// A non-empty shell replaces busybox's sh and ash (see shell.go).
+func baseFiles(busybox, shell string) ([]file, error) {
 	bin, err := os.ReadFile(busybox)
 	if err != nil {
 		return nil, fmt.Errorf("read busybox: %w", err)
@@ -70,6 +71,18 @@ func baseFiles(busybox string) ([]file, error) {
 		files = append(files, file{Path: d, Dir: true})
 	}
 	applets := map[string]bool{}
+	shellLinks := map[string]bool{}
+	if shell != "" {
+		sf, err := shellFiles(shell)
+		if err != nil {
+			return nil, err
+		}
+		files = append(files, sf...)
+		for _, p := range shellApplets {
+			shellLinks[p] = true
+			files = append(files, file{Path: p, HardLink: shellBinary})
+		}
+	}
 	for _, p := range strings.Fields(string(out)) {
 		if p == "bin/busybox" {
 			continue
@@ -78,7 +91,9 @@ func baseFiles(busybox string) ([]file, error) {
 			return nil, fmt.Errorf("busybox lists unexpected applet path %q", p)
 		}
 		applets[path.Base(p)] = true
-		files = append(files, file{Path: p, HardLink: "bin/busybox"})
+		if !shellLinks[p] {
+			files = append(files, file{Path: p, HardLink: "bin/busybox"})
+		}
 	}
 	// critest runs applets this busybox build lacks; scripts fill in.
 	for _, s := range fallbackScripts {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"archive/tar"
+	"context"
 	"io"
 	"os"
 	"os/exec"
@@ -103,17 +104,35 @@ func TestMirrorPaths(t *testing.T) {
 // testBuild builds the whole catalog once per test binary; image builds
 // need the real busybox-static and a Go toolchain (for nonewprivs).
 var testBuild = sync.OnceValues(func() ([]v1.Image, error) {
-	b, err := newBuilder(defaultBusybox, findGo())
+	b, err := newBuilder(defaultBusybox, testShell(), findGo())
 	if err != nil {
 		return nil, err
 	}
 	return b.buildAll(catalog())
 })
 
+// testShell is Debian's busybox package, unpacked once per test binary.
+var testShell = sync.OnceValue(func() string {
+	bin, _, err := resolveShell(context.Background(), shellFromDebian)
+	if err != nil {
+		testShellErr = err
+		return ""
+	}
+	return bin
+})
+
+var testShellErr error
+
 func needBuildTools(t *testing.T) {
 	t.Helper()
 	if _, err := os.Stat(defaultBusybox); err != nil {
 		t.Skip("needs Debian's busybox-static at " + defaultBusybox)
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to fetch Debian's busybox package for the images' shell")
+	}
+	if testShell() == "" {
+		t.Fatalf("shell busybox: %v", testShellErr)
 	}
 	if findGo() == "" {
 		t.Skip("needs a go toolchain to build the nonewprivs helper")
@@ -168,7 +187,7 @@ func TestImageIDs(t *testing.T) {
 func TestBuildIsDeterministic(t *testing.T) {
 	first := builtImages(t)
 	// A fresh builder also recompiles the helper binary.
-	b, err := newBuilder(defaultBusybox, findGo())
+	b, err := newBuilder(defaultBusybox, testShell(), findGo())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -312,5 +331,39 @@ func TestFallbackScripts(t *testing.T) {
 	out, err = exec.Command(defaultBusybox, "sh", ipcs, "-m").Output()
 	if err != nil || !strings.Contains(string(out), "Shared Memory Segments") {
 		t.Errorf("ipcs -m = %q, %v", out, err)
+	}
+}
+
+// TestShellSearchesPath is why the images carry a second busybox: a masked
+// /bin/ls must be what sh tries to run (critest's MaskedPaths spec).
+func TestShellSearchesPath(t *testing.T) {
+	needBuildTools(t)
+	shell := testShell()
+	out, err := exec.Command(shell, "sh", "-c", "PATH=/nonexistent; ls /").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "ls: not found") {
+		t.Errorf("shell busybox ran ls without PATH (%v, %q): it must not be a standalone shell", err, out)
+	}
+	out, err = exec.Command(defaultBusybox, "sh", "-c", "PATH=/nonexistent; ls / >/dev/null && echo standalone").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "standalone") {
+		t.Logf("busybox-static is no longer a standalone shell (%v, %q): shell.go may be unnecessary", err, out)
+	}
+
+	hdrs, _ := layerFiles(t, builtImages(t)[catalogIndex(t)["registry.k8s.io/e2e-test-images/busybox:1.29-2"]])
+	for _, p := range shellApplets {
+		if h := hdrs[p]; h == nil || h.Linkname != shellBinary {
+			t.Errorf("/%s = %+v, want a hard link to /%s", p, h, shellBinary)
+		}
+	}
+	if h := hdrs["bin/ls"]; h == nil || h.Linkname != "bin/busybox" {
+		t.Errorf("/bin/ls = %+v, want busybox-static", h)
+	}
+	deps, err := sharedObjects(shell)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range deps {
+		if _, ok := hdrs[strings.TrimPrefix(d, "/")]; !ok {
+			t.Errorf("image lacks %s, which the shell loads", d)
+		}
 	}
 }

@@ -54,6 +54,7 @@ func run(args []string, stdout io.Writer) error {
 	addr := fs.String("addr", defaultAddr, "registry listen address (host:port)")
 	dir := fs.String("dir", defaultDir, "state directory for the registry (config, data, pid, log)")
 	busybox := fs.String("busybox", defaultBusybox, "static busybox binary the images are built from")
+	shell := fs.String("shell", shellFromDebian, `busybox serving sh: "debian" (Debian's PATH-searching busybox package), a path, or "" for busybox-static's own`)
 	registry := fs.String("registry", defaultRegistry, "docker-registry binary")
 	goTool := fs.String("go", findGo(), "go command used to build the nonewprivs helper")
 	debug := fs.Bool("debug", false, "log every pushed tag")
@@ -68,7 +69,7 @@ func run(args []string, stdout io.Writer) error {
 	}
 	switch args[0] {
 	case "up":
-		return up(stdout, *addr, *dir, *busybox, *registry, *goTool)
+		return up(stdout, *addr, *dir, *busybox, *shell, *registry, *goTool)
 	case "down":
 		return down(stdout, *dir)
 	case "registries-conf":
@@ -90,7 +91,7 @@ func run(args []string, stdout io.Writer) error {
 	}
 }
 
-func up(stdout io.Writer, addr, dir, busybox, registryBin, goTool string) (err error) {
+func up(stdout io.Writer, addr, dir, busybox, shell, registryBin, goTool string) (err error) {
 	start := time.Now()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -108,7 +109,12 @@ func up(stdout io.Writer, addr, dir, busybox, registryBin, goTool string) (err e
 	}
 	// Build before touching the registry: a failed build then leaves
 	// nothing running.
-	b, err := newBuilder(busybox, goTool)
+	shellBin, cleanupShell, err := resolveShell(ctx, shell)
+	if err != nil {
+		return err
+	}
+	defer cleanupShell()
+	b, err := newBuilder(busybox, shellBin, goTool)
 	if err != nil {
 		return err
 	}

@@ -70,7 +70,7 @@ func TestPushToRealRegistry(t *testing.T) {
 		}
 	})
 
-	b, err := newBuilder(defaultBusybox, "")
+	b, err := newBuilder(defaultBusybox, "", "")
 	if err != nil {
 		t.Fatal(err)
 	}
