@@ -29,12 +29,16 @@ func (s *Server) Status(_ context.Context, req *runtimeapi.StatusRequest) (*runt
 	return resp, nil
 }
 
-// runtimeHandlers lists the default handler ("") and every named one. VM
-// sandboxes support neither recursive read-only mounts nor user namespaces yet.
+// runtimeHandlers lists the default handler ("") and every named one. Every
+// handler makes read-only mounts recursive on request (on the host side of
+// the share, see sandbox.enforceReadOnly); user namespaces are not there yet.
 func runtimeHandlers(names []string) []*runtimeapi.RuntimeHandler {
-	out := []*runtimeapi.RuntimeHandler{{Name: "", Features: &runtimeapi.RuntimeHandlerFeatures{}}}
+	features := func() *runtimeapi.RuntimeHandlerFeatures {
+		return &runtimeapi.RuntimeHandlerFeatures{RecursiveReadOnlyMounts: true}
+	}
+	out := []*runtimeapi.RuntimeHandler{{Name: "", Features: features()}}
 	for _, n := range names {
-		out = append(out, &runtimeapi.RuntimeHandler{Name: n, Features: &runtimeapi.RuntimeHandlerFeatures{}})
+		out = append(out, &runtimeapi.RuntimeHandler{Name: n, Features: features()})
 	}
 	return out
 }

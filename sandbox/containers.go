@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/moby/sys/mountinfo"
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
@@ -217,6 +218,9 @@ func shareMounts(c *Container, mounts []*runtimeapi.Mount, ctrShare, guestRoot s
 	var out []ocispec.Mount
 	for i, mnt := range mounts {
 		src := mnt.GetHostPath()
+		if err := validateReadOnly(mnt); err != nil {
+			return nil, err
+		}
 		if !filepath.IsAbs(src) || !filepath.IsAbs(mnt.GetContainerPath()) {
 			return nil, fmt.Errorf("%w: mount %q → %q: paths must be absolute", errdefs.ErrInvalidArgument, src, mnt.GetContainerPath())
 		}
@@ -236,15 +240,100 @@ func shareMounts(c *Container, mounts []*runtimeapi.Mount, ctrShare, guestRoot s
 			return nil, err
 		}
 		name := fmt.Sprintf("mounts/%d", i)
-		if err := bind(c, resolved, filepath.Join(ctrShare, name), st.IsDir()); err != nil {
+		dst := filepath.Join(ctrShare, name)
+		if err := bind(c, resolved, dst, st.IsDir()); err != nil {
+			return nil, err
+		}
+		guestReadOnly, err := enforceReadOnly(mnt, resolved, dst)
+		if err != nil {
 			return nil, err
 		}
 		out = append(out, ocispec.Mount{
 			Source: filepath.Join(guestRoot, name), Destination: mnt.GetContainerPath(),
-			ReadOnly: mnt.GetReadonly(), Propagation: mnt.GetPropagation(),
+			ReadOnly: guestReadOnly, Propagation: mnt.GetPropagation(),
 		})
 	}
 	return out, nil
+}
+
+// validateReadOnly rejects what kubelet must never send: recursive read-only
+// needs a read-only, private mount (a recursively read-only tree cannot
+// receive mounts from the host).
+func validateReadOnly(mnt *runtimeapi.Mount) error {
+	if !mnt.GetRecursiveReadOnly() {
+		return nil
+	}
+	if !mnt.GetReadonly() {
+		return fmt.Errorf("%w: mount %s: recursive_read_only needs readonly", errdefs.ErrInvalidArgument, mnt.GetContainerPath())
+	}
+	if p := mnt.GetPropagation(); p != runtimeapi.MountPropagation_PROPAGATION_PRIVATE {
+		return fmt.Errorf("%w: mount %s: recursive_read_only needs private propagation, got %s", errdefs.ErrInvalidArgument, mnt.GetContainerPath(), p)
+	}
+	return nil
+}
+
+// enforceReadOnly makes the host-side bind at dst read-only and says whether
+// the guest should mount it read-only too. The guest sees the whole share as
+// one virtio-fs filesystem, so a read-only bind there covers every host
+// submount below it: right for recursive read-only, wrong for plain
+// read-only, whose submounts (a tmpfs inside a hostPath) stay writable. Those
+// are enforced here on the host, on the top mount only, where the kernel
+// keeps the two apart.
+func enforceReadOnly(mnt *runtimeapi.Mount, src, dst string) (guestReadOnly bool, err error) {
+	if !mnt.GetReadonly() {
+		return false, nil
+	}
+	if mnt.GetRecursiveReadOnly() {
+		attr := &unix.MountAttr{Attr_set: unix.MOUNT_ATTR_RDONLY}
+		if err := unix.MountSetattr(-1, dst, unix.AT_RECURSIVE, attr); err != nil {
+			return false, fmt.Errorf("make %s recursively read-only: %w", dst, err)
+		}
+		return true, nil
+	}
+	if err := remountReadOnly(dst); err != nil {
+		return false, err
+	}
+	nested, err := hasSubmounts(src)
+	if err != nil {
+		return false, err
+	}
+	return !nested, nil
+}
+
+// remountReadOnly flips the bind at p (not its submounts) to read-only,
+// keeping its other per-mount flags.
+func remountReadOnly(p string) error {
+	var st unix.Statfs_t
+	if err := unix.Statfs(p, &st); err != nil {
+		return fmt.Errorf("statfs %s: %w", p, err)
+	}
+	keep := uintptr(0)
+	for _, f := range []struct{ st, ms uintptr }{
+		{unix.ST_NOSUID, unix.MS_NOSUID}, {unix.ST_NODEV, unix.MS_NODEV}, {unix.ST_NOEXEC, unix.MS_NOEXEC},
+		{unix.ST_NOATIME, unix.MS_NOATIME}, {unix.ST_NODIRATIME, unix.MS_NODIRATIME}, {unix.ST_RELATIME, unix.MS_RELATIME},
+	} {
+		if uintptr(st.Flags)&f.st != 0 {
+			keep |= f.ms
+		}
+	}
+	if err := unix.Mount("", p, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY|keep, ""); err != nil {
+		return fmt.Errorf("remount %s read-only: %w", p, err)
+	}
+	return nil
+}
+
+// hasSubmounts says whether anything is mounted below dir on the host.
+func hasSubmounts(dir string) (bool, error) {
+	below, err := mountinfo.GetMounts(mountinfo.PrefixFilter(dir))
+	if err != nil {
+		return false, err
+	}
+	for _, m := range below {
+		if filepath.Clean(m.Mountpoint) != filepath.Clean(dir) {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 // podFileMounts binds the pod's resolv.conf, hostname and hosts (written in
