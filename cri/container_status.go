@@ -34,5 +34,21 @@ func containerStatus(c *sandbox.Container) *runtimeapi.ContainerStatus {
 		Labels: cfg.GetLabels(), Annotations: cfg.GetAnnotations(),
 		Mounts: cfg.GetMounts(), LogPath: c.LogPath,
 		Resources: &runtimeapi.ContainerResources{Linux: cfg.GetLinux().GetResources()},
+		User:      containerUser(c.User),
 	}
+}
+
+// containerUser reports the identity the runtime resolved, so kubelet can
+// show which groups a SupplementalGroupsPolicy actually produced.
+func containerUser(u *sandbox.User) *runtimeapi.ContainerUser {
+	if u == nil {
+		return nil
+	}
+	groups := make([]int64, 0, len(u.AdditionalGids))
+	for _, g := range u.AdditionalGids {
+		groups = append(groups, int64(g))
+	}
+	return &runtimeapi.ContainerUser{Linux: &runtimeapi.LinuxContainerUser{
+		Uid: int64(u.UID), Gid: int64(u.GID), SupplementalGroups: groups,
+	}}
 }

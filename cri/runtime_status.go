@@ -21,7 +21,7 @@ func (s *Server) Status(_ context.Context, req *runtimeapi.StatusRequest) (*runt
 			network,
 		}},
 		RuntimeHandlers: runtimeHandlers(s.opts.Handlers),
-		Features:        &runtimeapi.RuntimeFeatures{SupplementalGroupsPolicy: false},
+		Features:        &runtimeapi.RuntimeFeatures{SupplementalGroupsPolicy: true},
 	}
 	if req.GetVerbose() {
 		resp.Info = s.opts.StatusInfo

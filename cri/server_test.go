@@ -11,10 +11,12 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/cocoon-runtime/cocoon/errdefs"
 	"github.com/cocoon-runtime/cocoon/image"
+	"github.com/cocoon-runtime/cocoon/sandbox"
 )
 
 // fakeImages is a hand-written imageService: one stored image, scripted errors.
@@ -159,7 +161,27 @@ func TestStatusConditions(t *testing.T) {
 			if net.Status != tt.netOK || (!tt.netOK && (net.Reason != "NetworkPluginNotReady" || net.Message != tt.netErr.Error())) {
 				t.Fatalf("network condition %+v", net)
 			}
+			// Features kubelet and critest gate specs on.
+			if !resp.GetFeatures().GetSupplementalGroupsPolicy() {
+				t.Error("SupplementalGroupsPolicy not advertised")
+			}
+			for _, h := range resp.GetRuntimeHandlers() {
+				if !h.GetFeatures().GetRecursiveReadOnlyMounts() {
+					t.Errorf("handler %q does not advertise recursive read-only mounts", h.GetName())
+				}
+			}
 		})
+	}
+}
+
+func TestContainerUser(t *testing.T) {
+	if got := containerUser(nil); got != nil {
+		t.Errorf("no recorded user: %v, want nil (records from before users were kept)", got)
+	}
+	got := containerUser(&sandbox.User{UID: 1000, GID: 1000, AdditionalGids: []uint32{1000, 1234}})
+	want := &runtimeapi.LinuxContainerUser{Uid: 1000, Gid: 1000, SupplementalGroups: []int64{1000, 1234}}
+	if !proto.Equal(got.GetLinux(), want) {
+		t.Errorf("user = %v, want %v", got.GetLinux(), want)
 	}
 }
 

@@ -121,6 +121,8 @@ func (m *Manager) CreateContainer(ctx context.Context, podID string, cfg *runtim
 			if err != nil {
 				return nil, err
 			}
+			u := s.Process.User
+			c.User = &User{UID: u.UID, GID: u.GID, AdditionalGids: u.AdditionalGids}
 			spec, err = json.Marshal(s)
 			return nil, err
 		}},

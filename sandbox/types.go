@@ -69,6 +69,15 @@ type Container struct {
 	LogPath    string          `json:"logPath,omitempty"` // absolute
 	Rootfs     string          `json:"rootfs"`            // host mount of the container's root filesystem
 	Binds      []string        `json:"binds,omitempty"`   // host bind mounts in the share dir, to undo
+	User       *User           `json:"user,omitempty"`    // identity of the container's first process
+}
+
+// User is the identity a container's processes run as, after the image's
+// /etc/passwd and /etc/group and the supplemental groups policy applied.
+type User struct {
+	UID            uint32   `json:"uid"`
+	GID            uint32   `json:"gid"`
+	AdditionalGids []uint32 `json:"additionalGids,omitempty"`
 }
 
 func (c Container) id() string { return c.ID }
