@@ -91,10 +91,10 @@ test-unit: verify-generate
 	CGO_ENABLED=1 $(GO) vet ./...
 	CGO_ENABLED=1 $(GO) test -count=1 ./...
 
-## verify-generate: the committed generated code is what `make generate` produces
+## verify-generate: the committed generated code and docs/CONFIG.md are what `make generate` produces
 verify-generate:
 	$(MAKE) generate
-	git diff --exit-code -- api/ || { echo "generated code is stale: run make generate and commit"; exit 1; }
+	git diff --exit-code -- api/ docs/CONFIG.md || { echo "generated files are stale: run make generate and commit"; exit 1; }
 
 ## test-integration: tests that need root and real components (they skip, saying why, otherwise)
 test-integration:
@@ -116,8 +116,9 @@ bench: deps build tools
 	CGO_ENABLED=1 COCOON_INTEGRATION=1 COCOON_GUEST_DIR=$(TEST_GUEST) COCOON_CYCLES=$${CYCLES:-50} $(GO) test -count=1 -v -timeout 30m -run BootStopCycles ./vm/qemu/ | grep -E "cycles|^(---|ok|FAIL)"
 
 ## generate: regenerate committed generated code (protoc from Debian, plugins pinned in go.mod)
+## and docs/CONFIG.md from the config structs
 generate:
-	$(GO) generate ./api/...
+	$(GO) generate ./api/... ./config/...
 
 fmt:
 	gofmt -l -w $$(git ls-files '*.go')

@@ -19,9 +19,9 @@ type Handler struct {
 	VMM          string   `toml:"vmm" json:"vmm" comment:"qemu or clh (Cloud Hypervisor)."`
 	Accel        string   `toml:"accel" json:"accel" comment:"qemu only: kvm, tcg, or auto (proves KVM by booting, else TCG with a warning)."`
 	VCPUs        uint32   `toml:"vcpus" json:"vcpus" comment:"vCPUs at boot."`
-	MaxVCPUs     uint32   `toml:"max_vcpus" json:"max_vcpus" comment:"vCPU hotplug limit."`
+	MaxVCPUs     uint32   `toml:"max_vcpus" json:"max_vcpus" comment:"vCPU hotplug limit; when unset, never below vcpus."`
 	MemoryMiB    uint64   `toml:"memory_mib" json:"memory_mib" comment:"Memory at boot, MiB."`
-	MaxMemoryMiB uint64   `toml:"max_memory_mib" json:"max_memory_mib" comment:"Memory hotplug limit, MiB."`
+	MaxMemoryMiB uint64   `toml:"max_memory_mib" json:"max_memory_mib" comment:"Memory hotplug limit, MiB; when unset, never below memory_mib."`
 	KernelArgs   []string `toml:"kernel_args" json:"kernel_args" comment:"Extra guest kernel command line arguments."`
 	BootTimeout  Duration `toml:"boot_timeout" json:"boot_timeout" comment:"How long a VM may take from VMM start to a healthy agent."`
 	GuestDir     string   `toml:"guest_dir" json:"guest_dir" comment:"Guest for this handler; empty: runtime.guest_dir."`
