@@ -74,12 +74,34 @@ func StartWatched(name string, cmd *exec.Cmd) (*Watched, error) {
 		_ = cmd.Wait()
 		return nil, err
 	}
+	if err := dropOOMProtection(cmd.Process.Pid); err != nil {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
 	w := &Watched{Process: Process{Name: name, Pid: cmd.Process.Pid, StartTime: st}, done: make(chan struct{}), cmd: cmd}
 	go func() {
 		w.err = cmd.Wait()
 		close(w.done)
 	}()
 	return w, nil
+}
+
+// dropOOMProtection gives a VM process the kernel's default OOM score
+// adjustment. cocoond itself runs protected (the systemd unit's
+// OOMScoreAdjust=-999) and children inherit that; a pod VM holding guest
+// memory must not outrank the host's other workloads for survival.
+func dropOOMProtection(pid int) error {
+	path := fmt.Sprintf("/proc/%d/oom_score_adj", pid)
+	cur, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	if v, err := strconv.Atoi(strings.TrimSpace(string(cur))); err != nil || v >= 0 {
+		return err
+	}
+	// Raising the value needs no privilege; lowering it does.
+	return os.WriteFile(path, []byte("0"), 0)
 }
 
 // AdoptWatched watches a process another cocoond started.

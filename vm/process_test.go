@@ -1,0 +1,40 @@
+package vm
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+func TestDropOOMProtection(t *testing.T) {
+	for _, tc := range []struct {
+		name, set, want string
+	}{
+		{"protected like cocoond", "-500", "0"},
+		{"left alone when not protected", "300", "300"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cmd := exec.Command("sleep", "30")
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+			path := fmt.Sprintf("/proc/%d/oom_score_adj", cmd.Process.Pid)
+			if err := os.WriteFile(path, []byte(tc.set), 0); err != nil {
+				t.Skipf("cannot set oom_score_adj %s on a child here: %v", tc.set, err)
+			}
+			if err := dropOOMProtection(cmd.Process.Pid); err != nil {
+				t.Fatal(err)
+			}
+			got, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if strings.TrimSpace(string(got)) != tc.want {
+				t.Errorf("oom_score_adj = %s, want %s", got, tc.want)
+			}
+		})
+	}
+}
