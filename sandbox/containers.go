@@ -134,6 +134,11 @@ func (m *Manager) CreateContainer(ctx context.Context, podID string, cfg *runtim
 			out = o
 			return func() error { o.close(); return nil }, nil
 		}},
+		{Name: "fit-vm", Run: func(ctx context.Context) (func() error, error) {
+			// A VM only grows (guests may refuse to give memory back), so
+			// there is nothing to undo.
+			return nil, m.growVM(ctx, pod.ID, rt, cfg.GetLinux().GetResources())
+		}},
 		{Name: "agent-create", Run: func(ctx context.Context) (func() error, error) {
 			_, err := rt.agent.CreateContainer(ctx, &agentapi.CreateContainerRequest{
 				ContainerId: id, OciSpec: spec, Tty: cfg.GetTty(), Stdin: cfg.GetStdin(), StdinOnce: cfg.GetStdinOnce(),

@@ -110,10 +110,13 @@ func (m *Manager) RunPod(ctx context.Context, cfg *runtimeapi.PodSandboxConfig, 
 			if err != nil {
 				return nil, fmt.Errorf("%w: %v", errdefs.ErrFailedPrecondition, err)
 			}
+			// kubelet sends the pod's summed limits: boot a VM that fits them
+			// rather than hotplugging right after.
+			vcpus, mem := fitResources(h.VCPUs, h.MemoryMiB, h, cfg.GetLinux().GetResources())
 			v, err := driver.Create(ctx, &vm.Spec{
 				ID: id, RunDir: filepath.Join(m.opts.VMDir, id[:16]),
 				Kernel: g.KernelPath(), Initramfs: g.InitramfsPath(), KernelArgs: h.KernelArgs,
-				VCPUs: h.VCPUs, MaxVCPUs: h.MaxVCPUs, MemoryMiB: h.MemoryMiB, MaxMemoryMiB: h.MaxMemoryMiB,
+				VCPUs: vcpus, MaxVCPUs: h.MaxVCPUs, MemoryMiB: mem, MaxMemoryMiB: h.MaxMemoryMiB,
 				Shares: []vm.Share{{Tag: shareTag, Source: pod.ShareDir}},
 				NICs:   []vm.NIC{{ID: "eth0", Tap: net.Tap, MAC: net.MAC, MTU: net.MTU}},
 				Accel:  h.Accel, BootTimeout: h.BootTimeout.Std(),

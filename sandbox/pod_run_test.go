@@ -217,3 +217,25 @@ func writeGuestManifest(t *testing.T, dir string) {
 		t.Fatal(err)
 	}
 }
+
+// TestRunPodSizesVMFromPodResources: kubelet sends the pod's summed limits
+// in the sandbox config; the VM boots big enough for them.
+func TestRunPodSizesVMFromPodResources(t *testing.T) {
+	d := &fakeDriver{}
+	m := testManager(t, &fakeNetwork{}, d)
+	h := m.opts.Runtime.Handlers["h"]
+	h.MaxVCPUs, h.MaxMemoryMiB = 4, 2048
+	m.opts.Runtime.Handlers["h"] = h
+	installFakeGuest(t, m.opts.Runtime.GuestDir)
+	cfg := podConfig()
+	cfg.Linux = &runtimeapi.LinuxPodSandboxConfig{Resources: &runtimeapi.LinuxContainerResources{
+		CpuQuota: 250000, CpuPeriod: 100000, MemoryLimitInBytes: 512 << 20,
+	}}
+	_, _ = m.RunPod(context.Background(), cfg, "") // the fake agent never answers
+	if len(d.made) != 1 {
+		t.Fatalf("%d VMs made", len(d.made))
+	}
+	if s := d.made[0].spec; s.VCPUs != 3 || s.MemoryMiB != 512+guestOverheadMiB {
+		t.Errorf("VM booted with %d vCPUs, %d MiB; want 3, %d", s.VCPUs, s.MemoryMiB, 512+guestOverheadMiB)
+	}
+}

@@ -9,6 +9,7 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	agentapi "github.com/cocoon-runtime/cocoon/api/agent"
+	"github.com/cocoon-runtime/cocoon/config"
 	"github.com/cocoon-runtime/cocoon/errdefs"
 	"github.com/cocoon-runtime/cocoon/sandbox/ocispec"
 )
@@ -57,6 +58,19 @@ func (m *Manager) UpdateContainerResources(ctx context.Context, id string, res *
 	return err
 }
 
+// fitResources returns the VM size (never below vcpus and memMiB) that
+// limits res need, within the handler's hotplug limits: a CPU quota of 1.5
+// cores needs 2 vCPUs, a memory limit needs itself plus the guest's own share.
+func fitResources(vcpus uint32, memMiB uint64, h config.Handler, res *runtimeapi.LinuxContainerResources) (uint32, uint64) {
+	if q, p := res.GetCpuQuota(), res.GetCpuPeriod(); q > 0 && p > 0 {
+		vcpus = max(vcpus, min(uint32((q+p-1)/p), h.MaxVCPUs))
+	}
+	if limit := uint64(res.GetMemoryLimitInBytes()) >> 20; limit > 0 {
+		memMiB = max(memMiB, min(limit+guestOverheadMiB, h.MaxMemoryMiB))
+	}
+	return vcpus, memMiB
+}
+
 // growVM hotplugs vCPUs and memory so the VM can honour the new limits.
 func (m *Manager) growVM(ctx context.Context, podID string, rt *podRuntime, res *runtimeapi.LinuxContainerResources) error {
 	pod, err := m.Pod(podID)
@@ -65,13 +79,7 @@ func (m *Manager) growVM(ctx context.Context, podID string, rt *podRuntime, res 
 	}
 	h := m.opts.Runtime.Handlers[pod.Handler]
 	st := rt.vmm.State()
-	vcpus, mem := st.VCPUs, st.MemoryMiB
-	if q, p := res.GetCpuQuota(), res.GetCpuPeriod(); q > 0 && p > 0 {
-		vcpus = max(vcpus, min(uint32((q+p-1)/p), h.MaxVCPUs))
-	}
-	if limit := uint64(res.GetMemoryLimitInBytes()) >> 20; limit > 0 {
-		mem = max(mem, min(limit+guestOverheadMiB, h.MaxMemoryMiB))
-	}
+	vcpus, mem := fitResources(st.VCPUs, st.MemoryMiB, h, res)
 	if vcpus == st.VCPUs && mem == st.MemoryMiB {
 		return nil
 	}
