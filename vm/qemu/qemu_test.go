@@ -253,6 +253,38 @@ func TestQEMUDeathIsDetected(t *testing.T) {
 	assertGone(t, spec.RunDir, pids)
 }
 
+// TestVirtiofsdDeathStopsVM: a guest without its root filesystems is broken,
+// so the VM is stopped (after the grace a powering-off guest gets).
+func TestVirtiofsdDeathStopsVM(t *testing.T) {
+	m := testGuest(t)
+	ctx := context.Background()
+	spec := testSpec(t, m, "fsdeath")
+	v, err := quietDriver().Create(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := v.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	pids := v.Pids()
+	if len(pids) < 2 {
+		t.Fatalf("pids %v: want QEMU and virtiofsd", pids)
+	}
+	_ = unix.Kill(pids[1], unix.SIGKILL)
+	select {
+	case <-v.Done():
+	case <-time.After(helperGrace + 5*time.Second):
+		t.Fatal("virtiofsd's death did not stop the VM")
+	}
+	if err := v.Err(); !errors.Is(err, vm.ErrNotRunning) || !strings.Contains(err.Error(), "virtiofsd") {
+		t.Fatalf("Err = %v, want it to name virtiofsd", err)
+	}
+	if err := v.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	assertGone(t, spec.RunDir, pids)
+}
+
 func TestQEMUFailedCreateLeavesNothing(t *testing.T) {
 	m := testGuest(t)
 	for _, tt := range []struct {

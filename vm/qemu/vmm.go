@@ -77,6 +77,15 @@ func (v *qemuVM) supervise() {
 	case <-v.proc.Done():
 		v.finish(v.proc.Err())
 	case h := <-helperDied:
+		// A guest powering off (DestroySandbox) closes virtiofsd's
+		// connection before QEMU has quite exited: give QEMU a moment to
+		// show that this is a shutdown, not a broken VM.
+		select {
+		case <-v.proc.Done():
+			v.finish(v.proc.Err())
+			return
+		case <-time.After(helperGrace):
+		}
 		v.mu.Lock()
 		stopping := v.stopping
 		v.mu.Unlock()
@@ -87,6 +96,10 @@ func (v *qemuVM) supervise() {
 		v.finish(fmt.Errorf("%s died: %v", h.Name, h.Err()))
 	}
 }
+
+// helperGrace is how long QEMU may take to exit after its virtiofsd did
+// before the VM counts as broken.
+const helperGrace = 2 * time.Second
 
 func (v *qemuVM) finish(err error) {
 	v.doneOnce.Do(func() {
