@@ -22,7 +22,7 @@ SOCKET      := /run/cocoon/cocoon.sock
 GUEST_DIR   ?= /var/lib/cocoon/guest
 TEST_GUEST  := $(CURDIR)/_output/guest
 
-.PHONY: all build guest deps tools run registry registry-down stop test test-unit verify-generate test-integration test-critest bench generate fmt vet clean
+.PHONY: all build guest deps tools run registry registry-down stop test test-unit verify-generate test-integration test-critest conformance bench generate fmt vet clean
 
 all: build
 
@@ -43,14 +43,17 @@ guest: build
 deps:
 	@hack/install-deps.sh
 
-## tools: crictl and critest from cri-tools $(CRI_TOOLS_VERSION)
-tools: $(BIN)/crictl $(BIN)/critest
+## tools: crictl, critest and ginkgo (for critest --parallel) from cri-tools $(CRI_TOOLS_VERSION), and critest-summary
+tools: $(BIN)/crictl $(BIN)/critest $(BIN)/ginkgo
+	$(GO) build -o $(BIN)/critest-summary ./test/critest/summary
 
-$(BIN)/crictl $(BIN)/critest:
+$(BIN)/crictl $(BIN)/critest $(BIN)/ginkgo:
 	@mkdir -p $(BIN)
 	GOFLAGS=-buildvcs=false $(GO) mod download sigs.k8s.io/cri-tools@$(CRI_TOOLS_VERSION)
 	cd $(CRI_TOOLS_DIR) && GOFLAGS=-mod=mod $(GO) build -buildvcs=false -o $(BIN)/crictl ./cmd/crictl
 	cd $(CRI_TOOLS_DIR) && GOFLAGS=-mod=mod $(GO) test -buildvcs=false -c -o $(BIN)/critest ./cmd/critest
+	@# The ginkgo CLI at the version cri-tools' own go.mod pins.
+	cd $(CRI_TOOLS_DIR) && GOFLAGS=-mod=mod $(GO) build -buildvcs=false -o $(BIN)/ginkgo github.com/onsi/ginkgo/v2/ginkgo
 
 ## run: set up the machine, build, and start cocoond on its embedded defaults
 run: deps build tools guest
@@ -101,10 +104,15 @@ test-integration:
 	$(MAKE) guest GUEST_DIR=$(TEST_GUEST)
 	set -o pipefail; CGO_ENABLED=1 COCOON_INTEGRATION=1 COCOON_BIN=$(BIN) COCOON_GUEST_DIR=$(TEST_GUEST) $(GO) test -timeout 20m -v -count=1 -p 1 ./vm/... ./test/e2e/... | grep -E "^(=== RUN|\s*--- |PASS|FAIL|ok|e2e:)|SKIP|skip|_test.go:"
 
-## test-critest: critest against cocoond, the local registry and the test images
+## test-critest: the full critest validation suite against cocoond, minus test/critest/skip.txt
 test-critest:
 	$(MAKE) guest GUEST_DIR=$(TEST_GUEST)
-	BIN=$(BIN) COCOON_GUEST_DIR=$(TEST_GUEST) test/critest/run.sh --focus 'Image Manager|Runtime info|Image Consistency|Image Identifier' --skip 'public image with digest'
+	BIN=$(BIN) COCOON_GUEST_DIR=$(TEST_GUEST) test/critest/run.sh
+
+## conformance: test-critest, then the same suite against containerd + runc, counts side by side (JUnit in _output/critest)
+conformance: deps build tools
+	$(MAKE) guest GUEST_DIR=$(TEST_GUEST)
+	BIN=$(BIN) COCOON_GUEST_DIR=$(TEST_GUEST) test/critest/run.sh --baseline
 
 ## bench: image pull through cocoond against skopeo, guest boot against bare kernel boot, as ratios
 bench: deps build tools

@@ -14,46 +14,7 @@ cocoon_start_registry >/dev/null
 cocoon_write_config
 cocoon_start_daemon
 
-# The baseline: containerd with its own root, state and socket (never the
-# system's), mirrors to the same local registry, the same CNI plugins.
-CTRD=$WORK/containerd
-mkdir -p "$CTRD/cni"
-CNI_CONF_DIR=$CTRD/cni "$COCOON_REPO/hack/install-cni-default.sh" >/dev/null
-sed -i 's/"cocoon0"/"ctrd0"/; s/"name": "cocoon"/"name": "ctrd"/; s#10.88.0.0/16#10.89.0.0/16#' "$CTRD/cni/10-cocoon.conflist"
-{
-  echo 'version = 2'
-  echo "root = \"$CTRD/root\""
-  echo "state = \"$CTRD/state\""
-  echo '[grpc]'
-  echo "  address = \"$CTRD/containerd.sock\""
-  echo '[plugins."io.containerd.grpc.v1.cri"]'
-  echo '  sandbox_image = "registry.k8s.io/pause:3.9"'
-  echo '  restrict_oom_score_adj = true'
-  echo '[plugins."io.containerd.grpc.v1.cri".cni]'
-  echo '  bin_dir = "/usr/lib/cni"'
-  echo "  conf_dir = \"$CTRD/cni\""
-  for r in registry.k8s.io k8s.gcr.io gcr.io public.ecr.aws; do
-    echo "[plugins.\"io.containerd.grpc.v1.cri\".registry.mirrors.\"$r\"]"
-    echo "  endpoint = [\"http://$REGISTRY_ADDR\"]"
-  done
-} > "$CTRD/config.toml"
-containerd --config "$CTRD/config.toml" >"$CTRD/log" 2>&1 &
-CTRD_PID=$!
-ctrd_cleanup() {
-  local rc=$?
-  set +e # cleanup must run to the end whatever fails on the way
-  timeout 120 "$BIN/crictl" --runtime-endpoint "unix://$CTRD/containerd.sock" rmp -a -f >/dev/null 2>&1 || true
-  kill "$CTRD_PID" 2>/dev/null || true
-  wait "$CTRD_PID" 2>/dev/null || true
-  # containerd's shims outlive it; they belong to this run only.
-  pkill -f -- "$CTRD/state" 2>/dev/null || true
-  for m in $(awk -v d="$CTRD" 'index($2, d) == 1 {print $2}' /proc/self/mounts | sort -r); do umount -l "$m"; done
-  ip link del ctrd0 2>/dev/null
-  (exit $rc)
-  cocoon_cleanup
-}
-trap ctrd_cleanup EXIT
-for _ in $(seq 1 100); do [ -S "$CTRD/containerd.sock" ] && break; sleep 0.1; done
+ctrd_start
 
 IMAGE=registry.k8s.io/e2e-test-images/busybox:1.29-2
 now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
@@ -76,7 +37,7 @@ measure() {
 }
 
 read -r c_runp c_full < <(measure "$SOCK")
-read -r d_runp d_full < <(measure "$CTRD/containerd.sock")
+read -r d_runp d_full < <(measure "$CTRD_SOCK")
 echo "pods: $RUNS runs each, same images, same CNI plugins, QEMU under ${COCOON_ACCEL:-tcg}"
 echo "  RunPodSandbox median:        cocoond $c_runp ms, containerd+runc $d_runp ms, ratio $(awk -v a="$c_runp" -v b="$d_runp" 'BEGIN{printf "%.1f", a/b}')"
 echo "  pod + container running:     cocoond $c_full ms, containerd+runc $d_full ms, ratio $(awk -v a="$c_full" -v b="$d_full" 'BEGIN{printf "%.1f", a/b}')"

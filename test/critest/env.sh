@@ -8,11 +8,15 @@ REGISTRY_ADDR=${REGISTRY_ADDR:-127.0.0.1:5000}
 WORK=$(mktemp -d /tmp/cocoon-test.XXXXXX)
 SOCK=$WORK/run/cocoon.sock
 COCOOND_PID=
+CTRD=$WORK/containerd
+CTRD_SOCK=$CTRD/containerd.sock
+CTRD_PID=
 COCOON_REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 
 cocoon_cleanup() {
   local rc=$?
   set +e # cleanup must run to the end whatever fails on the way
+  [ -n "$CTRD_PID" ] && ctrd_stop
   # Pods outlive cocoond by design (their VMs keep running): remove them all
   # first, through CRI, so their VMs stop and CNI DEL frees their addresses.
   if [ -n "$COCOOND_PID" ] && kill -0 "$COCOOND_PID" 2>/dev/null; then
@@ -86,4 +90,48 @@ cocoon_start_daemon() {
 cocoon_crictl() {
   printf 'runtime-endpoint: unix://%s\nimage-endpoint: unix://%s\ntimeout: 120\n' "$SOCK" "$SOCK" > "$WORK/crictl.yaml"
   "$BIN/crictl" --config "$WORK/crictl.yaml" "$@"
+}
+
+# The baseline: Debian's containerd + runc with its own root, state and
+# socket (never the system's), mirrors to the same local registry and the
+# same CNI plugins on a bridge of its own.
+ctrd_start() {
+  command -v containerd >/dev/null || { echo "containerd not installed (make deps installs it)" >&2; return 1; }
+  mkdir -p "$CTRD/cni"
+  CNI_CONF_DIR=$CTRD/cni "$COCOON_REPO/hack/install-cni-default.sh" >/dev/null
+  sed -i 's/"cocoon0"/"ctrd0"/; s/"name": "cocoon"/"name": "ctrd"/; s#10.88.0.0/16#10.89.0.0/16#' "$CTRD/cni/10-cocoon.conflist"
+  {
+    echo 'version = 2'
+    echo "root = \"$CTRD/root\""
+    echo "state = \"$CTRD/state\""
+    echo '[grpc]'
+    echo "  address = \"$CTRD_SOCK\""
+    echo '[plugins."io.containerd.grpc.v1.cri"]'
+    echo '  sandbox_image = "registry.k8s.io/pause:3.9"'
+    echo '  restrict_oom_score_adj = true'
+    echo '[plugins."io.containerd.grpc.v1.cri".cni]'
+    echo '  bin_dir = "/usr/lib/cni"'
+    echo "  conf_dir = \"$CTRD/cni\""
+    for r in registry.k8s.io k8s.gcr.io gcr.io public.ecr.aws; do
+      echo "[plugins.\"io.containerd.grpc.v1.cri\".registry.mirrors.\"$r\"]"
+      echo "  endpoint = [\"http://$REGISTRY_ADDR\"]"
+    done
+  } > "$CTRD/config.toml"
+  containerd --config "$CTRD/config.toml" >"$CTRD/log" 2>&1 &
+  CTRD_PID=$!
+  for _ in $(seq 1 100); do [ -S "$CTRD_SOCK" ] && return 0; sleep 0.1; done
+  echo "containerd did not come up; log:" >&2; tail -n 20 "$CTRD/log" >&2; return 1
+}
+
+ctrd_stop() {
+  timeout 120 "$BIN/crictl" --runtime-endpoint "unix://$CTRD_SOCK" rmp -a -f >/dev/null 2>&1
+  kill "$CTRD_PID" 2>/dev/null
+  wait "$CTRD_PID" 2>/dev/null
+  CTRD_PID=
+  # containerd's shims outlive it; they belong to this run only.
+  pkill -f -- "$CTRD/state" 2>/dev/null
+  local m
+  for m in $(awk -v d="$CTRD" 'index($2, d) == 1 {print $2}' /proc/self/mounts | sort -r); do umount -l "$m"; done
+  ip link del ctrd0 2>/dev/null
+  return 0
 }
