@@ -11,6 +11,7 @@ import (
 
 	"github.com/cocoon-runtime/cocoon/errdefs"
 	"github.com/cocoon-runtime/cocoon/metrics"
+	"github.com/cocoon-runtime/cocoon/metrics/metricstest"
 )
 
 // TestInstrumentRecordsRequests runs unary and stream RPCs through the wrapper
@@ -50,10 +51,7 @@ func TestInstrumentRecordsRequests(t *testing.T) {
 			continue
 		}
 		for _, sample := range f.GetMetric() {
-			labels := map[string]string{}
-			for _, l := range sample.GetLabel() {
-				labels[l.GetName()] = l.GetValue()
-			}
+			labels := metricstest.Labels(sample)
 			got[labels["method"]+" "+labels["code"]] = sample.GetHistogram().GetSampleCount()
 		}
 	}

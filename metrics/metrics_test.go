@@ -4,17 +4,17 @@ import (
 	"context"
 	"errors"
 	"net"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/containerd/ttrpc"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	agentapi "github.com/cocoon-runtime/cocoon/api/agent"
+	"github.com/cocoon-runtime/cocoon/api/agent/agenttest"
+	"github.com/cocoon-runtime/cocoon/metrics/metricstest"
 	"github.com/cocoon-runtime/cocoon/vm"
 )
 
@@ -86,7 +86,7 @@ func histogramCount(t *testing.T, m *Metrics, name string, labels map[string]str
 	if err != nil {
 		t.Fatal(err)
 	}
-	return findSample(families, name, labels).GetHistogram().GetSampleCount()
+	return metricstest.Find(families, name, labels).GetHistogram().GetSampleCount()
 }
 
 // fakeHealth is a hand-written agent Health service: Check answers, Version
@@ -110,19 +110,8 @@ func (f *fakeHealth) Version(context.Context, *agentapi.CheckRequest) (*agentapi
 // TestAgentErrorsThroughTheInterceptor runs real ttRPC calls through the
 // client interceptor vm.ObserveAgentCalls installs.
 func TestAgentErrorsThroughTheInterceptor(t *testing.T) {
-	sock := filepath.Join(t.TempDir(), "agent.sock")
-	lis, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := ttrpc.NewServer()
-	if err != nil {
-		t.Fatal(err)
-	}
 	health := &fakeHealth{}
-	agentapi.RegisterHealthService(srv, health)
-	go func() { _ = srv.Serve(context.Background(), lis) }()
-	t.Cleanup(func() { srv.Close() })
+	sock := agenttest.ServeHealth(t, health)
 
 	m := New(nil)
 	client, err := vm.WaitAgent(context.Background(), func(ctx context.Context) (net.Conn, error) {

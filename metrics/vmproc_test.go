@@ -10,8 +10,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
-	dto "github.com/prometheus/client_model/go"
 
+	"github.com/cocoon-runtime/cocoon/metrics/metricstest"
 	"github.com/cocoon-runtime/cocoon/sandbox"
 	"github.com/cocoon-runtime/cocoon/vm"
 )
@@ -177,31 +177,8 @@ func TestVMProcessCollectorLive(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rss := findSample(families, "cocoon_vm_memory_rss_bytes", map[string]string{"sandbox_id": "self", "process": "vmm"})
+	rss := metricstest.Find(families, "cocoon_vm_memory_rss_bytes", map[string]string{"sandbox_id": "self", "process": "vmm"})
 	if rss == nil || rss.GetGauge().GetValue() <= 0 {
 		t.Fatalf("no positive RSS for this process in %v", families)
 	}
-}
-
-// findSample returns the metric of family name whose labels include want.
-func findSample(families []*dto.MetricFamily, name string, want map[string]string) *dto.Metric {
-	for _, f := range families {
-		if f.GetName() != name {
-			continue
-		}
-	next:
-		for _, m := range f.GetMetric() {
-			got := map[string]string{}
-			for _, l := range m.GetLabel() {
-				got[l.GetName()] = l.GetValue()
-			}
-			for k, v := range want {
-				if got[k] != v {
-					continue next
-				}
-			}
-			return m
-		}
-	}
-	return nil
 }

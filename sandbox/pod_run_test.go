@@ -13,11 +13,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/containerd/ttrpc"
 	"github.com/sirupsen/logrus"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
-	agentapi "github.com/cocoon-runtime/cocoon/api/agent"
+	"github.com/cocoon-runtime/cocoon/api/agent/agenttest"
 	"github.com/cocoon-runtime/cocoon/config"
 	"github.com/cocoon-runtime/cocoon/errdefs"
 	"github.com/cocoon-runtime/cocoon/vm"
@@ -95,35 +94,6 @@ func (v *fakeVMM) DialAgent(ctx context.Context) (net.Conn, error) {
 	}
 	<-ctx.Done() // no agent answers
 	return nil, ctx.Err()
-}
-
-// healthOnlyAgent serves an agent that passes its health check but has no
-// Agent service, so guest setup fails after a good boot. It returns the socket.
-func healthOnlyAgent(t *testing.T) string {
-	t.Helper()
-	sock := filepath.Join(t.TempDir(), "agent.sock")
-	lis, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := ttrpc.NewServer()
-	if err != nil {
-		t.Fatal(err)
-	}
-	agentapi.RegisterHealthService(srv, healthy{})
-	go func() { _ = srv.Serve(context.Background(), lis) }()
-	t.Cleanup(func() { srv.Close() })
-	return sock
-}
-
-type healthy struct{}
-
-func (healthy) Check(context.Context, *agentapi.CheckRequest) (*agentapi.CheckResponse, error) {
-	return &agentapi.CheckResponse{Status: agentapi.CheckResponse_SERVING}, nil
-}
-
-func (healthy) Version(context.Context, *agentapi.CheckRequest) (*agentapi.VersionResponse, error) {
-	return &agentapi.VersionResponse{}, nil
 }
 
 // fakeBoots records boot observations.
@@ -229,7 +199,8 @@ func TestRunPodFailureLeavesNothing(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			netw := &fakeNetwork{attachErr: tt.netErr}
 			if tt.agent {
-				tt.driver.agentSock = healthOnlyAgent(t)
+				// Healthy, but with no Agent service: guest setup fails after a good boot.
+				tt.driver.agentSock = agenttest.ServeHealth(t, agenttest.Healthy{})
 			}
 			m := testManager(t, netw, tt.driver)
 			if !tt.noGuest {

@@ -13,6 +13,8 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/cocoon-runtime/cocoon/metrics/metricstest"
 )
 
 // TestMetricsEndpoint runs one pod and scrapes cocoond's /metrics over HTTP:
@@ -81,7 +83,7 @@ func TestMetricsEndpoint(t *testing.T) {
 		{"process_resident_memory_bytes", nil, atLeast(1)},
 	}
 	for _, ck := range checks {
-		m := sample(families, ck.family, ck.labels)
+		m := metricstest.Find(families, ck.family, ck.labels)
 		if m == nil {
 			t.Errorf("%s%v missing", ck.family, ck.labels)
 			continue
@@ -96,12 +98,12 @@ func TestMetricsEndpoint(t *testing.T) {
 		t.Fatal(err)
 	}
 	families, _ = scrape(t, e.metrics)
-	if m := sample(families, "cocoon_vm_memory_rss_bytes", map[string]string{"sandbox_id": podID}); m != nil {
+	if m := metricstest.Find(families, "cocoon_vm_memory_rss_bytes", map[string]string{"sandbox_id": podID}); m != nil {
 		t.Errorf("removed pod still reported: %v", m)
 	}
 }
 
-func scrape(t *testing.T, addr string) (map[string]*dto.MetricFamily, string) {
+func scrape(t *testing.T, addr string) ([]*dto.MetricFamily, string) {
 	t.Helper()
 	client := http.Client{Timeout: 10 * time.Second}
 	resp, err := client.Get("http://" + addr + "/metrics")
@@ -114,29 +116,15 @@ func scrape(t *testing.T, addr string) (map[string]*dto.MetricFamily, string) {
 		t.Fatalf("GET /metrics: %s, %v", resp.Status, err)
 	}
 	parser := expfmt.NewTextParser(model.UTF8Validation)
-	families, err := parser.TextToMetricFamilies(strings.NewReader(string(body)))
+	byName, err := parser.TextToMetricFamilies(strings.NewReader(string(body)))
 	if err != nil {
 		t.Fatalf("parsing /metrics: %v", err)
 	}
-	return families, string(body)
-}
-
-// sample is the family's first series whose labels include want.
-func sample(families map[string]*dto.MetricFamily, name string, want map[string]string) *dto.Metric {
-next:
-	for _, m := range families[name].GetMetric() {
-		got := map[string]string{}
-		for _, l := range m.GetLabel() {
-			got[l.GetName()] = l.GetValue()
-		}
-		for k, v := range want {
-			if got[k] != v {
-				continue next
-			}
-		}
-		return m
+	var families []*dto.MetricFamily
+	for _, f := range byName {
+		families = append(families, f)
 	}
-	return nil
+	return families, string(body)
 }
 
 func with(labels map[string]string, k, v string) map[string]string {
