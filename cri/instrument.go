@@ -26,11 +26,12 @@ var quiet = map[string]bool{
 }
 
 // Instrument is the unary interceptor every CRI RPC passes through: it recovers
-// panics, maps internal errors to gRPC codes and logs one structured line.
+// panics, maps internal errors to gRPC codes, logs one structured line and
+// reports the method, code and duration to Options.Requests.
 func (s *Server) Instrument(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (resp any, err error) {
 	start := time.Now()
 	method := path.Base(info.FullMethod)
-	defer s.recoverPanic(method, &err)
+	defer s.recoverPanic(method, start, &err)
 	resp, err = handler(ctx, req)
 	err = s.finish(method, requestFields(req), start, err)
 	return resp, err
@@ -40,25 +41,36 @@ func (s *Server) Instrument(ctx context.Context, req any, info *grpc.UnaryServer
 func (s *Server) InstrumentStream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) (err error) {
 	start := time.Now()
 	method := path.Base(info.FullMethod)
-	defer s.recoverPanic(method, &err)
+	defer s.recoverPanic(method, start, &err)
 	err = handler(srv, ss)
 	return s.finish(method, logrus.Fields{}, start, err)
 }
 
-func (s *Server) recoverPanic(method string, err *error) {
+func (s *Server) recoverPanic(method string, start time.Time, err *error) {
 	if r := recover(); r != nil {
 		s.log.WithField("method", method).Errorf("panic: %v\n%s", r, debug.Stack())
 		*err = status.Errorf(codes.Internal, "%s: internal error: %v", method, r)
+		s.observe(method, codes.Internal, start)
 	}
+}
+
+// observe reports one finished RPC to Options.Requests and returns its duration.
+func (s *Server) observe(method string, code codes.Code, start time.Time) time.Duration {
+	took := time.Since(start)
+	if s.opts.Requests != nil {
+		s.opts.Requests.ObserveRequest(method, code, took)
+	}
+	return took
 }
 
 // finish maps err to a gRPC status and logs the call's one line.
 func (s *Server) finish(method string, fields logrus.Fields, start time.Time, err error) error {
 	err = toStatus(err)
 	code := status.Code(err)
+	took := s.observe(method, code, start)
 	entry := s.log.WithFields(fields).WithFields(logrus.Fields{
 		"method": method,
-		"took":   time.Since(start).String(),
+		"took":   took.String(),
 		"code":   code.String(),
 	})
 	switch {

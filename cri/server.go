@@ -6,9 +6,11 @@ package cri
 import (
 	"context"
 	"sync"
+	"time"
 
 	"github.com/sirupsen/logrus"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/cocoon-runtime/cocoon/image"
@@ -37,6 +39,14 @@ type Options struct {
 	GraphRoot string
 	// StatusInfo is extra verbose information for Status (effective config and so on).
 	StatusInfo map[string]string
+	// Requests is told each RPC's method, code and duration; nil is fine.
+	Requests RequestObserver
+}
+
+// RequestObserver learns the outcome of every CRI RPC (metrics/ implements
+// it). method is the short RPC name ("RunPodSandbox").
+type RequestObserver interface {
+	ObserveRequest(method string, code codes.Code, d time.Duration)
 }
 
 // Server implements both CRI services.

@@ -58,8 +58,12 @@ func ParseReference(ref string) (reference.Named, error) {
 	return reference.TagNameOnly(named), nil
 }
 
-func (s *Service) pull(ctx context.Context, named reference.Named, auth *Auth) (PullResult, error) {
+func (s *Service) pull(ctx context.Context, named reference.Named, auth *Auth) (res PullResult, err error) {
 	start := time.Now()
+	var bytes uint64
+	if s.observer != nil {
+		defer func() { s.observer.ObservePull(bytes, time.Since(start), err) }()
+	}
 	log := s.log.WithField("image", named.String())
 	srcRef, err := docker.NewReference(named)
 	if err != nil {
@@ -81,7 +85,6 @@ func (s *Service) pull(ctx context.Context, named reference.Named, auth *Auth) (
 	sysregistriesv2.InvalidateCache()
 	sys := s.systemContext(auth)
 	progress := make(chan types.ProgressProperties)
-	var bytes uint64
 	var logged sync.WaitGroup
 	logged.Add(1)
 	go func() {
@@ -108,7 +111,7 @@ func (s *Service) pull(ctx context.Context, named reference.Named, auth *Auth) (
 	if err != nil {
 		return PullResult{}, fmt.Errorf("pulled image not found in store: %w", err)
 	}
-	res := PullResult{ID: "sha256:" + img.ID, Bytes: bytes, Took: time.Since(start)}
+	res = PullResult{ID: "sha256:" + img.ID, Bytes: bytes, Took: time.Since(start)}
 	log.WithFields(logrus.Fields{"id": res.ID, "bytes": res.Bytes, "took": res.Took.String()}).Info("pulled image")
 	return res, nil
 }

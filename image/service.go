@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"sync"
+	"time"
 
 	"github.com/sirupsen/logrus"
 	"go.podman.io/image/v5/signature"
@@ -25,15 +26,31 @@ type Service struct {
 	driver string
 	log    *logrus.Entry
 
-	pulls pullGroup
+	pulls    pullGroup
+	observer PullObserver
 
 	mu      sync.Mutex
 	configs map[string]*imageConfig // image ID → parsed config; images are immutable
 }
 
+// PullObserver learns about every download (metrics/ implements it): the
+// bytes read from the registry, how long it took, and whether it failed.
+// Callers that join a running pull share its one observation.
+type PullObserver interface {
+	ObservePull(bytes uint64, d time.Duration, err error)
+}
+
+// Option adjusts a Service.
+type Option func(*Service)
+
+// WithPullObserver reports every download to o.
+func WithPullObserver(o PullObserver) Option {
+	return func(s *Service) { s.observer = o }
+}
+
 // New opens (or creates) the store under cfg.GraphRoot. When the overlay
 // driver cannot work on this kernel or filesystem it falls back to vfs.
-func New(cfg config.Image, log *logrus.Entry) (*Service, error) {
+func New(cfg config.Image, log *logrus.Entry, options ...Option) (*Service, error) {
 	opts := storage.StoreOptions{
 		RunRoot:         cfg.RunRoot,
 		GraphRoot:       cfg.GraphRoot,
@@ -56,6 +73,9 @@ func New(cfg config.Image, log *logrus.Entry) (*Service, error) {
 		configs: map[string]*imageConfig{},
 	}
 	s.pulls.m = map[string]*flight{}
+	for _, o := range options {
+		o(s)
+	}
 	return s, nil
 }
 

@@ -239,9 +239,47 @@ func TestPullErrors(t *testing.T) {
 	}
 }
 
+// fakePulls records pull observations.
+type fakePulls struct {
+	mu    sync.Mutex
+	bytes []uint64
+	errs  []error
+}
+
+func (f *fakePulls) ObservePull(bytes uint64, _ time.Duration, err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.bytes = append(f.bytes, bytes)
+	f.errs = append(f.errs, err)
+}
+
+func TestPullObserver(t *testing.T) {
+	reg := newTestRegistry(t, false)
+	s := newTestService(t, reg)
+	obs := &fakePulls{}
+	WithPullObserver(obs)(s)
+	reg.push(t, "", "app/seen:1")
+	ctx := context.Background()
+	if _, err := s.Pull(ctx, reg.host+"/app/seen:1", nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Pull(ctx, reg.host+"/app/none:1", nil); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Fatalf("missing image: %v", err)
+	}
+	// A malformed reference never starts a download: nothing to observe.
+	if _, err := s.Pull(ctx, "UPPER/Case::bad", nil); !errors.Is(err, errdefs.ErrInvalidArgument) {
+		t.Fatalf("malformed reference: %v", err)
+	}
+	if len(obs.errs) != 2 || obs.errs[0] != nil || obs.bytes[0] == 0 || !errors.Is(obs.errs[1], errdefs.ErrNotFound) {
+		t.Fatalf("observed bytes %v errors %v", obs.bytes, obs.errs)
+	}
+}
+
 func TestConcurrentPullsShareOneDownload(t *testing.T) {
 	reg := newTestRegistry(t, false)
 	s := newTestService(t, reg)
+	obs := &fakePulls{}
+	WithPullObserver(obs)(s)
 	reg.push(t, "1000", "app/shared:1")
 	reg.slowBlobs.Store(true)
 	before := reg.blobGets.Load()
@@ -275,6 +313,9 @@ func TestConcurrentPullsShareOneDownload(t *testing.T) {
 	}
 	if nShared != callers-1 {
 		t.Fatalf("%d callers joined the first pull, want %d", nShared, callers-1)
+	}
+	if len(obs.errs) != 1 {
+		t.Fatalf("%d pulls observed for one shared download", len(obs.errs))
 	}
 }
 

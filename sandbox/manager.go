@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"time"
 
 	"github.com/containerd/ttrpc"
 	"github.com/sirupsen/logrus"
@@ -34,6 +35,12 @@ type images interface {
 	Store() storage.Store
 }
 
+// BootObserver learns how each pod VM boot went (metrics/ implements it):
+// d runs from starting the VMM to a healthy agent, or to the failure.
+type BootObserver interface {
+	ObserveBoot(handler, vmm string, d time.Duration, err error)
+}
+
 // Options wire a Manager.
 type Options struct {
 	StateDir string // persisted records: <StateDir>/pods, <StateDir>/containers
@@ -46,6 +53,9 @@ type Options struct {
 	Network network
 	Images  images
 	Log     *logrus.Entry
+	// Boot and AgentCalls are told about VM boots and agent calls; nil is fine.
+	Boot       BootObserver
+	AgentCalls vm.AgentCallObserver
 }
 
 // Manager runs pods in VMs and containers in pods.
@@ -100,6 +110,17 @@ func New(opts Options, podCIDR func() string) (*Manager, error) {
 		_ = m.ctrNames.reserve(c.Name, c.ID)
 	}
 	return m, nil
+}
+
+func (m *Manager) observeBoot(handler, vmm string, start time.Time, err error) {
+	if m.opts.Boot != nil {
+		m.opts.Boot.ObserveBoot(handler, vmm, time.Since(start), err)
+	}
+}
+
+// waitAgent connects to a pod VM's agent with the client every pod uses.
+func (m *Manager) waitAgent(ctx context.Context, v vm.VMM) (*ttrpc.Client, error) {
+	return vm.WaitAgent(ctx, v.DialAgent, vm.ObserveAgentCalls(m.opts.AgentCalls))
 }
 
 func newID() string {

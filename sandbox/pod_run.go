@@ -79,6 +79,9 @@ func (m *Manager) RunPod(ctx context.Context, cfg *runtimeapi.PodSandboxConfig, 
 	log := m.opts.Log.WithFields(logrus.Fields{"pod": id, "name": name})
 	rt := &podRuntime{outputs: map[string]*output{}}
 	var net *PodNetwork
+	// The boot runs from starting the VMM to a healthy agent.
+	var bootStart time.Time
+	booted := false
 
 	bootCtx, cancel := context.WithTimeout(ctx, h.BootTimeout.Std())
 	defer cancel()
@@ -113,6 +116,7 @@ func (m *Manager) RunPod(ctx context.Context, cfg *runtimeapi.PodSandboxConfig, 
 			// kubelet sends the pod's summed limits: boot a VM that fits them
 			// rather than hotplugging right after.
 			vcpus, mem := fitResources(h.VCPUs, h.MemoryMiB, h, cfg.GetLinux().GetResources())
+			bootStart = time.Now()
 			v, err := driver.Create(ctx, &vm.Spec{
 				ID: id, RunDir: filepath.Join(m.opts.VMDir, id[:16]),
 				Kernel: g.KernelPath(), Initramfs: g.InitramfsPath(), KernelArgs: h.KernelArgs,
@@ -131,10 +135,12 @@ func (m *Manager) RunPod(ctx context.Context, cfg *runtimeapi.PodSandboxConfig, 
 			return nil, rt.vmm.Start(ctx)
 		}},
 		{Name: "agent", Run: func(ctx context.Context) (func() error, error) {
-			c, err := vm.WaitAgent(ctx, rt.vmm.DialAgent)
+			c, err := m.waitAgent(ctx, rt.vmm)
 			if err != nil {
 				return nil, err
 			}
+			booted = true
+			m.observeBoot(handler, h.VMM, bootStart, nil)
 			rt.client, rt.agent = c, agentapi.NewAgentClient(c)
 			return c.Close, nil
 		}},
@@ -156,6 +162,9 @@ func (m *Manager) RunPod(ctx context.Context, cfg *runtimeapi.PodSandboxConfig, 
 		}},
 	}
 	if _, err := vm.RunSteps(bootCtx, log, steps); err != nil {
+		if !bootStart.IsZero() && !booted {
+			m.observeBoot(handler, h.VMM, bootStart, err)
+		}
 		if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
 			err = fmt.Errorf("pod did not boot within %v: %w", h.BootTimeout.Std(), err)
 		}

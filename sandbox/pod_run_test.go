@@ -9,12 +9,14 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/sirupsen/logrus"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/cocoon-runtime/cocoon/api/agent/agenttest"
 	"github.com/cocoon-runtime/cocoon/config"
 	"github.com/cocoon-runtime/cocoon/errdefs"
 	"github.com/cocoon-runtime/cocoon/vm"
@@ -43,6 +45,7 @@ func (f *fakeNetwork) Detach(context.Context, string, string) error { f.detached
 // fakeDriver makes fakeVMMs that fail where told.
 type fakeDriver struct {
 	createErr, startErr error
+	agentSock           string // where a fake agent listens; "" means none answers
 	made                []*fakeVMM
 }
 
@@ -52,7 +55,7 @@ func (d *fakeDriver) Create(_ context.Context, spec *vm.Spec) (vm.VMM, error) {
 	if d.createErr != nil {
 		return nil, d.createErr
 	}
-	v := &fakeVMM{spec: spec, startErr: d.startErr, done: make(chan struct{})}
+	v := &fakeVMM{spec: spec, startErr: d.startErr, agentSock: d.agentSock, done: make(chan struct{})}
 	d.made = append(d.made, v)
 	return v, nil
 }
@@ -60,10 +63,11 @@ func (d *fakeDriver) Create(_ context.Context, spec *vm.Spec) (vm.VMM, error) {
 func (d *fakeDriver) Adopt(context.Context, *vm.State) (vm.VMM, error) { return nil, vm.ErrNotRunning }
 
 type fakeVMM struct {
-	spec     *vm.Spec
-	startErr error
-	stopped  bool
-	done     chan struct{}
+	spec      *vm.Spec
+	startErr  error
+	agentSock string
+	stopped   bool
+	done      chan struct{}
 }
 
 func (v *fakeVMM) Start(context.Context) error { return v.startErr }
@@ -84,8 +88,39 @@ func (v *fakeVMM) Resize(context.Context, uint32, uint64) error { return nil }
 func (v *fakeVMM) Pids() []int                                  { return nil }
 func (v *fakeVMM) State() *vm.State                             { return &vm.State{ID: v.spec.ID, RunDir: v.spec.RunDir} }
 func (v *fakeVMM) DialAgent(ctx context.Context) (net.Conn, error) {
-	<-ctx.Done() // no agent ever answers in these tests
+	if v.agentSock != "" {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", v.agentSock)
+	}
+	<-ctx.Done() // no agent answers
 	return nil, ctx.Err()
+}
+
+// fakeBoots records boot observations.
+type fakeBoots struct {
+	ok, failed []string // handler/vmm of each boot
+}
+
+func (f *fakeBoots) ObserveBoot(handler, vmm string, d time.Duration, err error) {
+	if err != nil {
+		f.failed = append(f.failed, handler+"/"+vmm)
+		return
+	}
+	f.ok = append(f.ok, handler+"/"+vmm)
+}
+
+// fakeAgentCalls records the methods of failed agent calls.
+type fakeAgentCalls struct {
+	mu     sync.Mutex
+	failed []string
+}
+
+func (f *fakeAgentCalls) ObserveAgentCall(_ context.Context, method string, err error) {
+	if err != nil {
+		f.mu.Lock()
+		f.failed = append(f.failed, method)
+		f.mu.Unlock()
+	}
 }
 
 func testManager(t *testing.T, netw *fakeNetwork, d *fakeDriver) *Manager {
@@ -99,9 +134,11 @@ func testManager(t *testing.T, netw *fakeNetwork, d *fakeDriver) *Manager {
 		Runtime: config.Runtime{DefaultHandler: "h", GuestDir: guestDir, Handlers: map[string]config.Handler{
 			"h": {VMM: "fake", VCPUs: 1, MemoryMiB: 256, BootTimeout: config.Duration(300 * time.Millisecond), GuestDir: guestDir},
 		}},
-		Drivers: map[string]vm.Driver{"fake": d},
-		Network: netw,
-		Log:     logrus.NewEntry(log),
+		Drivers:    map[string]vm.Driver{"fake": d},
+		Network:    netw,
+		Log:        logrus.NewEntry(log),
+		Boot:       &fakeBoots{},
+		AgentCalls: &fakeAgentCalls{},
 	}, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -147,15 +184,24 @@ func TestRunPodFailureLeavesNothing(t *testing.T) {
 		noGuest   bool
 		wantVMs   int
 		wantStops int
+		// The boot counts as failed once the VMM was being started, and as
+		// good once the agent is healthy, whatever follows.
+		wantBootFailed, wantBootOK bool
+		agent                      bool
 	}{
 		{name: "network fails", netErr: errors.New("CNI ADD failed"), driver: &fakeDriver{}},
 		{name: "no guest installed", driver: &fakeDriver{}, noGuest: true},
-		{name: "VMM create fails", driver: &fakeDriver{createErr: errors.New("no qemu")}},
-		{name: "VM start fails", driver: &fakeDriver{startErr: errors.New("cont failed")}, wantVMs: 1, wantStops: 1},
-		{name: "agent never answers", driver: &fakeDriver{}, wantVMs: 1, wantStops: 1},
+		{name: "VMM create fails", driver: &fakeDriver{createErr: errors.New("no qemu")}, wantBootFailed: true},
+		{name: "VM start fails", driver: &fakeDriver{startErr: errors.New("cont failed")}, wantVMs: 1, wantStops: 1, wantBootFailed: true},
+		{name: "agent never answers", driver: &fakeDriver{}, wantVMs: 1, wantStops: 1, wantBootFailed: true},
+		{name: "guest setup fails", driver: &fakeDriver{}, agent: true, wantVMs: 1, wantStops: 1, wantBootOK: true},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			netw := &fakeNetwork{attachErr: tt.netErr}
+			if tt.agent {
+				// Healthy, but with no Agent service: guest setup fails after a good boot.
+				tt.driver.agentSock = agenttest.ServeHealth(t, agenttest.Healthy{})
+			}
 			m := testManager(t, netw, tt.driver)
 			if !tt.noGuest {
 				installFakeGuest(t, m.opts.Runtime.GuestDir)
@@ -176,6 +222,22 @@ func TestRunPodFailureLeavesNothing(t *testing.T) {
 			}
 			if len(m.Pods()) != 0 {
 				t.Errorf("pod stored: %+v", m.Pods())
+			}
+			boots := m.opts.Boot.(*fakeBoots)
+			var wantOK, wantFailed []string
+			if tt.wantBootFailed {
+				wantFailed = []string{"h/fake"}
+			}
+			if tt.wantBootOK {
+				wantOK = []string{"h/fake"}
+			}
+			if fmt.Sprint(boots.ok) != fmt.Sprint(wantOK) || fmt.Sprint(boots.failed) != fmt.Sprint(wantFailed) {
+				t.Errorf("boots ok %v failed %v, want ok %v failed %v", boots.ok, boots.failed, wantOK, wantFailed)
+			}
+			// The pod's agent client reports its calls: the agent here has no
+			// Agent service, so CreateSandbox fails.
+			if calls := m.opts.AgentCalls.(*fakeAgentCalls); tt.agent && fmt.Sprint(calls.failed) != "[CreateSandbox]" {
+				t.Errorf("failed agent calls %v, want [CreateSandbox]", calls.failed)
 			}
 			if entries, _ := os.ReadDir(m.opts.RunDir); len(entries) != 0 {
 				t.Errorf("run dir left: %v", entries)

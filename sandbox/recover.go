@@ -42,7 +42,7 @@ func (m *Manager) recoverPod(ctx context.Context, p Pod) error {
 	}
 	actx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	client, err := vm.WaitAgent(actx, v.DialAgent)
+	client, err := m.waitAgent(actx, v)
 	if err != nil {
 		_ = v.Stop(ctx)
 		return err

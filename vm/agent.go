@@ -4,9 +4,12 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"path"
 	"time"
 
 	"github.com/containerd/ttrpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	agentapi "github.com/cocoon-runtime/cocoon/api/agent"
 )
@@ -18,13 +21,14 @@ type Dialer func(ctx context.Context) (net.Conn, error)
 // ends; it returns the connected client. Over virtio-serial the VMM holds what
 // we write until the guest opens its port, so the first check waits long
 // (short ones would be answered late, after their caller gave up); later
-// checks are short in case the first was lost.
-func WaitAgent(ctx context.Context, dial Dialer) (*ttrpc.Client, error) {
+// checks are short in case the first was lost. opts configure the client
+// (ObserveAgentCalls, for one).
+func WaitAgent(ctx context.Context, dial Dialer, opts ...ttrpc.ClientOpts) (*ttrpc.Client, error) {
 	conn, err := dialRetry(ctx, dial)
 	if err != nil {
 		return nil, err
 	}
-	client := ttrpc.NewClient(conn)
+	client := ttrpc.NewClient(conn, opts...)
 	health := agentapi.NewHealthClient(client)
 	attempt := 10 * time.Second
 	for {
@@ -54,4 +58,30 @@ func dialRetry(ctx context.Context, dial Dialer) (net.Conn, error) {
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
+}
+
+// AgentCallObserver learns the outcome of every unary call to an agent
+// (metrics/ counts the failures). err is nil for a successful call.
+type AgentCallObserver interface {
+	ObserveAgentCall(ctx context.Context, method string, err error)
+}
+
+// ObserveAgentCalls is a client option reporting each unary call's short
+// method name ("CreateContainer") and error to o. A nil o observes nothing.
+// ttrpc has no client stream interceptors, so streams are not observed.
+func ObserveAgentCalls(o AgentCallObserver) ttrpc.ClientOpts {
+	if o == nil {
+		return func(*ttrpc.Client) {}
+	}
+	return ttrpc.WithUnaryClientInterceptor(func(ctx context.Context, req *ttrpc.Request, resp *ttrpc.Response, info *ttrpc.UnaryClientInfo, invoke ttrpc.Invoker) error {
+		err := invoke(ctx, req, resp)
+		reported := err
+		if reported == nil && resp.Status != nil && codes.Code(resp.Status.Code) != codes.OK {
+			// The agent's own error travels in the response; Call decodes it
+			// only after the interceptor returns.
+			reported = status.ErrorProto(resp.Status)
+		}
+		o.ObserveAgentCall(ctx, path.Base(info.FullMethod), reported)
+		return err
+	})
 }

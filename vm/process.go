@@ -20,18 +20,34 @@ func StartTime(pid int) (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
-	// The command name (field 2) may hold spaces and parentheses: parse after the last ')'.
-	s := string(data)
-	i := strings.LastIndexByte(s, ')')
+	fields, err := StatFields(string(data))
+	if err != nil {
+		return 0, fmt.Errorf("/proc/%d/stat: %w", pid, err)
+	}
+	return strconv.ParseUint(fields[StatStartTime], 10, 64)
+}
+
+// Indexes into StatFields: field N of proc(5)'s /proc/<pid>/stat is N-3.
+const (
+	StatState     = 0  // field 3
+	StatUtime     = 11 // field 14, clock ticks
+	StatStime     = 12 // field 15, clock ticks
+	StatStartTime = 19 // field 22, clock ticks since boot
+)
+
+// StatFields splits a /proc/<pid>/stat line into its fields from field 3
+// (state) on. The command name (field 2) may hold spaces and parentheses, so
+// the split starts after the last ')'.
+func StatFields(stat string) ([]string, error) {
+	i := strings.LastIndexByte(stat, ')')
 	if i < 0 {
-		return 0, fmt.Errorf("malformed /proc/%d/stat", pid)
+		return nil, errors.New("malformed stat: no command name")
 	}
-	fields := strings.Fields(s[i+1:])
-	// fields[0] is field 3 (state); starttime is field 22.
-	if len(fields) < 20 {
-		return 0, fmt.Errorf("short /proc/%d/stat", pid)
+	fields := strings.Fields(stat[i+1:])
+	if len(fields) <= StatStartTime {
+		return nil, fmt.Errorf("short stat: %d fields", len(fields)+2)
 	}
-	return strconv.ParseUint(fields[19], 10, 64)
+	return fields, nil
 }
 
 // Alive reports whether p is still the process it was when recorded.

@@ -21,6 +21,7 @@ import (
 	"github.com/cocoon-runtime/cocoon/config"
 	"github.com/cocoon-runtime/cocoon/cri"
 	"github.com/cocoon-runtime/cocoon/image"
+	"github.com/cocoon-runtime/cocoon/metrics"
 	"github.com/cocoon-runtime/cocoon/sandbox"
 	"github.com/cocoon-runtime/cocoon/version"
 	"github.com/cocoon-runtime/cocoon/vm"
@@ -44,7 +45,10 @@ func serve(loaded *config.Loaded) error {
 			return err
 		}
 	}
-	images, err := image.New(cfg.Image, log.WithField("component", "image"))
+	// Observations are cheap, so the hooks are always wired; only the
+	// endpoint is optional.
+	stats := metrics.New(cfg.Runtime.HandlerNames())
+	images, err := image.New(cfg.Image, log.WithField("component", "image"), image.WithPullObserver(stats))
 	if err != nil {
 		return err
 	}
@@ -72,12 +76,15 @@ func serve(loaded *config.Loaded) error {
 				StateDir: filepath.Join(cfg.Daemon.StateDir, "cni"), Log: log.WithField("component", "cni"),
 			}),
 		},
-		Images: images,
-		Log:    log.WithField("component", "sandbox"),
+		Images:     images,
+		Log:        log.WithField("component", "sandbox"),
+		Boot:       stats,
+		AgentCalls: stats,
 	}, func() string { return server.PodCIDR() })
 	if err != nil {
 		return err
 	}
+	stats.WatchSandboxes(pods)
 	// Pods and VMs outlive cocoond: take them back before serving.
 	if err := pods.Recover(context.Background()); err != nil {
 		log.WithError(err).Warn("recovering pods")
@@ -99,6 +106,7 @@ func serve(loaded *config.Loaded) error {
 		Handlers:     cfg.Runtime.HandlerNames(),
 		GraphRoot:    images.GraphRoot(),
 		StatusInfo:   statusInfo(cfg, images.Driver()),
+		Requests:     stats,
 	}, log.WithField("component", "cri"))
 	g := grpc.NewServer(
 		grpc.UnaryInterceptor(server.Instrument),
@@ -107,6 +115,14 @@ func serve(loaded *config.Loaded) error {
 		grpc.MaxSendMsgSize(maxMsgSize),
 	)
 	server.Register(g)
+
+	if cfg.Metrics.Address != "" {
+		stop, err := serveMetrics(cfg.Metrics.Address, stats.Handler(), log)
+		if err != nil {
+			return fmt.Errorf("metrics: %w", err)
+		}
+		defer stop()
+	}
 
 	lis, err := listen(cfg.Daemon.Socket)
 	if err != nil {
@@ -134,6 +150,30 @@ func serve(loaded *config.Loaded) error {
 	stopGracefully(g, cfg.Daemon.ShutdownTimeout.Std(), log)
 	log.Info("cocoond stopped")
 	return nil
+}
+
+// serveMetrics serves /metrics on addr and logs the address it bound (addr
+// may ask for port 0). stop shuts the server down, waiting briefly for
+// scrapes in flight.
+func serveMetrics(addr string, h http.Handler, log *logrus.Logger) (stop func(), err error) {
+	lis, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", h)
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		if err := srv.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.WithError(err).Error("metrics server stopped")
+		}
+	}()
+	log.WithField("address", lis.Addr().String()).Info("serving metrics")
+	return func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(ctx)
+	}, nil
 }
 
 // stopGracefully lets in-flight RPCs finish, then cuts the rest off.

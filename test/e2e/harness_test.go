@@ -4,6 +4,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -29,6 +30,7 @@ type env struct {
 	dir     string
 	bin     string
 	socket  string
+	metrics string // host:port of /metrics, as the daemon logged it
 	cmd     *exec.Cmd
 	runtime runtimeapi.RuntimeServiceClient
 	images  runtimeapi.ImageServiceClient
@@ -176,6 +178,8 @@ conf_dir = "%[1]s/cni"
 guest_dir = "%[2]s"
 [runtime.handlers.cocoon]
 accel = "tcg"
+[metrics]
+address = "127.0.0.1:0"
 `, dir, guestDirOrDefault()),
 	}
 	for name, body := range files {
@@ -215,6 +219,11 @@ func startDaemon(bin, dir string) (*env, error) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+	// The metrics server starts before the CRI socket, so its line is logged.
+	if e.metrics, err = loggedMetricsAddress(logFile.Name()); err != nil {
+		e.stop()
+		return nil, err
+	}
 	conn, err := grpc.NewClient("unix://"+e.socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		e.stop()
@@ -223,6 +232,22 @@ func startDaemon(bin, dir string) (*env, error) {
 	e.runtime = runtimeapi.NewRuntimeServiceClient(conn)
 	e.images = runtimeapi.NewImageServiceClient(conn)
 	return e, nil
+}
+
+// loggedMetricsAddress finds the address cocoond bound for /metrics (the
+// config asks for port 0) in its JSON log.
+func loggedMetricsAddress(logPath string) (string, error) {
+	data, err := os.ReadFile(logPath)
+	if err != nil {
+		return "", err
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		var entry struct{ Msg, Address string }
+		if json.Unmarshal([]byte(line), &entry) == nil && entry.Msg == "serving metrics" && entry.Address != "" {
+			return entry.Address, nil
+		}
+	}
+	return "", fmt.Errorf("cocoond did not log its metrics address:\n%s", data)
 }
 
 // shutdown removes every pod through CRI (their VMs outlive the daemon by

@@ -1,0 +1,158 @@
+package metrics
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/cocoon-runtime/cocoon/sandbox"
+	"github.com/cocoon-runtime/cocoon/vm"
+)
+
+// clockTicks is USER_HZ, the unit of utime and stime in /proc/<pid>/stat:
+// 100 on every Linux architecture cocoond runs on.
+const clockTicks = 100
+
+var (
+	vmLabels  = []string{"sandbox_id", "pod_name", "pod_namespace", "process"}
+	vmRSSDesc = prometheus.NewDesc(namespace+"_vm_memory_rss_bytes", "Resident memory of a pod VM's host processes.", vmLabels, nil)
+	vmCPUDesc = prometheus.NewDesc(namespace+"_vm_cpu_seconds_total", "CPU time (user + system) of a pod VM's host processes.", vmLabels, nil)
+)
+
+// Values of the process label.
+const (
+	processVMM  = "vmm"
+	processVirt = "virtiofsd"
+)
+
+// procUsage is what /proc says about one process.
+type procUsage struct {
+	startTime uint64 // clock ticks since boot: with the pid, names the process
+	cpuTicks  uint64 // user + system
+	rssBytes  uint64
+}
+
+// readProcUsage reads /proc/<pid>/stat and /proc/<pid>/status under procDir.
+func readProcUsage(procDir string, pid int) (procUsage, error) {
+	dir := filepath.Join(procDir, strconv.Itoa(pid))
+	stat, err := os.ReadFile(filepath.Join(dir, "stat"))
+	if err != nil {
+		return procUsage{}, err
+	}
+	u, err := parseStat(string(stat))
+	if err != nil {
+		return procUsage{}, err
+	}
+	status, err := os.ReadFile(filepath.Join(dir, "status"))
+	if err != nil {
+		return procUsage{}, err
+	}
+	u.rssBytes, err = parseStatusRSS(string(status))
+	return u, err
+}
+
+// parseStat takes start time and CPU time from a /proc/<pid>/stat line.
+func parseStat(stat string) (procUsage, error) {
+	fields, err := vm.StatFields(stat)
+	if err != nil {
+		return procUsage{}, err
+	}
+	var ticks [3]uint64
+	for i, idx := range []int{vm.StatUtime, vm.StatStime, vm.StatStartTime} {
+		if ticks[i], err = strconv.ParseUint(fields[idx], 10, 64); err != nil {
+			return procUsage{}, fmt.Errorf("stat field %d: %w", idx+3, err)
+		}
+	}
+	return procUsage{startTime: ticks[2], cpuTicks: ticks[0] + ticks[1]}, nil
+}
+
+// parseStatusRSS takes VmRSS from /proc/<pid>/status ("VmRSS:   1234 kB").
+// A zombie or kernel thread has no VmRSS: that is an error, as the process
+// has no memory to report.
+func parseStatusRSS(status string) (uint64, error) {
+	sc := bufio.NewScanner(strings.NewReader(status))
+	for sc.Scan() {
+		rest, ok := strings.CutPrefix(sc.Text(), "VmRSS:")
+		if !ok {
+			continue
+		}
+		fields := strings.Fields(rest)
+		if len(fields) != 2 || fields[1] != "kB" {
+			return 0, fmt.Errorf("malformed VmRSS line %q", sc.Text())
+		}
+		kb, err := strconv.ParseUint(fields[0], 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("VmRSS: %w", err)
+		}
+		return kb * 1024, nil
+	}
+	return 0, errors.New("no VmRSS")
+}
+
+// vmProcessCollector reports the RSS and CPU time of every ready pod's VM
+// processes (the VMM and its virtiofsd helpers) on each scrape. It reads the
+// pids from the pod's persisted VM state, which also carries each process's
+// start time, so a pid the kernel reused for something else is never
+// reported as the VM. A process that is gone is skipped.
+type vmProcessCollector struct {
+	store   Sandboxes
+	procDir string
+}
+
+func (c *vmProcessCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- vmRSSDesc
+	ch <- vmCPUDesc
+}
+
+// vmSeries is one label set's sums (a pod may have several virtiofsd).
+type vmSeries struct {
+	labels   []string
+	rss      uint64
+	cpuTicks uint64 // summed as integers, converted once
+}
+
+func (c *vmProcessCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, p := range c.store.Pods() {
+		if p.State != sandbox.StateReady || p.VM == nil {
+			continue
+		}
+		md := p.PodConfig().GetMetadata()
+		byKind := map[string]*vmSeries{}
+		var order []string
+		procs := append([]vm.Process{{Name: processVMM, Pid: p.VM.Pid, StartTime: p.VM.StartTime}}, p.VM.Helpers...)
+		for _, proc := range procs {
+			u, err := readProcUsage(c.procDir, proc.Pid)
+			if err != nil || u.startTime != proc.StartTime {
+				continue // gone, or the pid now belongs to another process
+			}
+			kind := processKind(proc.Name)
+			s, ok := byKind[kind]
+			if !ok {
+				s = &vmSeries{labels: []string{p.ID, md.GetName(), md.GetNamespace(), kind}}
+				byKind[kind] = s
+				order = append(order, kind)
+			}
+			s.rss += u.rssBytes
+			s.cpuTicks += u.cpuTicks
+		}
+		for _, kind := range order {
+			s := byKind[kind]
+			ch <- prometheus.MustNewConstMetric(vmRSSDesc, prometheus.GaugeValue, float64(s.rss), s.labels...)
+			ch <- prometheus.MustNewConstMetric(vmCPUDesc, prometheus.CounterValue, float64(s.cpuTicks)/clockTicks, s.labels...)
+		}
+	}
+}
+
+// processKind maps a helper's name ("virtiofsd-cocoon") to its label value.
+func processKind(name string) string {
+	if strings.HasPrefix(name, processVirt) {
+		return processVirt
+	}
+	return name
+}
