@@ -17,9 +17,12 @@ import (
 	"github.com/cocoon-runtime/cocoon/vm"
 )
 
+// DefaultBinary is looked up on PATH when Options.Binary is empty.
+const DefaultBinary = "qemu-system-x86_64"
+
 // Options configure the driver.
 type Options struct {
-	// Binary is qemu-system-x86_64 (looked up on PATH when relative).
+	// Binary is DefaultBinary or a path (looked up on PATH when relative).
 	Binary string
 	// KVMProbeTimeout bounds the boot that proves KVM works (accel "auto").
 	KVMProbeTimeout time.Duration
@@ -37,7 +40,7 @@ type Driver struct {
 // New returns a QEMU driver.
 func New(opts Options) *Driver {
 	if opts.Binary == "" {
-		opts.Binary = "qemu-system-x86_64"
+		opts.Binary = DefaultBinary
 	}
 	if opts.KVMProbeTimeout == 0 {
 		opts.KVMProbeTimeout = 15 * time.Second
@@ -180,29 +183,7 @@ func (d *Driver) ProbeKVM(ctx context.Context, spec *vm.Spec) (time.Duration, er
 		Kernel: spec.Kernel, Initramfs: spec.Initramfs, KernelArgs: spec.KernelArgs,
 		VCPUs: 1, MemoryMiB: max(spec.MemoryMiB, 128), Accel: "kvm",
 	}
-	return d.BootProbe(ctx, &probe, d.opts.KVMProbeTimeout)
-}
-
-// BootProbe creates and starts spec, waits for the agent's health check within
-// timeout, and always stops the VM. It returns how long the boot took.
-func (d *Driver) BootProbe(ctx context.Context, spec *vm.Spec, timeout time.Duration) (time.Duration, error) {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	start := time.Now()
-	v, err := d.Create(ctx, spec)
-	if err != nil {
-		return 0, err
-	}
-	defer func() { _ = v.Stop(context.Background()) }()
-	if err := v.Start(ctx); err != nil {
-		return 0, err
-	}
-	client, err := vm.WaitAgent(ctx, v.DialAgent)
-	if err != nil {
-		return 0, err
-	}
-	client.Close()
-	return time.Since(start), nil
+	return vm.BootProbe(ctx, d, &probe, d.opts.KVMProbeTimeout)
 }
 
 func randomCID() uint32 {
