@@ -17,8 +17,13 @@ import (
 	"github.com/cocoon-runtime/cocoon/vm"
 )
 
-// DefaultBinary is looked up on PATH when Options.Binary is empty.
-const DefaultBinary = "qemu-system-x86_64"
+const (
+	// DefaultBinary is looked up on PATH when Options.Binary is empty.
+	DefaultBinary = "qemu-system-x86_64"
+	// DefaultKVMProbeTimeout bounds accel "auto"'s KVM boot when Options
+	// leave it unset: a guest KVM boots is up well within it.
+	DefaultKVMProbeTimeout = 15 * time.Second
+)
 
 // Options configure the driver.
 type Options struct {
@@ -43,7 +48,7 @@ func New(opts Options) *Driver {
 		opts.Binary = DefaultBinary
 	}
 	if opts.KVMProbeTimeout == 0 {
-		opts.KVMProbeTimeout = 15 * time.Second
+		opts.KVMProbeTimeout = DefaultKVMProbeTimeout
 	}
 	if opts.Log == nil {
 		opts.Log = logrus.NewEntry(logrus.StandardLogger())
@@ -122,7 +127,8 @@ func (d *Driver) Create(ctx context.Context, spec *vm.Spec) (vm.VMM, error) {
 		{Name: "qmp", Run: func(ctx context.Context) (func() error, error) {
 			q, err := v.connectQMP(ctx)
 			if err != nil {
-				return nil, err
+				// Read QEMU's log now: the unwind removes the run dir.
+				return nil, fmt.Errorf("%w%s", err, v.logTail())
 			}
 			v.qmp = q
 			return q.Close, nil
@@ -130,7 +136,7 @@ func (d *Driver) Create(ctx context.Context, spec *vm.Spec) (vm.VMM, error) {
 	}
 	cleanup, err := vm.RunSteps(ctx, log, steps)
 	if err != nil {
-		return nil, fmt.Errorf("qemu: create %s: %w%s", spec.ID, err, v.logTail())
+		return nil, fmt.Errorf("qemu: create %s: %w", spec.ID, err)
 	}
 	v.cleanup = cleanup
 	go v.supervise()
