@@ -3,9 +3,9 @@ package hostcheck
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io/fs"
 	"os/exec"
-	"fmt"
 	"strings"
 
 	"github.com/cocoon-runtime/cocoon/config"

@@ -31,14 +31,14 @@ func fakeHost(t *testing.T) (*Host, map[string]fakeBinary) {
 	root := t.TempDir()
 	cgroup := filepath.Join(root, "cgroup")
 	files := map[string]string{
-		"proc/filesystems":            "nodev\tsysfs\nnodev\toverlay\n",
-		"proc/self/mountinfo":         fmt.Sprintf("25 1 0:22 / /sys rw - sysfs sysfs rw\n41 31 0:38 / %s rw,relatime - cgroup2 cgroup2 rw\n", cgroup),
-		"cgroup/cgroup.controllers":   "cpuset cpu io memory hugetlb pids rdma\n",
-		"dev/net/tun":                 "",
-		"dev/kvm":                     "",
-		"dev/vhost-vsock":             "",
-		"modules/modules.dep":         "kernel/fs/ext4/ext4.ko:\n",
-		"modules/modules.builtin":     "kernel/fs/proc.ko\n",
+		"proc/filesystems":          "nodev\tsysfs\nnodev\toverlay\n",
+		"proc/self/mountinfo":       fmt.Sprintf("25 1 0:22 / /sys rw - sysfs sysfs rw\n41 31 0:38 / %s rw,relatime - cgroup2 cgroup2 rw\n", cgroup),
+		"cgroup/cgroup.controllers": "cpuset cpu io memory hugetlb pids rdma\n",
+		"dev/net/tun":               "",
+		"dev/kvm":                   "",
+		"dev/vhost-vsock":           "",
+		"modules/modules.dep":       "kernel/fs/ext4/ext4.ko:\n",
+		"modules/modules.builtin":   "kernel/fs/proc.ko\n",
 	}
 	for name, body := range files {
 		writeFile(t, filepath.Join(root, name), body)
