@@ -66,8 +66,6 @@ func (a attempt) String() string {
 		return fmt.Sprintf("%s: not tried (%s)", a.accel, a.skipped)
 	case a.err == nil:
 		return fmt.Sprintf("%s: agent healthy in %s", a.accel, a.took.Round(100*time.Millisecond))
-	case errors.Is(a.err, vm.ErrNotRunning):
-		return fmt.Sprintf("%s: %v", a.accel, a.err)
 	case errors.Is(a.err, context.DeadlineExceeded):
 		return fmt.Sprintf("%s: no agent within %s (guest hangs)", a.accel, a.timeout)
 	default:

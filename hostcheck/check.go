@@ -51,10 +51,5 @@ func ConfigResult(loaded *config.Loaded, err error) Result {
 	if err != nil {
 		return problem(Fail, "config", "correct the file and key named above (cocoond refuses to start with it too)", "%v", err)
 	}
-	return ok("config", "loaded from %s", strings.Join(Sources(loaded), ", "))
-}
-
-// Sources are where the configuration came from, in decode order.
-func Sources(loaded *config.Loaded) []string {
-	return append([]string{config.EmbeddedDefaults}, loaded.Files...)
+	return ok("config", "loaded from %s", strings.Join(loaded.Sources(), ", "))
 }

@@ -49,7 +49,7 @@ type GuestVersion struct {
 func Describe(ctx context.Context, h *Host, loaded *config.Loaded) *Env {
 	cfg := loaded.Config
 	env := &Env{
-		Files:  Sources(loaded),
+		Files:  loaded.Sources(),
 		Paths:  cfg.Paths(),
 		Config: cfg,
 		Versions: Versions{

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -48,25 +49,32 @@ func result(t *testing.T, rep checkReport, name string) hostcheck.Result {
 	return hostcheck.Result{}
 }
 
-func TestCheckUsageErrors(t *testing.T) {
-	for _, tt := range []struct {
-		name string
-		args []string
-		code int
-		out  string
-	}{
-		{"unknown flag", []string{"--bogus"}, 2, "flag provided but not defined"},
-		{"stray argument", []string{"now"}, 2, `unexpected argument "now"`},
-		{"help", []string{"--help"}, 0, "Usage: cocoon check"},
-		{"missing explicit config", []string{"--no-boot", "--config", "/nonexistent/cocoon.toml"}, 1, "FAIL config"},
-	} {
+// exitCase is a command line and what the command must answer.
+type exitCase struct {
+	name string
+	args []string
+	code int
+	out  string // in stdout or stderr
+}
+
+func testExits(t *testing.T, run func([]string, io.Writer, io.Writer) int, cases []exitCase) {
+	for _, tt := range cases {
 		t.Run(tt.name, func(t *testing.T) {
 			var out bytes.Buffer
-			if code := runCheck(tt.args, &out, &out); code != tt.code || !strings.Contains(out.String(), tt.out) {
+			if code := run(tt.args, &out, &out); code != tt.code || !strings.Contains(out.String(), tt.out) {
 				t.Fatalf("exit %d, want %d; output lacks %q:\n%s", code, tt.code, tt.out, out.String())
 			}
 		})
 	}
+}
+
+func TestCheckUsageErrors(t *testing.T) {
+	testExits(t, runCheck, []exitCase{
+		{"unknown flag", []string{"--bogus"}, 2, "flag provided but not defined"},
+		{"stray argument", []string{"now"}, 2, `unexpected argument "now"`},
+		{"help", []string{"--help"}, 0, "Usage: cocoon check"},
+		{"missing explicit config", []string{"--no-boot", "--config", "/nonexistent/cocoon.toml"}, 1, "FAIL config"},
+	})
 }
 
 func TestCheckInvalidConfigFails(t *testing.T) {

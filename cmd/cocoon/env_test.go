@@ -74,21 +74,9 @@ func TestEnvFormats(t *testing.T) {
 }
 
 func TestEnvErrors(t *testing.T) {
-	for _, tt := range []struct {
-		name string
-		args []string
-		code int
-		out  string
-	}{
+	testExits(t, runEnv, []exitCase{
 		{"bad format", []string{"--format", "yaml"}, 2, "--format must be toml or json"},
 		{"missing explicit config", []string{"--config", "/nonexistent/cocoon.toml"}, 1, "no such file"},
 		{"stray argument", []string{"x"}, 2, `unexpected argument "x"`},
-	} {
-		t.Run(tt.name, func(t *testing.T) {
-			var out bytes.Buffer
-			if code := runEnv(tt.args, &out, &out); code != tt.code || !strings.Contains(out.String(), tt.out) {
-				t.Fatalf("exit %d, want %d; output lacks %q:\n%s", code, tt.code, tt.out, out.String())
-			}
-		})
-	}
+	})
 }

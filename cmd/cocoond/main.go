@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"strings"
 
 	"go.podman.io/storage/pkg/reexec"
 
@@ -94,10 +95,4 @@ func run(args []string) error {
 	}
 }
 
-func sources(l *config.Loaded) string {
-	s := config.EmbeddedDefaults
-	for _, f := range l.Files {
-		s += ", " + f
-	}
-	return s
-}
+func sources(l *config.Loaded) string { return strings.Join(l.Sources(), ", ") }
