@@ -34,7 +34,7 @@ func LoadDefault(confDir string, binDirs []string) (*Network, error) {
 	}
 	var problems []string
 	for _, f := range files { // ConfFiles returns them sorted
-		list, err := loadFile(f)
+		list, err := LoadFile(f)
 		if err == nil {
 			err = checkPlugins(list, binDirs)
 		}
@@ -47,7 +47,8 @@ func LoadDefault(confDir string, binDirs []string) (*Network, error) {
 	return nil, fmt.Errorf("%w in %s: %s", ErrNoNetwork, confDir, strings.Join(problems, "; "))
 }
 
-func loadFile(path string) (*libcni.NetworkConfigList, error) {
+// LoadFile reads one .conflist, or a single-plugin .conf/.json as a list.
+func LoadFile(path string) (*libcni.NetworkConfigList, error) {
 	if strings.HasSuffix(path, ".conflist") {
 		return libcni.NetworkConfFromFile(path)
 	}
@@ -65,12 +66,21 @@ func checkPlugins(list *libcni.NetworkConfigList, binDirs []string) error {
 	if len(list.Plugins) == 0 {
 		return errors.New("no plugins")
 	}
-	for _, p := range list.Plugins {
-		if _, err := invoke.FindInPath(p.Network.Type, binDirs); err != nil {
-			return fmt.Errorf("plugin %q not found in %v", p.Network.Type, binDirs)
-		}
+	if missing := MissingPlugins(list, binDirs); len(missing) > 0 {
+		return fmt.Errorf("plugin %q not found in %v", missing[0], binDirs)
 	}
 	return nil
+}
+
+// MissingPlugins lists the plugin types of list that no directory of binDirs holds.
+func MissingPlugins(list *libcni.NetworkConfigList, binDirs []string) []string {
+	var missing []string
+	for _, p := range list.Plugins {
+		if _, err := invoke.FindInPath(p.Network.Type, binDirs); err != nil {
+			missing = append(missing, p.Network.Type)
+		}
+	}
+	return missing
 }
 
 // Probe answers NetworkReady: it re-reads the configuration on every call so

@@ -40,6 +40,12 @@ func (l *Loaded) Origin(key string) string {
 	return EmbeddedDefaults
 }
 
+// Sources names where the configuration came from, in decode order: the
+// embedded defaults, then every file.
+func (l *Loaded) Sources() []string {
+	return append([]string{EmbeddedDefaults}, l.Files...)
+}
+
 // Defaults returns the embedded defaults alone.
 func Defaults() (*Config, error) {
 	l := &Loaded{origin: map[string]string{}}

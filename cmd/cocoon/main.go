@@ -11,6 +11,8 @@ import (
 const usage = `Usage: cocoon <command>
 
 Commands:
+  check      check this node and boot a probe VM per runtime handler (cocoon check --help)
+  env        print the effective configuration, derived paths and versions (cocoon env --help)
   guest      build the guest kernel and initramfs (cocoon guest build --help)
   version    print the version of this CLI
 `
@@ -21,6 +23,10 @@ func main() {
 		os.Exit(2)
 	}
 	switch os.Args[1] {
+	case "check":
+		os.Exit(runCheck(os.Args[2:], os.Stdout, os.Stderr))
+	case "env":
+		os.Exit(runEnv(os.Args[2:], os.Stdout, os.Stderr))
 	case "guest":
 		os.Exit(runGuest(os.Args[2:], os.Stdout, os.Stderr))
 	case "version", "--version":

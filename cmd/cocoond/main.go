@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"strings"
 
 	"go.podman.io/storage/pkg/reexec"
 
@@ -48,6 +49,7 @@ func run(args []string) error {
 	fs.StringVar(&f.configPath, "config", config.DefaultPath, "configuration file; drop-ins are read from config.d/*.toml beside it")
 	fs.StringVar(&f.socket, "socket", "", "CRI socket path (overrides daemon.socket)")
 	fs.StringVar(&f.logLevel, "log-level", "", "log level (overrides daemon.log_level)")
+	showVersion := fs.Bool("version", false, "print the version and exit (same as the version command)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
@@ -58,7 +60,7 @@ func run(args []string) error {
 	fs.Visit(func(fl *flag.Flag) { explicit = explicit || fl.Name == "config" })
 
 	command := fs.Arg(0)
-	if command == "version" {
+	if command == "version" || *showVersion {
 		fmt.Printf("cocoond %s (revision %s)\n", version.Version, version.Revision)
 		return nil
 	}
@@ -93,10 +95,4 @@ func run(args []string) error {
 	}
 }
 
-func sources(l *config.Loaded) string {
-	s := config.EmbeddedDefaults
-	for _, f := range l.Files {
-		s += ", " + f
-	}
-	return s
-}
+func sources(l *config.Loaded) string { return strings.Join(l.Sources(), ", ") }

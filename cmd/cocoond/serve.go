@@ -60,20 +60,21 @@ func serve(loaded *config.Loaded) error {
 	log.WithFields(logrus.Fields{"driver": images.Driver(), "graph_root": images.GraphRoot()}).Info("image store ready")
 
 	var server *cri.Server
+	paths := cfg.Paths()
 	pods, err := sandbox.New(sandbox.Options{
-		StateDir: filepath.Join(cfg.Daemon.StateDir, "sandboxes"),
-		RunDir:   filepath.Join(cfg.Daemon.RuntimeDir, "sandboxes"),
-		VMDir:    filepath.Join(cfg.Daemon.RuntimeDir, "vm"),
+		StateDir: paths.PodStateDir,
+		RunDir:   paths.PodRunDir,
+		VMDir:    paths.VMDir,
 		Runtime:  cfg.Runtime,
 		Drivers: map[string]vm.Driver{
 			"qemu": qemu.New(qemu.Options{Log: log.WithField("component", "qemu")}),
 			"clh":  clh.New(clh.Options{Log: log.WithField("component", "clh")}),
 		},
 		Network: &sandbox.CNINetwork{
-			NetnsRoot: filepath.Join(cfg.Daemon.RuntimeDir, "netns"),
+			NetnsRoot: paths.NetnsDir,
 			CNI: cni.NewManager(cni.Options{
 				ConfDir: cfg.CNI.ConfDir, BinDirs: cfg.CNI.BinDirs,
-				StateDir: filepath.Join(cfg.Daemon.StateDir, "cni"), Log: log.WithField("component", "cni"),
+				StateDir: paths.CNIStateDir, Log: log.WithField("component", "cni"),
 			}),
 		},
 		Images:     images,

@@ -17,9 +17,17 @@ import (
 	"github.com/cocoon-runtime/cocoon/vm"
 )
 
+const (
+	// DefaultBinary is looked up on PATH when Options.Binary is empty.
+	DefaultBinary = "qemu-system-x86_64"
+	// DefaultKVMProbeTimeout bounds accel "auto"'s KVM boot when Options
+	// leave it unset: a guest KVM boots is up well within it.
+	DefaultKVMProbeTimeout = 15 * time.Second
+)
+
 // Options configure the driver.
 type Options struct {
-	// Binary is qemu-system-x86_64 (looked up on PATH when relative).
+	// Binary is DefaultBinary or a path (looked up on PATH when relative).
 	Binary string
 	// KVMProbeTimeout bounds the boot that proves KVM works (accel "auto").
 	KVMProbeTimeout time.Duration
@@ -37,10 +45,10 @@ type Driver struct {
 // New returns a QEMU driver.
 func New(opts Options) *Driver {
 	if opts.Binary == "" {
-		opts.Binary = "qemu-system-x86_64"
+		opts.Binary = DefaultBinary
 	}
 	if opts.KVMProbeTimeout == 0 {
-		opts.KVMProbeTimeout = 15 * time.Second
+		opts.KVMProbeTimeout = DefaultKVMProbeTimeout
 	}
 	if opts.Log == nil {
 		opts.Log = logrus.NewEntry(logrus.StandardLogger())
@@ -119,7 +127,8 @@ func (d *Driver) Create(ctx context.Context, spec *vm.Spec) (vm.VMM, error) {
 		{Name: "qmp", Run: func(ctx context.Context) (func() error, error) {
 			q, err := v.connectQMP(ctx)
 			if err != nil {
-				return nil, err
+				// Read QEMU's log now: the unwind removes the run dir.
+				return nil, fmt.Errorf("%w%s", err, v.logTail())
 			}
 			v.qmp = q
 			return q.Close, nil
@@ -127,7 +136,7 @@ func (d *Driver) Create(ctx context.Context, spec *vm.Spec) (vm.VMM, error) {
 	}
 	cleanup, err := vm.RunSteps(ctx, log, steps)
 	if err != nil {
-		return nil, fmt.Errorf("qemu: create %s: %w%s", spec.ID, err, v.logTail())
+		return nil, fmt.Errorf("qemu: create %s: %w", spec.ID, err)
 	}
 	v.cleanup = cleanup
 	go v.supervise()
@@ -180,29 +189,7 @@ func (d *Driver) ProbeKVM(ctx context.Context, spec *vm.Spec) (time.Duration, er
 		Kernel: spec.Kernel, Initramfs: spec.Initramfs, KernelArgs: spec.KernelArgs,
 		VCPUs: 1, MemoryMiB: max(spec.MemoryMiB, 128), Accel: "kvm",
 	}
-	return d.BootProbe(ctx, &probe, d.opts.KVMProbeTimeout)
-}
-
-// BootProbe creates and starts spec, waits for the agent's health check within
-// timeout, and always stops the VM. It returns how long the boot took.
-func (d *Driver) BootProbe(ctx context.Context, spec *vm.Spec, timeout time.Duration) (time.Duration, error) {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	start := time.Now()
-	v, err := d.Create(ctx, spec)
-	if err != nil {
-		return 0, err
-	}
-	defer func() { _ = v.Stop(context.Background()) }()
-	if err := v.Start(ctx); err != nil {
-		return 0, err
-	}
-	client, err := vm.WaitAgent(ctx, v.DialAgent)
-	if err != nil {
-		return 0, err
-	}
-	client.Close()
-	return time.Since(start), nil
+	return vm.BootProbe(ctx, d, &probe, d.opts.KVMProbeTimeout)
 }
 
 func randomCID() uint32 {
