@@ -2,6 +2,7 @@ package metrics
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -125,11 +126,29 @@ func podWithVM(t *testing.T, id, name, namespace, state string, st *vm.State) sa
 	return sandbox.Pod{ID: id, Config: cfg, State: state, VM: st}
 }
 
+// writeChildren lists children in a fake /proc/<pid>/task/<pid>/children.
+func writeChildren(t *testing.T, dir string, pid int, children ...int) {
+	t.Helper()
+	task := filepath.Join(dir, strconv.Itoa(pid), "task", strconv.Itoa(pid))
+	if err := os.MkdirAll(task, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	for _, c := range children {
+		fmt.Fprintf(&b, "%d ", c)
+	}
+	if err := os.WriteFile(filepath.Join(task, "children"), []byte(b.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestVMProcessCollector(t *testing.T) {
 	proc := t.TempDir()
 	writeProc(t, proc, 100, "qemu-system-x86", 200000, 300, 100, 5000) // vmm of pod a
 	writeProc(t, proc, 101, "virtiofsd", 3000, 10, 10, 5001)           // its two virtiofsd, summed
 	writeProc(t, proc, 102, "virtiofsd", 1000, 5, 5, 5002)
+	writeProc(t, proc, 103, "virtiofsd", 2000, 20, 10, 5003) // 101's sandboxed worker: counted with it
+	writeChildren(t, proc, 101, 103)
 	writeProc(t, proc, 200, "qemu-system-x86", 100000, 50, 50, 6000) // pod b's vmm; its virtiofsd is gone
 	writeProc(t, proc, 300, "bash", 4000, 1, 1, 9999)                // pid 300 was reused: not pod c's vmm
 	writeProc(t, proc, 400, "qemu-system-x86", 999, 1, 1, 7000)      // pod d is stopped
@@ -149,12 +168,12 @@ func TestVMProcessCollector(t *testing.T) {
 # HELP cocoon_vm_cpu_seconds_total CPU time (user + system) of a pod VM's host processes.
 # TYPE cocoon_vm_cpu_seconds_total counter
 cocoon_vm_cpu_seconds_total{pod_name="db",pod_namespace="prod",process="vmm",sandbox_id="bbbb"} 1
-cocoon_vm_cpu_seconds_total{pod_name="web",pod_namespace="default",process="virtiofsd",sandbox_id="aaaa"} 0.3
+cocoon_vm_cpu_seconds_total{pod_name="web",pod_namespace="default",process="virtiofsd",sandbox_id="aaaa"} 0.6
 cocoon_vm_cpu_seconds_total{pod_name="web",pod_namespace="default",process="vmm",sandbox_id="aaaa"} 4
 # HELP cocoon_vm_memory_rss_bytes Resident memory of a pod VM's host processes.
 # TYPE cocoon_vm_memory_rss_bytes gauge
 cocoon_vm_memory_rss_bytes{pod_name="db",pod_namespace="prod",process="vmm",sandbox_id="bbbb"} 1.024e+08
-cocoon_vm_memory_rss_bytes{pod_name="web",pod_namespace="default",process="virtiofsd",sandbox_id="aaaa"} 4.096e+06
+cocoon_vm_memory_rss_bytes{pod_name="web",pod_namespace="default",process="virtiofsd",sandbox_id="aaaa"} 6.144e+06
 cocoon_vm_memory_rss_bytes{pod_name="web",pod_namespace="default",process="vmm",sandbox_id="aaaa"} 2.048e+08
 `
 	if err := testutil.CollectAndCompare(c, strings.NewReader(want)); err != nil {

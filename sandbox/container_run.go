@@ -157,7 +157,11 @@ func (m *Manager) RemoveContainer(ctx context.Context, id string) error {
 		rt.mu.Unlock()
 	}
 	pod, _ := m.pods.get(c.PodID)
-	if err := unbindAll(&c, filepath.Join(pod.ShareDir, c.ID)); err != nil {
+	sm, err := m.shareMounterFor(&pod)
+	if err != nil {
+		return err
+	}
+	if err := unbindAll(sm, &c, filepath.Join(pod.ShareDir, c.ID)); err != nil {
 		return err
 	}
 	store := m.opts.Images.Store()

@@ -10,9 +10,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/moby/sys/mountinfo"
 	"github.com/sirupsen/logrus"
-	"golang.org/x/sys/unix"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	agentapi "github.com/cocoon-runtime/cocoon/api/agent"
@@ -79,6 +77,7 @@ func (m *Manager) CreateContainer(ctx context.Context, podID string, cfg *runtim
 	log := m.opts.Log.WithFields(logrus.Fields{"pod": pod.ID, "container": id})
 	var spec []byte
 	var out *output
+	var sm shareMounter
 
 	steps := []vm.Step{
 		{Name: "reserve-name", Run: func(context.Context) (func() error, error) {
@@ -100,14 +99,19 @@ func (m *Manager) CreateContainer(ctx context.Context, podID string, cfg *runtim
 			}, nil
 		}},
 		{Name: "share", Run: func(context.Context) (func() error, error) {
-			undo := func() error { return unbindAll(&c, ctrShare) }
-			if err := bind(&c, c.Rootfs, filepath.Join(ctrShare, "rootfs"), true); err != nil {
+			ns, err := vm.FindShareNamespace(rt.vmm.State(), shareTag, pod.ShareDir)
+			if err != nil {
+				return nil, fmt.Errorf("%w: pod %s: %v", errdefs.ErrFailedPrecondition, pod.ID, err)
+			}
+			sm = ns
+			undo := func() error { return unbindAll(sm, &c, ctrShare) }
+			if err := bind(sm, &c, c.Rootfs, filepath.Join(ctrShare, "rootfs"), true, vm.Writable); err != nil {
 				return undo, err
 			}
 			return undo, nil
 		}},
 		{Name: "spec", Run: func(context.Context) (func() error, error) {
-			mounts, err := shareMounts(&c, cfg.GetMounts(), ctrShare, guestRoot)
+			mounts, err := shareMounts(sm, &c, cfg.GetMounts(), ctrShare, guestRoot)
 			if err != nil {
 				return nil, err
 			}
@@ -180,168 +184,6 @@ func (m *Manager) CreateContainer(ctx context.Context, podID string, cfg *runtim
 	return id, nil
 }
 
-// bind bind-mounts src at dst (creating dst as a file or directory like src)
-// and records it on c so removal can undo it.
-func bind(c *Container, src, dst string, dir bool) error {
-	if dir {
-		if err := os.MkdirAll(dst, 0o755); err != nil {
-			return err
-		}
-	} else {
-		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
-			return err
-		}
-		f, err := os.OpenFile(dst, os.O_CREATE, 0o644)
-		if err != nil {
-			return err
-		}
-		f.Close()
-	}
-	if err := unix.Mount(src, dst, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
-		return fmt.Errorf("bind %s to %s: %w", src, dst, err)
-	}
-	c.Binds = append(c.Binds, dst)
-	return nil
-}
-
-// unbindAll undoes every bind of c, newest first, and removes its share dir.
-func unbindAll(c *Container, shareDir string) error {
-	var errs []error
-	for i := len(c.Binds) - 1; i >= 0; i-- {
-		if err := unix.Unmount(c.Binds[i], unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
-			errs = append(errs, fmt.Errorf("unmount %s: %w", c.Binds[i], err))
-		}
-	}
-	c.Binds = nil
-	if err := errors.Join(errs...); err != nil {
-		return err
-	}
-	return os.RemoveAll(shareDir)
-}
-
-// shareMounts binds each CRI mount's host path into the container's share dir
-// and returns the mounts as the guest sees them.
-func shareMounts(c *Container, mounts []*runtimeapi.Mount, ctrShare, guestRoot string) ([]ocispec.Mount, error) {
-	var out []ocispec.Mount
-	for i, mnt := range mounts {
-		src := mnt.GetHostPath()
-		if err := validateReadOnly(mnt); err != nil {
-			return nil, err
-		}
-		if !filepath.IsAbs(src) || !filepath.IsAbs(mnt.GetContainerPath()) {
-			return nil, fmt.Errorf("%w: mount %q → %q: paths must be absolute", errdefs.ErrInvalidArgument, src, mnt.GetContainerPath())
-		}
-		// kubelet hands symlinked paths (e.g. /var/run); bind their target.
-		resolved, err := filepath.EvalSymlinks(src)
-		if errors.Is(err, os.ErrNotExist) {
-			if err := os.MkdirAll(src, 0o755); err != nil {
-				return nil, err
-			}
-			resolved, err = filepath.EvalSymlinks(src)
-		}
-		if err != nil {
-			return nil, fmt.Errorf("mount source %s: %w", src, err)
-		}
-		st, err := os.Stat(resolved)
-		if err != nil {
-			return nil, err
-		}
-		name := fmt.Sprintf("mounts/%d", i)
-		dst := filepath.Join(ctrShare, name)
-		if err := bind(c, resolved, dst, st.IsDir()); err != nil {
-			return nil, err
-		}
-		guestReadOnly, err := enforceReadOnly(mnt, resolved, dst)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, ocispec.Mount{
-			Source: filepath.Join(guestRoot, name), Destination: mnt.GetContainerPath(),
-			ReadOnly: guestReadOnly, Propagation: mnt.GetPropagation(),
-		})
-	}
-	return out, nil
-}
-
-// validateReadOnly rejects what kubelet must never send: recursive read-only
-// needs a read-only, private mount (a recursively read-only tree cannot
-// receive mounts from the host).
-func validateReadOnly(mnt *runtimeapi.Mount) error {
-	if !mnt.GetRecursiveReadOnly() {
-		return nil
-	}
-	if !mnt.GetReadonly() {
-		return fmt.Errorf("%w: mount %s: recursive_read_only needs readonly", errdefs.ErrInvalidArgument, mnt.GetContainerPath())
-	}
-	if p := mnt.GetPropagation(); p != runtimeapi.MountPropagation_PROPAGATION_PRIVATE {
-		return fmt.Errorf("%w: mount %s: recursive_read_only needs private propagation, got %s", errdefs.ErrInvalidArgument, mnt.GetContainerPath(), p)
-	}
-	return nil
-}
-
-// enforceReadOnly makes the host-side bind at dst read-only and says whether
-// the guest should mount it read-only too. The guest sees the whole share as
-// one virtio-fs filesystem, so a read-only bind there covers every host
-// submount below it: right for recursive read-only, wrong for plain
-// read-only, whose submounts (a tmpfs inside a hostPath) stay writable. Those
-// are enforced here on the host, on the top mount only, where the kernel
-// keeps the two apart.
-func enforceReadOnly(mnt *runtimeapi.Mount, src, dst string) (guestReadOnly bool, err error) {
-	if !mnt.GetReadonly() {
-		return false, nil
-	}
-	if mnt.GetRecursiveReadOnly() {
-		attr := &unix.MountAttr{Attr_set: unix.MOUNT_ATTR_RDONLY}
-		if err := unix.MountSetattr(-1, dst, unix.AT_RECURSIVE, attr); err != nil {
-			return false, fmt.Errorf("make %s recursively read-only: %w", dst, err)
-		}
-		return true, nil
-	}
-	if err := remountReadOnly(dst); err != nil {
-		return false, err
-	}
-	nested, err := hasSubmounts(src)
-	if err != nil {
-		return false, err
-	}
-	return !nested, nil
-}
-
-// remountReadOnly flips the bind at p (not its submounts) to read-only,
-// keeping its other per-mount flags.
-func remountReadOnly(p string) error {
-	var st unix.Statfs_t
-	if err := unix.Statfs(p, &st); err != nil {
-		return fmt.Errorf("statfs %s: %w", p, err)
-	}
-	keep := uintptr(0)
-	for _, f := range []struct{ st, ms uintptr }{
-		{unix.ST_NOSUID, unix.MS_NOSUID}, {unix.ST_NODEV, unix.MS_NODEV}, {unix.ST_NOEXEC, unix.MS_NOEXEC},
-		{unix.ST_NOATIME, unix.MS_NOATIME}, {unix.ST_NODIRATIME, unix.MS_NODIRATIME}, {unix.ST_RELATIME, unix.MS_RELATIME},
-	} {
-		if uintptr(st.Flags)&f.st != 0 {
-			keep |= f.ms
-		}
-	}
-	if err := unix.Mount("", p, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY|keep, ""); err != nil {
-		return fmt.Errorf("remount %s read-only: %w", p, err)
-	}
-	return nil
-}
-
-// hasSubmounts says whether anything is mounted below dir on the host.
-func hasSubmounts(dir string) (bool, error) {
-	below, err := mountinfo.GetMounts(mountinfo.PrefixFilter(dir))
-	if err != nil {
-		return false, err
-	}
-	for _, m := range below {
-		if filepath.Clean(m.Mountpoint) != filepath.Clean(dir) {
-			return true, nil
-		}
-	}
-	return false, nil
-}
 
 // podFileMounts binds the pod's resolv.conf, hostname and hosts (written in
 // its share at RunPodSandbox) unless the CRI mounts already provide them.

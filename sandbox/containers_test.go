@@ -2,6 +2,7 @@ package sandbox
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -10,6 +11,7 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/cocoon-runtime/cocoon/errdefs"
+	"github.com/cocoon-runtime/cocoon/vm"
 )
 
 func TestValidateReadOnly(t *testing.T) {
@@ -39,65 +41,107 @@ func TestValidateReadOnly(t *testing.T) {
 	}
 }
 
-// TestEnforceReadOnly binds a host dir holding a tmpfs, as critest's
-// read-only mount specs do, and checks what stays writable on the host side
-// of the share (the side virtiofsd writes through).
-func TestEnforceReadOnly(t *testing.T) {
+func TestReadOnlyMode(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to mount")
 	}
+	plain := t.TempDir()
+	nested := t.TempDir()
+	sub := filepath.Join(nested, "tmpfs")
+	if err := os.Mkdir(sub, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount("none", sub, "tmpfs", 0, ""); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Unmount(sub, unix.MNT_DETACH)
 	for _, tc := range []struct {
-		name          string
-		mnt           *runtimeapi.Mount
-		guestReadOnly bool
-		topWritable   bool
-		subWritable   bool
+		name    string
+		mnt     *runtimeapi.Mount
+		src     string
+		share   vm.ReadOnly
+		guestRO bool
 	}{
-		{"rw", &runtimeapi.Mount{}, false, true, true},
-		{"ro keeps submounts writable", &runtimeapi.Mount{Readonly: true}, false, false, true},
-		{"recursive ro", &runtimeapi.Mount{Readonly: true, RecursiveReadOnly: true}, true, false, false},
+		{"rw", &runtimeapi.Mount{}, nested, vm.Writable, false},
+		{"ro without submounts: read-only in the guest too", &runtimeapi.Mount{Readonly: true}, plain, vm.ReadOnlyTop, true},
+		{"ro with a submount: only the share enforces it", &runtimeapi.Mount{Readonly: true}, nested, vm.ReadOnlyTop, false},
+		{"recursive ro", &runtimeapi.Mount{Readonly: true, RecursiveReadOnly: true}, nested, vm.ReadOnlyRecursive, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			src, share := t.TempDir(), t.TempDir()
-			sub := filepath.Join(src, "tmpfs")
-			if err := os.Mkdir(sub, 0o755); err != nil {
-				t.Fatal(err)
-			}
-			if err := unix.Mount("none", sub, "tmpfs", 0, ""); err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { _ = unix.Unmount(sub, unix.MNT_DETACH) })
-			c := &Container{}
-			dst := filepath.Join(share, "mounts/0")
-			if err := bind(c, src, dst, true); err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { _ = unbindAll(c, share) })
-
-			guestRO, err := enforceReadOnly(tc.mnt, src, dst)
+			share, guestRO, err := readOnlyMode(tc.mnt, tc.src)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if guestRO != tc.guestReadOnly {
-				t.Errorf("guest read-only = %v, want %v", guestRO, tc.guestReadOnly)
-			}
-			writable := func(dir string) bool {
-				err := os.WriteFile(filepath.Join(dir, "probe"), nil, 0o644)
-				if err != nil && !errors.Is(err, unix.EROFS) {
-					t.Fatalf("write in %s: %v", dir, err)
-				}
-				return err == nil
-			}
-			if got := writable(dst); got != tc.topWritable {
-				t.Errorf("top writable = %v, want %v", got, tc.topWritable)
-			}
-			if got := writable(filepath.Join(dst, "tmpfs")); got != tc.subWritable {
-				t.Errorf("submount writable = %v, want %v", got, tc.subWritable)
-			}
-			if !writable(src) {
-				t.Error("the source itself must stay writable")
+			if share != tc.share || guestRO != tc.guestRO {
+				t.Errorf("mode = %v, guest read-only %v; want %v, %v", share, guestRO, tc.share, tc.guestRO)
 			}
 		})
+	}
+}
+
+// fakeMounter records attaches and detaches.
+type fakeMounter struct {
+	attached, detached []string
+	failAttach         error
+}
+
+func (f *fakeMounter) Attach(src, dst string, ro vm.ReadOnly) error {
+	if f.failAttach != nil {
+		return f.failAttach
+	}
+	f.attached = append(f.attached, dst)
+	return nil
+}
+
+func (f *fakeMounter) Detach(dst string) error { f.detached = append(f.detached, dst); return nil }
+
+func TestBindAndUnbindAll(t *testing.T) {
+	src := t.TempDir()
+	if err := os.WriteFile(filepath.Join(src, "file"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	share := filepath.Join(t.TempDir(), "ctr")
+	sm := &fakeMounter{}
+	c := &Container{}
+	if err := bind(sm, c, src, filepath.Join(share, "rootfs"), true, vm.Writable); err != nil {
+		t.Fatal(err)
+	}
+	if err := bind(sm, c, filepath.Join(src, "file"), filepath.Join(share, "mounts/0"), false, vm.ReadOnlyTop); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := os.Stat(filepath.Join(share, "mounts/0")); err != nil || st.IsDir() {
+		t.Fatalf("a file's mount point must be a file: %v %v", st, err)
+	}
+	if err := unbindAll(sm, c, share); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{filepath.Join(share, "mounts/0"), filepath.Join(share, "rootfs")}
+	if fmt.Sprint(sm.detached) != fmt.Sprint(want) {
+		t.Errorf("detached %v, want newest first %v", sm.detached, want)
+	}
+	if _, err := os.Stat(share); !os.IsNotExist(err) {
+		t.Errorf("share dir left: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(src, "file")); err != nil {
+		t.Errorf("the source must survive: %v", err)
+	}
+
+	// The VM is gone: nothing to detach, the dir still goes.
+	c = &Container{}
+	if err := bind(sm, c, src, filepath.Join(share, "rootfs"), true, vm.Writable); err != nil {
+		t.Fatal(err)
+	}
+	if err := unbindAll(nil, c, share); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(share); !os.IsNotExist(err) {
+		t.Errorf("share dir left: %v", err)
+	}
+
+	// A failed attach records nothing to undo.
+	c = &Container{}
+	if err := bind(&fakeMounter{failAttach: errors.New("no")}, c, src, filepath.Join(share, "rootfs"), true, vm.Writable); err == nil || len(c.Binds) != 0 {
+		t.Errorf("failed attach: err %v, binds %v", err, c.Binds)
 	}
 }
 

@@ -18,7 +18,9 @@ func VirtiofsSocket(runDir, tag string) string {
 }
 
 // StartVirtiofsd serves share.Source on VirtiofsSocket and waits until the
-// socket exists. The caller supervises the returned process.
+// socket exists. The caller supervises the returned process. virtiofsd's
+// namespace sandbox gives it a mount namespace of its own, where the pod's
+// mounts go (see ShareNamespace).
 func StartVirtiofsd(ctx context.Context, runDir string, share Share) (*Watched, string, error) {
 	sock := VirtiofsSocket(runDir, share.Tag)
 	logFile, err := os.OpenFile(filepath.Join(runDir, "virtiofsd-"+share.Tag+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
@@ -27,7 +29,7 @@ func StartVirtiofsd(ctx context.Context, runDir string, share Share) (*Watched, 
 	}
 	defer logFile.Close()
 	cmd := exec.Command(VirtiofsdPath, "--socket-path="+sock, "-o", "source="+share.Source,
-		"-o", "cache=auto", "-o", "sandbox=chroot", "-o", "xattr")
+		"-o", "cache=auto", "-o", "sandbox=namespace", "-o", "xattr")
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	w, err := StartWatched("virtiofsd-"+share.Tag, cmd)
 	if err != nil {
