@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -61,8 +62,35 @@ type Options struct {
 
 // Server is cocoond's admin endpoint.
 type Server struct {
-	pods Pods
-	opts Options
+	pods     Pods
+	opts     Options
+	sessions sessions
+}
+
+// sessions counts running console sessions (hijacked connections, which
+// http.Server does not track) so Serve can wait for them to end.
+type sessions struct {
+	mu     sync.Mutex
+	wg     sync.WaitGroup
+	closed bool
+}
+
+// start reports false once Serve is stopping: no new session then.
+func (s *sessions) start() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	s.wg.Add(1)
+	return true
+}
+
+func (s *sessions) closeAndWait() {
+	s.mu.Lock()
+	s.closed = true
+	s.mu.Unlock()
+	s.wg.Wait()
 }
 
 // New returns a server over pods.
@@ -106,7 +134,7 @@ func Listen(path string, log *logrus.Entry) (net.Listener, error) {
 }
 
 // Serve answers on l until ctx ends, then closes l (removing the socket
-// file) and ends running sessions.
+// file) and returns once running sessions have ended their shells.
 func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	srv := &http.Server{
 		Handler:           s.Handler(),
@@ -118,6 +146,7 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 		_ = srv.Close()
 	}()
 	err := srv.Serve(l)
+	s.sessions.closeAndWait()
 	if errors.Is(err, http.ErrServerClosed) {
 		return nil
 	}
@@ -193,6 +222,11 @@ func (s *Server) debugConsole(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, fmt.Sprintf("pod %s is %s: its VM is not running", pod.ID, pod.State), http.StatusConflict)
 		return
 	}
+	if !s.sessions.start() {
+		http.Error(w, "cocoond is shutting down", http.StatusServiceUnavailable)
+		return
+	}
+	defer s.sessions.wg.Done()
 	conn, rw, err := http.NewResponseController(w).Hijack()
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusInternalServerError)
@@ -251,8 +285,8 @@ func httpStatus(err error) int {
 // shell's stdin and size, its output goes back as frames, and the last
 // frame is its exit code or what went wrong. The client hanging up ends the
 // shell.
-func (s *Server) session(ctx context.Context, conn net.Conn, in *bufio.Reader, podID string, req ConsoleRequest) (int32, error) {
-	ctx, cancel := context.WithCancel(ctx)
+func (s *Server) session(parent context.Context, conn net.Conn, in *bufio.Reader, podID string, req ConsoleRequest) (int32, error) {
+	ctx, cancel := context.WithCancel(parent)
 	defer cancel()
 	out := &frameConn{w: conn}
 	stdin, stdinW := io.Pipe()
@@ -312,7 +346,11 @@ func (s *Server) session(ctx context.Context, conn net.Conn, in *bufio.Reader, p
 	}()
 	code, err := s.pods.DebugConsole(ctx, podID, req, stdin, out.stream(FrameStdout), out.stream(FrameStderr), resize)
 	if err != nil {
-		_ = out.send(FrameError, []byte(err.Error()))
+		msg := err.Error()
+		if parent.Err() != nil {
+			msg = "cocoond is shutting down: the shell was ended"
+		}
+		_ = out.send(FrameError, []byte(msg))
 		return code, err
 	}
 	return code, out.send(FrameExit, encodeExit(code))

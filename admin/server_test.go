@@ -316,3 +316,49 @@ func TestDebugConsoleNoDaemon(t *testing.T) {
 		}
 	}
 }
+
+// TestServeEndsSessions: stopping the server ends the shells of running
+// sessions before Serve returns.
+func TestServeEndsSessions(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "admin.sock")
+	l, err := Listen(sock, quietLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	pods := testPods()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- New(pods, Options{DebugConsole: true, Log: quietLog()}).Serve(ctx, l) }()
+	stdin, typing := io.Pipe()
+	defer typing.Close()
+	client := make(chan error, 1)
+	go func() {
+		_, err := DebugConsole(context.Background(), sock, ConsoleRequest{Pod: "web"}, stdin, io.Discard, io.Discard, nil)
+		client <- err
+	}()
+	for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		pods.mu.Lock()
+		n := len(pods.ran)
+		pods.mu.Unlock()
+		if n == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the session never started")
+		}
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	pods.mu.Lock()
+	ended := pods.ctxDone
+	pods.mu.Unlock()
+	if !ended {
+		t.Fatal("Serve returned while a shell still ran")
+	}
+	if err := <-client; err == nil || !strings.Contains(err.Error(), "cocoond is shutting down") {
+		t.Fatalf("client: %v, want the session's error", err)
+	}
+}

@@ -31,7 +31,9 @@ import (
 // maxMsgSize matches kubelet's CRI client limit.
 const maxMsgSize = 16 << 20
 
-func serve(loaded *config.Loaded) error {
+// serve runs the daemon on loaded; configPath is the file the operator edits
+// (named in messages such as the debug console's refusal).
+func serve(loaded *config.Loaded, configPath string) error {
 	cfg := &loaded.Config
 	log, err := setupLogging(cfg.Daemon)
 	if err != nil {
@@ -94,6 +96,14 @@ func serve(loaded *config.Loaded) error {
 	}()
 	defer streams.Stop()
 
+	adminCtx, stopAdmin := context.WithCancel(context.Background())
+	defer stopAdmin()
+	adminDone, err := serveAdmin(adminCtx, cfg, configPath, pods, log.WithField("component", "admin"))
+	if err != nil {
+		return fmt.Errorf("admin socket: %w", err)
+	}
+	defer os.Remove(cfg.Daemon.AdminSocket())
+
 	server = cri.New(images, cni.Probe{ConfDir: cfg.CNI.ConfDir, BinDirs: cfg.CNI.BinDirs}, pods, streams, cri.Options{
 		CgroupDriver: cfg.Daemon.CgroupDriver,
 		Handlers:     cfg.Runtime.HandlerNames(),
@@ -129,8 +139,14 @@ func serve(loaded *config.Loaded) error {
 		log.WithField("signal", sig.String()).Info("shutting down")
 	case err := <-served:
 		return fmt.Errorf("grpc server stopped: %w", err)
+	case err := <-adminDone:
+		return fmt.Errorf("admin server stopped: %v", err)
 	}
 	_, _ = daemon.SdNotify(false, daemon.SdNotifyStopping)
+	// Debug consoles end first: their shells are killed while the agents
+	// are still reachable.
+	stopAdmin()
+	<-adminDone
 	stopGracefully(g, cfg.Daemon.ShutdownTimeout.Std(), log)
 	log.Info("cocoond stopped")
 	return nil
