@@ -11,8 +11,10 @@ import (
 const usage = `Usage: cocoon <command>
 
 Commands:
-  guest      build the guest kernel and initramfs (cocoon guest build --help)
-  version    print the version of this CLI
+  debug-console <pod>  root shell in a pod's VM, outside its containers
+                       (needs [debug] console = true; cocoon debug-console --help)
+  guest                build the guest kernel and initramfs (cocoon guest build --help)
+  version              print the version of this CLI
 `
 
 func main() {
@@ -21,6 +23,8 @@ func main() {
 		os.Exit(2)
 	}
 	switch os.Args[1] {
+	case "debug-console":
+		os.Exit(runDebugConsole(os.Args[2:], os.Stdin, os.Stdout, os.Stderr))
 	case "guest":
 		os.Exit(runGuest(os.Args[2:], os.Stdout, os.Stderr))
 	case "version", "--version":
