@@ -243,7 +243,10 @@ func (s *Server) debugConsole(w http.ResponseWriter, r *http.Request) {
 	log := s.opts.Log.WithFields(logrus.Fields{"pod": pod.ID, "tty": req.TTY})
 	log.Info("debug console session starts")
 	code, err := s.session(r.Context(), conn, rw.Reader, pod.ID, req)
-	log.WithError(err).WithField("exit_code", code).Info("debug console session ended")
+	if err != nil {
+		log = log.WithError(err)
+	}
+	log.WithField("exit_code", code).Info("debug console session ended")
 }
 
 func parseConsoleRequest(r *http.Request) (ConsoleRequest, error) {

@@ -100,7 +100,8 @@ func TestBuildInstallLocate(t *testing.T) {
 	if _, ok := files["lib/modules/"+fakeRelease+"/kernel/unused.ko"]; ok {
 		t.Fatal("a module nobody needs was packed")
 	}
-	if files["bin/busybox"] != string(fakeELF(t, false)) || files["bin/sh"] != "-> busybox" || files["bin/ip"] != "-> busybox" {
+	if files["bin/busybox"] != string(fakeELF(t, false)) || files["bin/sh"] != "-> busybox" || files["bin/ip"] != "-> busybox" ||
+		!strings.HasPrefix(files["etc/passwd"], "root:x:0:0:") {
 		t.Fatalf("busybox and its links: busybox %d bytes, sh %q, ip %q", len(files["bin/busybox"]), files["bin/sh"], files["bin/ip"])
 	}
 	if loc.Busybox == nil || loc.Busybox.Name != "/bin/busybox" || loc.Busybox.SHA256 != sha256Hex(fakeELF(t, false)) ||

@@ -19,7 +19,8 @@ const busyboxPath = "bin/busybox"
 var BusyboxApplets = []string{"cat", "df", "dmesg", "free", "grep", "ip", "kill", "ls", "mount", "ps", "sh", "top", "umount"}
 
 // busyboxEntries reads a static busybox and returns its manifest record and
-// the initramfs entries: the binary and one relative symlink per applet.
+// the initramfs entries: the binary, one relative symlink per applet, and
+// root's passwd and group lines so ps, ls and id show names.
 func busyboxEntries(path string) (*File, []entry, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
@@ -28,7 +29,11 @@ func busyboxEntries(path string) (*File, []entry, error) {
 	if err := checkStatic(path, data); err != nil {
 		return nil, nil, err
 	}
-	entries := []entry{{Name: busyboxPath, Perm: 0o755, Data: data}}
+	entries := []entry{
+		{Name: busyboxPath, Perm: 0o755, Data: data},
+		{Name: "etc/passwd", Perm: 0o644, Data: []byte("root:x:0:0:root:/root:/bin/sh\n")},
+		{Name: "etc/group", Perm: 0o644, Data: []byte("root:x:0:\n")},
+	}
 	for _, applet := range BusyboxApplets {
 		entries = append(entries, entry{Name: "bin/" + applet, Link: "busybox"})
 	}
