@@ -108,16 +108,26 @@ func (s *Server) Handler() http.Handler {
 	return mux
 }
 
-// Listen binds the admin socket at path, mode 0600, replacing a stale
-// socket file but not the socket of a cocoond that still answers on it.
-// Only root's connections are accepted (SO_PEERCRED), whatever the mode.
+// Listen binds the admin socket at path, mode 0600. Only root's
+// connections are accepted (SO_PEERCRED), whatever the mode.
 func Listen(path string, log *logrus.Entry) (net.Listener, error) {
+	l, err := BindSocket(path, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	return &peerFilter{Listener: l, allow: func(uid uint32) bool { return uid == 0 }, log: log}, nil
+}
+
+// BindSocket binds a unix socket of cocoond's (the CRI socket, the admin
+// socket) with mode, replacing a stale socket file but refusing to steal the
+// socket of a cocoond that still answers on it.
+func BindSocket(path string, mode os.FileMode) (net.Listener, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o711); err != nil {
 		return nil, err
 	}
 	if conn, err := net.DialTimeout("unix", path, time.Second); err == nil {
 		conn.Close()
-		return nil, fmt.Errorf("admin socket %s is in use by another process", path)
+		return nil, fmt.Errorf("socket %s is in use by another process", path)
 	}
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, err
@@ -126,11 +136,11 @@ func Listen(path string, log *logrus.Entry) (net.Listener, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := os.Chmod(path, 0o600); err != nil {
+	if err := os.Chmod(path, mode); err != nil {
 		l.Close()
 		return nil, err
 	}
-	return &peerFilter{Listener: l, allow: func(uid uint32) bool { return uid == 0 }, log: log}, nil
+	return l, nil
 }
 
 // Serve answers on l until ctx ends, then closes l (removing the socket

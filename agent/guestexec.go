@@ -137,14 +137,9 @@ func (g guestCommand) Pid() (int, error) { return g.cmd.Process.Pid, nil }
 func newGuestProcess(cmd *exec.Cmd, size *specs.Box, tty, withStdin bool) (*process, error) {
 	p := &process{run: guestCommand{cmd}, done: make(chan struct{})}
 	if !tty {
-		stdin, stdout, stderr, err := p.pipes(withStdin)
-		if err != nil {
+		if err := p.pipeStdio(withStdin, &cmd.Stdin, &cmd.Stdout, &cmd.Stderr); err != nil {
 			return nil, err
 		}
-		if stdin != nil {
-			cmd.Stdin = stdin
-		}
-		cmd.Stdout, cmd.Stderr = stdout, stderr
 		return p, nil
 	}
 	master, slave, err := openPty()

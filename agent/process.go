@@ -68,38 +68,37 @@ func newProcess(lp *libcontainer.Process, tty, withStdin bool) (*process, error)
 		p.childEnds = append(p.childEnds, child)
 		return p, nil
 	}
-	stdin, stdout, stderr, err := p.pipes(withStdin)
-	if err != nil {
+	if err := p.pipeStdio(withStdin, &lp.Stdin, &lp.Stdout, &lp.Stderr); err != nil {
 		return nil, err
 	}
-	if stdin != nil {
-		lp.Stdin = stdin
-	}
-	lp.Stdout, lp.Stderr = stdout, stderr
 	return p, nil
 }
 
-// pipes makes the stdio pipes of a process without a terminal and returns
-// the child's ends (stdin only when withStdin); the agent keeps the others.
-func (p *process) pipes(withStdin bool) (stdin, stdout, stderr *os.File, err error) {
+// pipeStdio gives a process without a terminal pipes for its stdio: the
+// child's ends go to *stdin (only when withStdin), *stdout and *stderr; the
+// agent keeps the others.
+func (p *process) pipeStdio(withStdin bool, stdin *io.Reader, stdout, stderr *io.Writer) error {
 	if withStdin {
 		r, w, err := os.Pipe()
 		if err != nil {
-			return nil, nil, nil, err
+			return err
 		}
-		stdin, p.stdin = r, w
+		*stdin, p.stdin = r, w
 		p.childEnds = append(p.childEnds, r)
 	}
-	for _, out := range []struct{ agent, child **os.File }{{&p.stdout, &stdout}, {&p.stderr, &stderr}} {
+	for _, out := range []struct {
+		agent **os.File
+		child *io.Writer
+	}{{&p.stdout, stdout}, {&p.stderr, stderr}} {
 		r, w, err := os.Pipe()
 		if err != nil {
 			p.closeAll()
-			return nil, nil, nil, err
+			return err
 		}
 		*out.agent, *out.child = r, w
 		p.childEnds = append(p.childEnds, w)
 	}
-	return stdin, stdout, stderr, nil
+	return nil
 }
 
 // started closes the child's ends in the agent and, for a terminal, receives the

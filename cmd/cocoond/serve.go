@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/signal"
@@ -17,6 +16,7 @@ import (
 	"github.com/sirupsen/logrus"
 	"google.golang.org/grpc"
 
+	"github.com/cocoon-runtime/cocoon/admin"
 	"github.com/cocoon-runtime/cocoon/cni"
 	"github.com/cocoon-runtime/cocoon/config"
 	"github.com/cocoon-runtime/cocoon/cri"
@@ -118,7 +118,7 @@ func serve(loaded *config.Loaded, configPath string) error {
 	)
 	server.Register(g)
 
-	lis, err := listen(cfg.Daemon.Socket)
+	lis, err := admin.BindSocket(cfg.Daemon.Socket, 0o660)
 	if err != nil {
 		return err
 	}
@@ -162,30 +162,6 @@ func stopGracefully(g *grpc.Server, timeout time.Duration, log *logrus.Logger) {
 		log.WithField("timeout", timeout.String()).Warn("RPCs still running at shutdown, closing them")
 		g.Stop()
 	}
-}
-
-// listen binds the CRI socket with mode 0660, replacing a stale socket file but
-// refusing to steal the socket of a cocoond that still answers on it.
-func listen(path string) (net.Listener, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o711); err != nil {
-		return nil, err
-	}
-	if conn, err := net.DialTimeout("unix", path, time.Second); err == nil {
-		conn.Close()
-		return nil, fmt.Errorf("socket %s is in use by another process", path)
-	}
-	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return nil, err
-	}
-	lis, err := net.Listen("unix", path)
-	if err != nil {
-		return nil, err
-	}
-	if err := os.Chmod(path, 0o660); err != nil {
-		lis.Close()
-		return nil, err
-	}
-	return lis, nil
 }
 
 func setupLogging(d config.Daemon) (*logrus.Logger, error) {

@@ -164,8 +164,7 @@ func TestLocateRefuses(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			dir := t.TempDir()
-			agent := filepath.Join(dir, "agent")
-			os.WriteFile(agent, []byte("agent"), 0o755)
+			agent := writeFakeAgent(t, dir)
 			out := filepath.Join(dir, "guest")
 			_, err := Build(context.Background(), Options{Out: out, Agent: agent, Source: &fakeSource{config: fakeConfig}, Needs: fakeNeeds})
 			if err != nil {
@@ -183,8 +182,7 @@ func TestLocateRefuses(t *testing.T) {
 
 func TestBuildFailsCleanly(t *testing.T) {
 	dir := t.TempDir()
-	agent := filepath.Join(dir, "agent")
-	os.WriteFile(agent, []byte("agent"), 0o755)
+	agent := writeFakeAgent(t, dir)
 	out := filepath.Join(dir, "guest")
 	_, err := Build(context.Background(), Options{Out: out, Agent: agent,
 		Source: &fakeSource{config: "CONFIG_DEVTMPFS=y\n"}, Needs: fakeNeeds})
@@ -194,6 +192,16 @@ func TestBuildFailsCleanly(t *testing.T) {
 	if ents, _ := os.ReadDir(dir); len(ents) != 1 {
 		t.Fatalf("failed build left %v", ents)
 	}
+}
+
+// writeFakeAgent writes an agent "binary" into dir and returns its path.
+func writeFakeAgent(t *testing.T, dir string) string {
+	t.Helper()
+	agent := filepath.Join(dir, "agent")
+	if err := os.WriteFile(agent, []byte("agent"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return agent
 }
 
 // initramfsFiles reads back a gzip'd cpio as name -> content.
@@ -241,8 +249,7 @@ func TestBuildBusybox(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			dir := t.TempDir()
-			agent := filepath.Join(dir, "agent")
-			os.WriteFile(agent, []byte("agent"), 0o755)
+			agent := writeFakeAgent(t, dir)
 			busybox := filepath.Join(dir, "busybox")
 			if tt.content != nil {
 				os.WriteFile(busybox, tt.content, 0o755)
