@@ -32,15 +32,16 @@ type container struct {
 	spec *specs.Spec
 	init *process
 
-	mu    sync.Mutex
-	execs map[string]*process
+	execs execTable
 }
 
-// engine owns the guest's containers.
+// engine owns the guest's containers and the processes run in the guest
+// root, outside every container (guestexec.go).
 type engine struct {
 	mu         sync.Mutex
 	containers map[string]*container
 	oom        *oomBroker
+	guest      execTable
 }
 
 func newEngine() *engine {
@@ -104,7 +105,7 @@ func (e *engine) create(req *agentapi.CreateContainerRequest) (err error) {
 	if err != nil {
 		return status.Errorf(codes.Internal, "create container: %v", err)
 	}
-	c := &container{id: id, lc: lc, spec: &spec, execs: map[string]*process{}}
+	c := &container{id: id, lc: lc, spec: &spec}
 	p, err := newProcess(libcontainerProcess(spec.Process, true), req.GetTty(), req.GetStdin())
 	if err != nil {
 		_ = lc.Destroy()
@@ -151,7 +152,7 @@ func (e *engine) start(id string) error {
 // namespace only receives signals it has a handler for: StopContainer right
 // after StartContainer would wait its whole timeout for nothing.
 func waitExecve(p *process) {
-	pid, err := p.lp.Pid()
+	pid, err := p.run.Pid()
 	if err != nil {
 		return
 	}
@@ -187,11 +188,7 @@ func (e *engine) remove(id string, force bool) error {
 	if err := c.lc.Destroy(); err != nil {
 		return status.Errorf(codes.Internal, "destroy container: %v", err)
 	}
-	c.mu.Lock()
-	for _, p := range c.execs {
-		p.closeAll()
-	}
-	c.mu.Unlock()
+	c.execs.closeAll()
 	c.init.closeAll()
 	e.mu.Lock()
 	delete(e.containers, id)
@@ -250,9 +247,7 @@ func (c *container) process(execID string) (*process, error) {
 	if execID == "" {
 		return c.init, nil
 	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	p, ok := c.execs[execID]
+	p, ok := c.execs.get(execID)
 	if !ok {
 		return nil, notFound("exec", c.id+"/"+execID)
 	}
@@ -274,40 +269,65 @@ func (e *engine) exec(req *agentapi.ExecProcessRequest) error {
 	if c.init.exited() {
 		return status.Errorf(codes.FailedPrecondition, "container %q is not running", c.id)
 	}
-	c.mu.Lock()
-	if _, dup := c.execs[req.GetExecId()]; dup {
-		c.mu.Unlock()
-		return status.Errorf(codes.AlreadyExists, "exec %q exists", req.GetExecId())
-	}
 	p, err := newProcess(libcontainerProcess(&sp, false), req.GetTty(), req.GetStdin())
 	if err != nil {
-		c.mu.Unlock()
 		return status.Errorf(codes.Internal, "stdio: %v", err)
 	}
-	c.execs[req.GetExecId()] = p
-	c.mu.Unlock()
-	if err := c.lc.Run(p.lp); err != nil {
+	return c.execs.start(req.GetExecId(), p, func() error { return c.lc.Run(p.lp) })
+}
+
+// execTable holds the exec processes of one container, or of the guest root.
+type execTable struct {
+	mu    sync.Mutex
+	procs map[string]*process
+}
+
+func (t *execTable) get(execID string) (*process, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	p, ok := t.procs[execID]
+	return p, ok
+}
+
+// start registers p under execID, runs it with run and watches it; on any
+// failure nothing stays registered and p's descriptors are closed.
+func (t *execTable) start(execID string, p *process, run func() error) error {
+	t.mu.Lock()
+	if _, dup := t.procs[execID]; dup {
+		t.mu.Unlock()
 		p.closeAll()
-		c.mu.Lock()
-		delete(c.execs, req.GetExecId())
-		c.mu.Unlock()
+		return status.Errorf(codes.AlreadyExists, "exec %q exists", execID)
+	}
+	if t.procs == nil {
+		t.procs = map[string]*process{}
+	}
+	t.procs[execID] = p
+	t.mu.Unlock()
+	if err := run(); err != nil {
+		p.closeAll()
+		t.mu.Lock()
+		delete(t.procs, execID)
+		t.mu.Unlock()
+		if _, ok := status.FromError(err); ok {
+			return err // already says what went wrong
+		}
 		return status.Errorf(codes.Internal, "exec: %v", err)
 	}
 	if err := p.started(); err != nil {
-		_ = p.lp.Signal(unix.SIGKILL)
+		_ = p.run.Signal(unix.SIGKILL)
 		return status.Errorf(codes.Internal, "%v", err)
 	}
 	go p.watch()
 	return nil
 }
 
-// forgetExec drops an exec once its exit has been reported; readers that are
+// forget drops an exec once its exit has been reported; readers that are
 // still draining its output keep their files open until EOF.
-func (c *container) forgetExec(execID string) {
-	c.mu.Lock()
-	p, ok := c.execs[execID]
-	delete(c.execs, execID)
-	c.mu.Unlock()
+func (t *execTable) forget(execID string) {
+	t.mu.Lock()
+	p, ok := t.procs[execID]
+	delete(t.procs, execID)
+	t.mu.Unlock()
 	if !ok {
 		return
 	}
@@ -318,6 +338,15 @@ func (c *container) forgetExec(execID string) {
 	}
 	if p.stdin != nil && p.tty == nil {
 		p.stdin.Close()
+	}
+}
+
+// closeAll releases the descriptors of every exec (their owner is gone).
+func (t *execTable) closeAll() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, p := range t.procs {
+		p.closeAll()
 	}
 }
 

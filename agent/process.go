@@ -17,12 +17,14 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// process is a container's init or exec process with its stdio.
+// process is a container's init or exec process, or a process in the guest
+// root (guestexec.go), with its stdio.
 type process struct {
-	lp *libcontainer.Process
+	lp  *libcontainer.Process // container processes only
+	run runner                // waits for and signals the process
 
-	tty     console.Console // set for terminal processes: it is stdin and stdout
-	stdin   io.WriteCloser  // pipe writer; nil without stdin
+	tty     terminal       // set for terminal processes: it is stdin and stdout
+	stdin   io.WriteCloser // pipe writer; nil without stdin
 	stdout  *os.File
 	stderr  *os.File
 	claimed [2]atomic.Bool // one reader per output stream
@@ -39,9 +41,23 @@ type process struct {
 	waitReported atomic.Bool
 }
 
+// runner waits for and signals a process: libcontainer's Process is one,
+// guestCommand (os/exec) the other.
+type runner interface {
+	Wait() (*os.ProcessState, error)
+	Signal(os.Signal) error
+	Pid() (int, error)
+}
+
+// terminal is the agent's end of a process's terminal.
+type terminal interface {
+	io.Writer
+	Resize(console.WinSize) error
+}
+
 // newProcess prepares lp's stdio: a terminal when tty, else pipes.
 func newProcess(lp *libcontainer.Process, tty, withStdin bool) (*process, error) {
-	p := &process{lp: lp, done: make(chan struct{})}
+	p := &process{lp: lp, run: lp, done: make(chan struct{})}
 	if tty {
 		parent, child, err := socketPair()
 		if err != nil {
@@ -52,25 +68,37 @@ func newProcess(lp *libcontainer.Process, tty, withStdin bool) (*process, error)
 		p.childEnds = append(p.childEnds, child)
 		return p, nil
 	}
+	if err := p.pipeStdio(withStdin, &lp.Stdin, &lp.Stdout, &lp.Stderr); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// pipeStdio gives a process without a terminal pipes for its stdio: the
+// child's ends go to *stdin (only when withStdin), *stdout and *stderr; the
+// agent keeps the others.
+func (p *process) pipeStdio(withStdin bool, stdin *io.Reader, stdout, stderr *io.Writer) error {
 	if withStdin {
 		r, w, err := os.Pipe()
 		if err != nil {
-			return nil, err
+			return err
 		}
-		lp.Stdin, p.stdin = r, w
+		*stdin, p.stdin = r, w
 		p.childEnds = append(p.childEnds, r)
 	}
-	for _, out := range []**os.File{&p.stdout, &p.stderr} {
+	for _, out := range []struct {
+		agent **os.File
+		child *io.Writer
+	}{{&p.stdout, stdout}, {&p.stderr, stderr}} {
 		r, w, err := os.Pipe()
 		if err != nil {
 			p.closeAll()
-			return nil, err
+			return err
 		}
-		*out = r
+		*out.agent, *out.child = r, w
 		p.childEnds = append(p.childEnds, w)
 	}
-	lp.Stdout, lp.Stderr = p.childEnds[len(p.childEnds)-2], p.childEnds[len(p.childEnds)-1]
-	return p, nil
+	return nil
 }
 
 // started closes the child's ends in the agent and, for a terminal, receives the
@@ -98,7 +126,7 @@ func (p *process) started() error {
 
 // watch waits for the process to exit and records how it ended.
 func (p *process) watch() {
-	st, err := p.lp.Wait()
+	st, err := p.run.Wait()
 	code := int32(-1)
 	if st != nil {
 		if ws, ok := st.Sys().(syscall.WaitStatus); ok {

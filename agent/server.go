@@ -145,10 +145,19 @@ func (s *Server) ResumeContainer(_ context.Context, req *agentapi.ContainerReque
 }
 
 func (s *Server) ExecProcess(_ context.Context, req *agentapi.ExecProcessRequest) (*emptypb.Empty, error) {
+	if req.GetGuestRoot() {
+		return empty, s.engine.execGuest(req)
+	}
 	return empty, s.engine.exec(req)
 }
 
+// lookup finds a process: a container's (nil container for a guest-root exec,
+// whose container id is "").
 func (s *Server) lookup(containerID, execID string) (*container, *process, error) {
+	if containerID == "" {
+		p, err := s.engine.guestProcess(execID)
+		return nil, p, err
+	}
 	c, err := s.engine.get(containerID)
 	if err != nil {
 		return nil, nil, err
@@ -166,14 +175,14 @@ func (s *Server) SignalProcess(_ context.Context, req *agentapi.SignalProcessReq
 	switch {
 	case p.exited():
 		return empty, nil // signalling the dead is a no-op, as kill(2) on a reaped pid would be
-	case req.GetAll() && req.GetExecId() == "":
+	case req.GetAll() && c != nil && req.GetExecId() == "":
 		c.killAll(sig)
 		return empty, nil
 	default:
-		if req.GetExecId() == "" {
+		if c != nil && req.GetExecId() == "" {
 			awaitHandler(p, sig, time.Second)
 		}
-		return empty, errorf(codes.Internal, p.lp.Signal(sig))
+		return empty, errorf(codes.Internal, p.run.Signal(sig))
 	}
 }
 
@@ -187,7 +196,7 @@ func awaitHandler(p *process, sig unix.Signal, wait time.Duration) {
 	if sig == unix.SIGKILL || sig == unix.SIGSTOP {
 		return
 	}
-	pid, err := p.lp.Pid()
+	pid, err := p.run.Pid()
 	if err != nil {
 		return
 	}
@@ -223,8 +232,11 @@ func (s *Server) WaitProcess(ctx context.Context, req *agentapi.ProcessRequest) 
 	case <-ctx.Done():
 		return nil, status.FromContextError(ctx.Err()).Err()
 	}
-	if req.GetExecId() != "" {
-		c.forgetExec(req.GetExecId())
+	switch {
+	case c == nil:
+		s.engine.guest.forget(req.GetExecId())
+	case req.GetExecId() != "":
+		c.execs.forget(req.GetExecId())
 	}
 	return &agentapi.WaitProcessResponse{ExitCode: p.exitCode, Reason: p.reason, ExitedAtNs: p.exitedAt.UnixNano()}, nil
 }

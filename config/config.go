@@ -73,6 +73,10 @@ type Daemon struct {
 	ShutdownTimeout Duration `toml:"shutdown_timeout" json:"shutdown_timeout" comment:"How long SIGTERM waits for in-flight RPCs before closing them."`
 }
 
+// AdminSocket is cocoond's admin socket (root only; `cocoon debug-console`
+// talks to it): admin.sock in the runtime directory.
+func (d *Daemon) AdminSocket() string { return filepath.Join(d.RuntimeDir, "admin.sock") }
+
 // Image configures pulls and the local image store.
 type Image struct {
 	GraphRoot            string   `toml:"graph_root" json:"graph_root" comment:"containers/storage graph root."`

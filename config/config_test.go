@@ -57,6 +57,15 @@ func TestLoad(t *testing.T) {
 			wantErr:  []string{"no such file"},
 		},
 		{
+			name: "debug console is off by default and the admin socket follows runtime_dir",
+			main: "[daemon]\nruntime_dir = \"/run/x\"\n",
+			check: func(t *testing.T, l *Loaded) {
+				if l.Config.Debug.Console || l.Config.Daemon.AdminSocket() != "/run/x/admin.sock" {
+					t.Fatalf("debug %+v, admin socket %q", l.Config.Debug, l.Config.Daemon.AdminSocket())
+				}
+			},
+		},
+		{
 			name: "main file overrides one key, keeps the others",
 			main: "[daemon]\nlog_level = \"debug\"\n",
 			check: func(t *testing.T, l *Loaded) {

@@ -19,7 +19,7 @@ func (c *Config) Paths() Paths {
 	run, state := c.Daemon.RuntimeDir, c.Daemon.StateDir
 	return Paths{
 		Socket:      c.Daemon.Socket,
-		AdminSocket: filepath.Join(run, "admin.sock"),
+		AdminSocket: c.Daemon.AdminSocket(),
 		PodStateDir: filepath.Join(state, "sandboxes"),
 		PodRunDir:   filepath.Join(run, "sandboxes"),
 		VMDir:       filepath.Join(run, "vm"),

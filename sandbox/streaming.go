@@ -6,6 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"time"
+
+	"golang.org/x/sys/unix"
 
 	agentapi "github.com/cocoon-runtime/cocoon/api/agent"
 	"github.com/cocoon-runtime/cocoon/errdefs"
@@ -25,20 +28,45 @@ func (m *Manager) Exec(ctx context.Context, id string, cmd []string, stdin io.Re
 	if len(cmd) == 0 {
 		return 0, fmt.Errorf("%w: empty command", errdefs.ErrInvalidArgument)
 	}
-	execID := newID()[:16]
 	proc, _ := json.Marshal(ocispec.ExecProcess(base, cmd, tty))
-	if _, err := rt.agent.ExecProcess(ctx, &agentapi.ExecProcessRequest{ContainerId: c.ID, ExecId: execID, Process: proc, Tty: tty, Stdin: stdin != nil}); err != nil {
+	req := &agentapi.ExecProcessRequest{ContainerId: c.ID, ExecId: newID()[:16], Process: proc, Tty: tty, Stdin: stdin != nil}
+	if _, err := rt.agent.ExecProcess(ctx, req); err != nil {
 		return 0, fmt.Errorf("agent ExecProcess: %w", err)
 	}
-	drained := m.pipeOutputs(rt, c.ID, execID, stdout, stderr, tty)
-	go feedStdin(rt.agent, c.ID, execID, stdin, true)
-	go forwardResize(ctx, rt.agent, c.ID, execID, resize)
-	res, err := rt.agent.WaitProcess(ctx, &agentapi.ProcessRequest{ContainerId: c.ID, ExecId: execID})
+	return m.streamProcess(ctx, rt, req, stdin, stdout, stderr, resize)
+}
+
+// streamProcess connects a started exec to the caller's stdio and returns its
+// exit code once it ended and its output drained. A caller that goes away
+// takes the process with it (as containerd does for an abandoned exec).
+func (m *Manager) streamProcess(ctx context.Context, rt *podRuntime, req *agentapi.ExecProcessRequest, stdin io.Reader, stdout, stderr io.WriteCloser, resize <-chan TermSize) (int32, error) {
+	cid, execID := req.GetContainerId(), req.GetExecId()
+	drained := m.pipeOutputs(rt, cid, execID, stdout, stderr, req.GetTty())
+	go feedStdin(rt.agent, cid, execID, stdin, true)
+	go forwardResize(ctx, rt.agent, cid, execID, resize)
+	res, err := rt.agent.WaitProcess(ctx, &agentapi.ProcessRequest{ContainerId: cid, ExecId: execID})
 	if err != nil {
+		if ctx.Err() != nil {
+			endAbandoned(rt.agent, cid, execID)
+		}
 		return 0, err
 	}
-	<-drained
+	// A job the process left running may hold its terminal open: the
+	// caller leaving ends the wait for the rest of the output.
+	select {
+	case <-drained:
+	case <-ctx.Done():
+	}
 	return res.GetExitCode(), nil
+}
+
+// endAbandoned kills a process whose caller went away and waits for it, so
+// neither it nor the agent's record of it outlives the session.
+func endAbandoned(a agentapi.AgentClient, cid, execID string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, _ = a.SignalProcess(ctx, &agentapi.SignalProcessRequest{ContainerId: cid, ExecId: execID, Signal: uint32(unix.SIGKILL)})
+	_, _ = a.WaitProcess(ctx, &agentapi.ProcessRequest{ContainerId: cid, ExecId: execID})
 }
 
 // pipeOutputs copies an exec's output streams to the writers; the returned

@@ -952,9 +952,15 @@ type ExecProcessRequest struct {
 	ContainerId string                 `protobuf:"bytes,1,opt,name=container_id,json=containerId,proto3" json:"container_id,omitempty"`
 	ExecId      string                 `protobuf:"bytes,2,opt,name=exec_id,json=execId,proto3" json:"exec_id,omitempty"`
 	// process is an OCI Process JSON document.
-	Process       []byte `protobuf:"bytes,3,opt,name=process,proto3" json:"process,omitempty"`
-	Tty           bool   `protobuf:"varint,4,opt,name=tty,proto3" json:"tty,omitempty"`
-	Stdin         bool   `protobuf:"varint,5,opt,name=stdin,proto3" json:"stdin,omitempty"`
+	Process []byte `protobuf:"bytes,3,opt,name=process,proto3" json:"process,omitempty"`
+	Tty     bool   `protobuf:"varint,4,opt,name=tty,proto3" json:"tty,omitempty"`
+	Stdin   bool   `protobuf:"varint,5,opt,name=stdin,proto3" json:"stdin,omitempty"`
+	// guest_root runs the process in the guest's own root environment,
+	// outside every container (the operator's debug console): args, env, cwd,
+	// user and console size come from process, nothing else does.
+	// container_id must be empty; the other process RPCs then address it
+	// with container_id "" and its exec_id.
+	GuestRoot     bool `protobuf:"varint,6,opt,name=guest_root,json=guestRoot,proto3" json:"guest_root,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1020,6 +1026,13 @@ func (x *ExecProcessRequest) GetTty() bool {
 func (x *ExecProcessRequest) GetStdin() bool {
 	if x != nil {
 		return x.Stdin
+	}
+	return false
+}
+
+func (x *ExecProcessRequest) GetGuestRoot() bool {
+	if x != nil {
+		return x.GuestRoot
 	}
 	return false
 }
@@ -2049,13 +2062,15 @@ const file_agent_proto_rawDesc = "" +
 	" \x01(\x04R\vpidsCurrent\x12\x1d\n" +
 	"\n" +
 	"pids_limit\x18\v \x01(\x04R\tpidsLimit\x12!\n" +
-	"\ftimestamp_ns\x18\f \x01(\x03R\vtimestampNs\"\x92\x01\n" +
+	"\ftimestamp_ns\x18\f \x01(\x03R\vtimestampNs\"\xb1\x01\n" +
 	"\x12ExecProcessRequest\x12!\n" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12\x17\n" +
 	"\aexec_id\x18\x02 \x01(\tR\x06execId\x12\x18\n" +
 	"\aprocess\x18\x03 \x01(\fR\aprocess\x12\x10\n" +
 	"\x03tty\x18\x04 \x01(\bR\x03tty\x12\x14\n" +
-	"\x05stdin\x18\x05 \x01(\bR\x05stdin\"L\n" +
+	"\x05stdin\x18\x05 \x01(\bR\x05stdin\x12\x1d\n" +
+	"\n" +
+	"guest_root\x18\x06 \x01(\bR\tguestRoot\"L\n" +
 	"\x0eProcessRequest\x12!\n" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12\x17\n" +
 	"\aexec_id\x18\x02 \x01(\tR\x06execId\"|\n" +

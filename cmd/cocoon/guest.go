@@ -16,10 +16,11 @@ import (
 
 const guestUsage = `Usage: cocoon guest build [--out DIR] [--agent PATH] [--cache DIR]
                           [--agent-version STRING] [--kernel-package NAME]
+                          [--busybox PATH]
 
 Builds the guest every pod VM boots: Debian's cloud kernel and an initramfs
-with the agent as /init and the kernel modules it needs, installed with a
-manifest into --out.
+with the agent as /init, the kernel modules it needs and a static busybox
+(the tools of cocoon debug-console), installed with a manifest into --out.
 `
 
 // runGuest implements `cocoon guest ...`; it returns the exit code.
@@ -36,6 +37,7 @@ func runGuest(args []string, stdout, stderr io.Writer) int {
 	cache := fs.String("cache", guest.DefaultCacheDir, "directory caching downloaded kernel packages")
 	agentVersion := fs.String("agent-version", "", "agent version to record in the manifest")
 	kpkg := fs.String("kernel-package", guest.DefaultKernelPackage, "Debian kernel package (or metapackage) to use")
+	busybox := fs.String("busybox", guest.DefaultBusybox, "static busybox to pack as /bin/busybox (from busybox-static); \"\" leaves the tools out")
 	if err := fs.Parse(args[1:]); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -61,6 +63,7 @@ func runGuest(args []string, stdout, stderr io.Writer) int {
 		Out:          *out,
 		Agent:        *agent,
 		AgentVersion: *agentVersion,
+		Busybox:      *busybox,
 		Source:       &guest.Debian{Package: *kpkg, CacheDir: *cache},
 	})
 	if err != nil {
@@ -93,6 +96,9 @@ func printManifest(w io.Writer, m *guest.Manifest) {
 	fmt.Fprintf(w, "  agent      sha256 %s", m.Agent.SHA256)
 	if m.AgentVersion != "" {
 		fmt.Fprintf(w, "  version %s", m.AgentVersion)
+	}
+	if m.Busybox != nil {
+		fmt.Fprintf(w, "\n  busybox    sha256 %s  applets %v", m.Busybox.SHA256, m.BusyboxApplets)
 	}
 	fmt.Fprintf(w, "\n  modules    %d loaded at boot, %d built in", len(m.Modules), len(m.Builtin))
 	if len(m.Unavailable) > 0 {

@@ -11,10 +11,12 @@ import (
 const usage = `Usage: cocoon <command>
 
 Commands:
-  check      check this node and boot a probe VM per runtime handler (cocoon check --help)
-  env        print the effective configuration, derived paths and versions (cocoon env --help)
-  guest      build the guest kernel and initramfs (cocoon guest build --help)
-  version    print the version of this CLI
+  check                check this node and boot a probe VM per runtime handler (cocoon check --help)
+  debug-console <pod>  root shell in a pod's VM, outside its containers
+                       (needs [debug] console = true; cocoon debug-console --help)
+  env                  print the effective configuration, derived paths and versions (cocoon env --help)
+  guest                build the guest kernel and initramfs (cocoon guest build --help)
+  version              print the version of this CLI
 `
 
 func main() {
@@ -27,6 +29,8 @@ func main() {
 		os.Exit(runCheck(os.Args[2:], os.Stdout, os.Stderr))
 	case "env":
 		os.Exit(runEnv(os.Args[2:], os.Stdout, os.Stderr))
+	case "debug-console":
+		os.Exit(runDebugConsole(os.Args[2:], os.Stdin, os.Stdout, os.Stderr))
 	case "guest":
 		os.Exit(runGuest(os.Args[2:], os.Stdout, os.Stderr))
 	case "version", "--version":

@@ -81,7 +81,7 @@ func run(args []string) error {
 
 	switch command {
 	case "":
-		return serve(loaded)
+		return serve(loaded, f.configPath)
 	case "config":
 		out, err := cfg.Marshal()
 		if err != nil {

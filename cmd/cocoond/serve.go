@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"syscall"
 	"time"
 
@@ -17,6 +16,7 @@ import (
 	"github.com/sirupsen/logrus"
 	"google.golang.org/grpc"
 
+	"github.com/cocoon-runtime/cocoon/admin"
 	"github.com/cocoon-runtime/cocoon/cni"
 	"github.com/cocoon-runtime/cocoon/config"
 	"github.com/cocoon-runtime/cocoon/cri"
@@ -32,7 +32,9 @@ import (
 // maxMsgSize matches kubelet's CRI client limit.
 const maxMsgSize = 16 << 20
 
-func serve(loaded *config.Loaded) error {
+// serve runs the daemon on loaded; configPath is the file the operator edits
+// (named in messages such as the debug console's refusal).
+func serve(loaded *config.Loaded, configPath string) error {
 	cfg := &loaded.Config
 	log, err := setupLogging(cfg.Daemon)
 	if err != nil {
@@ -102,6 +104,14 @@ func serve(loaded *config.Loaded) error {
 	}()
 	defer streams.Stop()
 
+	adminCtx, stopAdmin := context.WithCancel(context.Background())
+	defer stopAdmin()
+	adminDone, err := serveAdmin(adminCtx, cfg, configPath, pods, log.WithField("component", "admin"))
+	if err != nil {
+		return fmt.Errorf("admin socket: %w", err)
+	}
+	defer os.Remove(cfg.Daemon.AdminSocket())
+
 	server = cri.New(images, cni.Probe{ConfDir: cfg.CNI.ConfDir, BinDirs: cfg.CNI.BinDirs}, pods, streams, cri.Options{
 		CgroupDriver: cfg.Daemon.CgroupDriver,
 		Handlers:     cfg.Runtime.HandlerNames(),
@@ -125,7 +135,7 @@ func serve(loaded *config.Loaded) error {
 		defer stop()
 	}
 
-	lis, err := listen(cfg.Daemon.Socket)
+	lis, err := admin.BindSocket(cfg.Daemon.Socket, 0o660)
 	if err != nil {
 		return err
 	}
@@ -146,8 +156,14 @@ func serve(loaded *config.Loaded) error {
 		log.WithField("signal", sig.String()).Info("shutting down")
 	case err := <-served:
 		return fmt.Errorf("grpc server stopped: %w", err)
+	case err := <-adminDone:
+		return fmt.Errorf("admin server stopped: %v", err)
 	}
 	_, _ = daemon.SdNotify(false, daemon.SdNotifyStopping)
+	// Debug consoles end first: their shells are killed while the agents
+	// are still reachable.
+	stopAdmin()
+	<-adminDone
 	stopGracefully(g, cfg.Daemon.ShutdownTimeout.Std(), log)
 	log.Info("cocoond stopped")
 	return nil
@@ -187,30 +203,6 @@ func stopGracefully(g *grpc.Server, timeout time.Duration, log *logrus.Logger) {
 		log.WithField("timeout", timeout.String()).Warn("RPCs still running at shutdown, closing them")
 		g.Stop()
 	}
-}
-
-// listen binds the CRI socket with mode 0660, replacing a stale socket file but
-// refusing to steal the socket of a cocoond that still answers on it.
-func listen(path string) (net.Listener, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o711); err != nil {
-		return nil, err
-	}
-	if conn, err := net.DialTimeout("unix", path, time.Second); err == nil {
-		conn.Close()
-		return nil, fmt.Errorf("socket %s is in use by another process", path)
-	}
-	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return nil, err
-	}
-	lis, err := net.Listen("unix", path)
-	if err != nil {
-		return nil, err
-	}
-	if err := os.Chmod(path, 0o660); err != nil {
-		lis.Close()
-		return nil, err
-	}
-	return lis, nil
 }
 
 func setupLogging(d config.Daemon) (*logrus.Logger, error) {

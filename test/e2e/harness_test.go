@@ -144,8 +144,9 @@ func startShared(bin string) (*env, error) {
 	return e, nil
 }
 
-// writeConfig writes a cocoon.toml (and what it points at) for state under dir.
-func writeConfig(bin, dir string) (string, error) {
+// writeConfig writes a cocoon.toml (and what it points at) for state under
+// dir; extra is appended to it (whole sections, e.g. "[debug]\nconsole = true\n").
+func writeConfig(bin, dir string, extra ...string) (string, error) {
 	for _, d := range []string{"run", "lib", "cni"} {
 		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
 			return "", err
@@ -180,7 +181,7 @@ guest_dir = "%[2]s"
 accel = "tcg"
 [metrics]
 address = "127.0.0.1:0"
-`, dir, guestDirOrDefault()),
+`, dir, guestDirOrDefault()) + strings.Join(extra, ""),
 	}
 	for name, body := range files {
 		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644); err != nil {
@@ -190,8 +191,8 @@ address = "127.0.0.1:0"
 	return filepath.Join(dir, "cocoon.toml"), nil
 }
 
-func startDaemon(bin, dir string) (*env, error) {
-	cfg, err := writeConfig(bin, dir)
+func startDaemon(bin, dir string, extraConfig ...string) (*env, error) {
+	cfg, err := writeConfig(bin, dir, extraConfig...)
 	if err != nil {
 		return nil, err
 	}

@@ -76,7 +76,7 @@ func realGuest(t *testing.T) (*Manifest, string) {
 			return
 		}
 		real.m, real.err = Build(context.Background(), Options{
-			Out: filepath.Join(dir, "guest"), Agent: real.agent, AgentVersion: "testinit", Source: src,
+			Out: filepath.Join(dir, "guest"), Agent: real.agent, AgentVersion: "testinit", Source: src, Busybox: hostBusybox(),
 		})
 	})
 	if real.skip != "" {
@@ -108,7 +108,7 @@ func TestBuildReproducible(t *testing.T) {
 	m1, agent := realGuest(t)
 	m2, err := Build(context.Background(), Options{
 		Out: filepath.Join(t.TempDir(), "guest"), Agent: agent, AgentVersion: "testinit",
-		Source: &Debian{CacheDir: testCacheDir()},
+		Source: &Debian{CacheDir: testCacheDir()}, Busybox: hostBusybox(),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -117,7 +117,16 @@ func TestBuildReproducible(t *testing.T) {
 		t.Fatalf("two builds differ: initramfs %s vs %s, kernel %s vs %s",
 			m1.Initramfs.SHA256, m2.Initramfs.SHA256, m1.Kernel.SHA256, m2.Kernel.SHA256)
 	}
-	t.Logf("initramfs %d bytes sha256 %s, %d modules", m1.Initramfs.Size, m1.Initramfs.SHA256, len(m1.Modules))
+	t.Logf("initramfs %d bytes sha256 %s, %d modules, busybox %v", m1.Initramfs.Size, m1.Initramfs.SHA256, len(m1.Modules), m1.Busybox != nil)
+}
+
+// hostBusybox is Debian's busybox-static when installed: the real guest
+// carries it, so the reproducibility check covers it too.
+func hostBusybox() string {
+	if _, err := os.Stat(DefaultBusybox); err != nil {
+		return ""
+	}
+	return DefaultBusybox
 }
 
 // TestBootGuest boots the guest with a virtio-serial agent port, a disk and

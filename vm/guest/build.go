@@ -29,6 +29,9 @@ type Options struct {
 	Agent string
 	// AgentVersion is recorded in the manifest when set.
 	AgentVersion string
+	// Busybox is a static busybox packed as /bin/busybox with /bin links
+	// for BusyboxApplets (DefaultBusybox from the CLI); "" leaves it out.
+	Busybox string
 	// Source provides the kernel package (a Debian with defaults if nil).
 	Source Source
 	// Needs is what the kernel must provide (the package's Needs if nil).
@@ -107,6 +110,14 @@ func Build(ctx context.Context, opts Options) (*Manifest, error) {
 
 	entries := append([]entry(nil), mountPoints...)
 	entries = append(entries, entry{Name: "init", Perm: 0o755, Data: agent})
+	if opts.Busybox != "" {
+		bb, bbEntries, err := busyboxEntries(opts.Busybox)
+		if err != nil {
+			return nil, err
+		}
+		m.Busybox, m.BusyboxApplets = bb, BusyboxApplets
+		entries = append(entries, bbEntries...)
+	}
 	inGuest := "lib/modules/" + kver + "/"
 	m.Modules = []string{}
 	for _, p := range paths {

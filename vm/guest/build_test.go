@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
+	"debug/elf"
+	"encoding/binary"
 	"io"
 	"os"
 	"path/filepath"
@@ -63,9 +65,13 @@ func TestBuildInstallLocate(t *testing.T) {
 	if err := os.WriteFile(agent, []byte("agent v1"), 0o755); err != nil {
 		t.Fatal(err)
 	}
+	busybox := filepath.Join(dir, "busybox")
+	if err := os.WriteFile(busybox, fakeELF(t, false), 0o755); err != nil {
+		t.Fatal(err)
+	}
 	out := filepath.Join(dir, "lib", "guest")
 	src := &fakeSource{config: fakeConfig}
-	opts := Options{Out: out, Agent: agent, AgentVersion: "v1", Source: src, Needs: fakeNeeds}
+	opts := Options{Out: out, Agent: agent, AgentVersion: "v1", Source: src, Needs: fakeNeeds, Busybox: busybox}
 
 	m1, err := Build(context.Background(), opts)
 	if err != nil {
@@ -93,6 +99,14 @@ func TestBuildInstallLocate(t *testing.T) {
 	}
 	if _, ok := files["lib/modules/"+fakeRelease+"/kernel/unused.ko"]; ok {
 		t.Fatal("a module nobody needs was packed")
+	}
+	if files["bin/busybox"] != string(fakeELF(t, false)) || files["bin/sh"] != "-> busybox" || files["bin/ip"] != "-> busybox" ||
+		!strings.HasPrefix(files["etc/passwd"], "root:x:0:0:") {
+		t.Fatalf("busybox and its links: busybox %d bytes, sh %q, ip %q", len(files["bin/busybox"]), files["bin/sh"], files["bin/ip"])
+	}
+	if loc.Busybox == nil || loc.Busybox.Name != "/bin/busybox" || loc.Busybox.SHA256 != sha256Hex(fakeELF(t, false)) ||
+		!reflect.DeepEqual(loc.BusyboxApplets, BusyboxApplets) {
+		t.Fatalf("manifest busybox %+v applets %v", loc.Busybox, loc.BusyboxApplets)
 	}
 	if got := files["lib/modules/"+fakeRelease+"/cocoon.modules"]; !strings.HasSuffix(got, strings.Join(wantMods, "\n")+"\n") {
 		t.Fatalf("load order file:\n%s", got)
@@ -150,8 +164,7 @@ func TestLocateRefuses(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			dir := t.TempDir()
-			agent := filepath.Join(dir, "agent")
-			os.WriteFile(agent, []byte("agent"), 0o755)
+			agent := writeFakeAgent(t, dir)
 			out := filepath.Join(dir, "guest")
 			_, err := Build(context.Background(), Options{Out: out, Agent: agent, Source: &fakeSource{config: fakeConfig}, Needs: fakeNeeds})
 			if err != nil {
@@ -169,8 +182,7 @@ func TestLocateRefuses(t *testing.T) {
 
 func TestBuildFailsCleanly(t *testing.T) {
 	dir := t.TempDir()
-	agent := filepath.Join(dir, "agent")
-	os.WriteFile(agent, []byte("agent"), 0o755)
+	agent := writeFakeAgent(t, dir)
 	out := filepath.Join(dir, "guest")
 	_, err := Build(context.Background(), Options{Out: out, Agent: agent,
 		Source: &fakeSource{config: "CONFIG_DEVTMPFS=y\n"}, Needs: fakeNeeds})
@@ -180,6 +192,16 @@ func TestBuildFailsCleanly(t *testing.T) {
 	if ents, _ := os.ReadDir(dir); len(ents) != 1 {
 		t.Fatalf("failed build left %v", ents)
 	}
+}
+
+// writeFakeAgent writes an agent "binary" into dir and returns its path.
+func writeFakeAgent(t *testing.T, dir string) string {
+	t.Helper()
+	agent := filepath.Join(dir, "agent")
+	if err := os.WriteFile(agent, []byte("agent"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return agent
 }
 
 // initramfsFiles reads back a gzip'd cpio as name -> content.
@@ -204,7 +226,79 @@ func initramfsFiles(t *testing.T, p string) map[string]string {
 		if err != nil {
 			t.Fatal(err)
 		}
+		if h.Mode&^cpio.ModePerm == cpio.TypeSymlink {
+			files[h.Name] = "-> " + h.Linkname
+			continue
+		}
 		b, _ := io.ReadAll(cr)
 		files[h.Name] = string(b)
 	}
+}
+
+func TestBuildBusybox(t *testing.T) {
+	tests := []struct {
+		name    string
+		content []byte // nil: no file at all
+		wantErr string
+	}{
+		{"static", fakeELF(t, false), ""},
+		{"dynamically linked", fakeELF(t, true), "dynamically linked"},
+		{"not an executable", []byte("#!/bin/sh\n"), "not an ELF executable"},
+		{"missing", nil, "install busybox-static"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			agent := writeFakeAgent(t, dir)
+			busybox := filepath.Join(dir, "busybox")
+			if tt.content != nil {
+				os.WriteFile(busybox, tt.content, 0o755)
+			}
+			out := filepath.Join(dir, "guest")
+			m, err := Build(context.Background(), Options{Out: out, Agent: agent, Busybox: busybox,
+				Source: &fakeSource{config: fakeConfig}, Needs: fakeNeeds})
+			if tt.wantErr == "" {
+				if err != nil || m.Busybox == nil {
+					t.Fatalf("Build = %+v, %v", m, err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Fatalf("error = %v, want %q", err, tt.wantErr)
+			}
+			if _, err := os.Stat(out); !os.IsNotExist(err) {
+				t.Fatalf("a refused build installed a guest: %v", err)
+			}
+		})
+	}
+}
+
+// fakeELF is the smallest ELF executable debug/elf reads: a header and, when
+// dynamic, one PT_INTERP program header naming a loader.
+func fakeELF(t *testing.T, dynamic bool) []byte {
+	t.Helper()
+	hdr := elf.Header64{
+		Ident:     [elf.EI_NIDENT]byte{0x7f, 'E', 'L', 'F', byte(elf.ELFCLASS64), byte(elf.ELFDATA2LSB), byte(elf.EV_CURRENT)},
+		Type:      uint16(elf.ET_EXEC),
+		Machine:   uint16(elf.EM_X86_64),
+		Version:   uint32(elf.EV_CURRENT),
+		Ehsize:    64,
+		Phentsize: 56,
+	}
+	interp := "/lib64/ld-linux-x86-64.so.2\x00"
+	if dynamic {
+		hdr.Phoff, hdr.Phnum = 64, 1
+	}
+	var b bytes.Buffer
+	if err := binary.Write(&b, binary.LittleEndian, hdr); err != nil {
+		t.Fatal(err)
+	}
+	if dynamic {
+		prog := elf.Prog64{Type: uint32(elf.PT_INTERP), Off: 64 + 56, Filesz: uint64(len(interp)), Memsz: uint64(len(interp))}
+		if err := binary.Write(&b, binary.LittleEndian, prog); err != nil {
+			t.Fatal(err)
+		}
+		b.WriteString(interp)
+	}
+	return b.Bytes()
 }

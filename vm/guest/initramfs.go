@@ -11,10 +11,11 @@ import (
 	"github.com/cavaliergopher/cpio"
 )
 
-// entry is one file or directory of the initramfs.
+// entry is one file, directory or symbolic link of the initramfs.
 type entry struct {
 	Name string // absolute-looking path without the leading '/', e.g. "init"
 	Dir  bool
+	Link string        // target of a symbolic link; "" for files and directories
 	Perm cpio.FileMode // permission bits only
 	Data []byte
 }
@@ -27,6 +28,7 @@ var mountPoints = []entry{
 	{Name: "etc", Dir: true, Perm: 0o755},
 	{Name: "mnt", Dir: true, Perm: 0o755},
 	{Name: "proc", Dir: true, Perm: 0o555},
+	{Name: "root", Dir: true, Perm: 0o700}, // HOME of the debug console's shell
 	{Name: "run", Dir: true, Perm: 0o755},
 	{Name: "sys", Dir: true, Perm: 0o555},
 	{Name: "tmp", Dir: true, Perm: 0o1777},
@@ -49,18 +51,25 @@ func writeInitramfs(w io.Writer, entries []entry) error {
 	cw := cpio.NewWriter(zw)
 	for _, e := range all {
 		h := &cpio.Header{Name: e.Name, Mode: e.Perm & (cpio.ModePerm | cpio.ModeSticky | cpio.ModeSetuid | cpio.ModeSetgid)}
-		if e.Dir {
+		data := e.Data
+		switch {
+		case e.Dir:
 			h.Mode |= cpio.TypeDir
 			h.Links = 2
-		} else {
+		case e.Link != "":
+			// newc stores a link's target as its data.
+			h.Mode = cpio.TypeSymlink | 0o777
+			data = []byte(e.Link)
+			h.Size = int64(len(data))
+		default:
 			h.Mode |= cpio.TypeReg
-			h.Size = int64(len(e.Data))
+			h.Size = int64(len(data))
 		}
 		if err := cw.WriteHeader(h); err != nil {
 			return fmt.Errorf("guest: cpio header %s: %w", e.Name, err)
 		}
 		if !e.Dir {
-			if _, err := cw.Write(e.Data); err != nil {
+			if _, err := cw.Write(data); err != nil {
 				return fmt.Errorf("guest: cpio data %s: %w", e.Name, err)
 			}
 		}

@@ -18,6 +18,7 @@ func fakeEntries() []entry {
 		{Name: "/lib/modules/6.1.0-test/cocoon.modules", Perm: 0o644, Data: []byte("kernel/fs/overlay.ko\n")},
 		{Name: "tmp", Dir: true, Perm: 0o1777},
 		{Name: "proc", Dir: true, Perm: 0o555},
+		{Name: "bin/sh", Link: "busybox"},
 	}
 }
 
@@ -73,9 +74,14 @@ func TestInitramfsDeterministic(t *testing.T) {
 			t.Errorf("%s: uid %d gid %d mtime %v, want 0 0 0", h.Name, h.Uid, h.Guid, h.ModTime.Unix())
 		}
 		data, _ := io.ReadAll(cr)
+		if h.Linkname != "" {
+			data = []byte("-> " + h.Linkname)
+		}
 		entries = append(entries, got{h.Name, h.Mode, string(data)})
 	}
 	want := []got{
+		{"bin", cpio.TypeDir | 0o755, ""},
+		{"bin/sh", cpio.TypeSymlink | 0o777, "-> busybox"},
 		{"init", cpio.TypeReg | 0o755, "#!agent"},
 		{"lib", cpio.TypeDir | 0o755, ""},
 		{"lib/modules", cpio.TypeDir | 0o755, ""},
@@ -100,6 +106,7 @@ func TestInitramfsRefusesConflicts(t *testing.T) {
 	}{
 		{"duplicate file", []entry{{Name: "init"}, {Name: "/init"}}, "given twice"},
 		{"file used as dir", []entry{{Name: "lib"}, {Name: "lib/x.ko"}}, "file and a directory"},
+		{"link used as dir", []entry{{Name: "bin", Link: "usr/bin"}, {Name: "bin/sh", Link: "busybox"}}, "file and a directory"},
 		{"empty name", []entry{{Name: "/"}}, "empty name"},
 	}
 	for _, tt := range tests {

@@ -42,6 +42,10 @@ type Manifest struct {
 	// Agent is the binary packed as /init.
 	Agent        File   `json:"agent"`
 	AgentVersion string `json:"agentVersion,omitempty"`
+	// Busybox is the static busybox packed as /bin/busybox, with a /bin
+	// link per applet in BusyboxApplets; nil when the guest has no tools.
+	Busybox        *File    `json:"busybox,omitempty"`
+	BusyboxApplets []string `json:"busyboxApplets,omitempty"`
 
 	// Builtin lists the needed Config symbols the kernel has built in,
 	// Modules the module files (relative to /lib/modules/<ver>/) in load
