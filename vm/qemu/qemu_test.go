@@ -223,66 +223,51 @@ func assertGone(t *testing.T, runDir string, pids []int) {
 	}
 }
 
-func TestQEMUDeathIsDetected(t *testing.T) {
+// TestProcessDeathIsDetected kills the VM's processes one at a time: QEMU's
+// death is the VM's; virtiofsd's stops the VM (a guest without its root
+// filesystems is broken), after the grace a powering-off guest gets.
+func TestProcessDeathIsDetected(t *testing.T) {
 	m := testGuest(t)
-	ctx := context.Background()
-	spec := testSpec(t, m, "death")
-	v, err := quietDriver().Create(ctx, spec)
-	if err != nil {
-		t.Fatal(err)
+	for _, tc := range []struct {
+		name    string
+		kill    int    // index into Pids()
+		errWith string // what Err must name besides ErrNotRunning
+	}{
+		{"qemu", 0, ""},
+		{"virtiofsd", 1, "virtiofsd"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			spec := testSpec(t, m, "death-"+tc.name)
+			v, err := quietDriver().Create(ctx, spec)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := v.Start(ctx); err != nil {
+				t.Fatal(err)
+			}
+			pids := v.Pids()
+			if len(pids) <= tc.kill {
+				t.Fatalf("pids %v", pids)
+			}
+			_ = unix.Kill(pids[tc.kill], unix.SIGKILL)
+			select {
+			case <-v.Done():
+			case <-time.After(helperGrace + 5*time.Second):
+				t.Fatalf("%s's death was not noticed", tc.name)
+			}
+			if err := v.Err(); !errors.Is(err, vm.ErrNotRunning) || !strings.Contains(err.Error(), tc.errWith) {
+				t.Fatalf("Err = %v, want ErrNotRunning naming %q", err, tc.errWith)
+			}
+			if err := v.Start(ctx); !errors.Is(err, vm.ErrNotRunning) {
+				t.Fatalf("Start on a dead VM: %v", err)
+			}
+			if err := v.Stop(ctx); err != nil {
+				t.Fatal(err)
+			}
+			assertGone(t, spec.RunDir, pids)
+		})
 	}
-	if err := v.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	pids := v.Pids()
-	_ = unix.Kill(pids[0], unix.SIGKILL)
-	select {
-	case <-v.Done():
-	case <-time.After(5 * time.Second):
-		t.Fatal("QEMU's death was not noticed")
-	}
-	if !errors.Is(v.Err(), vm.ErrNotRunning) {
-		t.Fatalf("Err = %v", v.Err())
-	}
-	if err := v.Start(ctx); !errors.Is(err, vm.ErrNotRunning) {
-		t.Fatalf("Start on a dead VM: %v", err)
-	}
-	if err := v.Stop(ctx); err != nil {
-		t.Fatal(err)
-	}
-	assertGone(t, spec.RunDir, pids)
-}
-
-// TestVirtiofsdDeathStopsVM: a guest without its root filesystems is broken,
-// so the VM is stopped (after the grace a powering-off guest gets).
-func TestVirtiofsdDeathStopsVM(t *testing.T) {
-	m := testGuest(t)
-	ctx := context.Background()
-	spec := testSpec(t, m, "fsdeath")
-	v, err := quietDriver().Create(ctx, spec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := v.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	pids := v.Pids()
-	if len(pids) < 2 {
-		t.Fatalf("pids %v: want QEMU and virtiofsd", pids)
-	}
-	_ = unix.Kill(pids[1], unix.SIGKILL)
-	select {
-	case <-v.Done():
-	case <-time.After(helperGrace + 5*time.Second):
-		t.Fatal("virtiofsd's death did not stop the VM")
-	}
-	if err := v.Err(); !errors.Is(err, vm.ErrNotRunning) || !strings.Contains(err.Error(), "virtiofsd") {
-		t.Fatalf("Err = %v, want it to name virtiofsd", err)
-	}
-	if err := v.Stop(ctx); err != nil {
-		t.Fatal(err)
-	}
-	assertGone(t, spec.RunDir, pids)
 }
 
 func TestQEMUFailedCreateLeavesNothing(t *testing.T) {
