@@ -184,7 +184,6 @@ func (m *Manager) CreateContainer(ctx context.Context, podID string, cfg *runtim
 	return id, nil
 }
 
-
 // podFileMounts binds the pod's resolv.conf, hostname and hosts (written in
 // its share at RunPodSandbox) unless the CRI mounts already provide them.
 func podFileMounts(mounts []*runtimeapi.Mount) []ocispec.Mount {

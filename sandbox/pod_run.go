@@ -137,6 +137,10 @@ func (m *Manager) RunPod(ctx context.Context, cfg *runtimeapi.PodSandboxConfig, 
 		{Name: "agent", Run: func(ctx context.Context) (func() error, error) {
 			c, err := m.waitAgent(ctx, rt.vmm)
 			if err != nil {
+				// The VM's run dir (and its console) goes with the undo.
+				if tail := vm.FileTail(vm.ConsoleLog(rt.vmm.State().RunDir), 800); tail != "" {
+					err = fmt.Errorf("%w; guest console ends: %s", err, tail)
+				}
 				return nil, err
 			}
 			booted = true

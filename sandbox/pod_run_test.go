@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -45,6 +46,7 @@ func (f *fakeNetwork) Detach(context.Context, string, string) error { f.detached
 // fakeDriver makes fakeVMMs that fail where told.
 type fakeDriver struct {
 	createErr, startErr error
+	console             string
 	agentSock           string // where a fake agent listens; "" means none answers
 	made                []*fakeVMM
 }
@@ -55,7 +57,7 @@ func (d *fakeDriver) Create(_ context.Context, spec *vm.Spec) (vm.VMM, error) {
 	if d.createErr != nil {
 		return nil, d.createErr
 	}
-	v := &fakeVMM{spec: spec, startErr: d.startErr, agentSock: d.agentSock, done: make(chan struct{})}
+	v := &fakeVMM{spec: spec, startErr: d.startErr, agentSock: d.agentSock, console: d.console, done: make(chan struct{})}
 	d.made = append(d.made, v)
 	return v, nil
 }
@@ -63,6 +65,7 @@ func (d *fakeDriver) Create(_ context.Context, spec *vm.Spec) (vm.VMM, error) {
 func (d *fakeDriver) Adopt(context.Context, *vm.State) (vm.VMM, error) { return nil, vm.ErrNotRunning }
 
 type fakeVMM struct {
+	console   string // written to the console log at Start
 	spec      *vm.Spec
 	startErr  error
 	agentSock string
@@ -70,7 +73,13 @@ type fakeVMM struct {
 	done      chan struct{}
 }
 
-func (v *fakeVMM) Start(context.Context) error { return v.startErr }
+func (v *fakeVMM) Start(context.Context) error {
+	if v.console != "" {
+		_ = os.MkdirAll(v.spec.RunDir, 0o755)
+		_ = os.WriteFile(vm.ConsoleLog(v.spec.RunDir), []byte(v.console), 0o644)
+	}
+	return v.startErr
+}
 func (v *fakeVMM) Stop(context.Context) error {
 	if !v.stopped {
 		v.stopped = true
@@ -299,5 +308,17 @@ func TestRunPodSizesVMFromPodResources(t *testing.T) {
 	}
 	if s := d.made[0].spec; s.VCPUs != 3 || s.MemoryMiB != 512+guestOverheadMiB {
 		t.Errorf("VM booted with %d vCPUs, %d MiB; want 3, %d", s.VCPUs, s.MemoryMiB, 512+guestOverheadMiB)
+	}
+}
+
+// TestRunPodBootFailureCarriesConsole: the VM's run dir goes with the undo,
+// so the error must carry what the guest said.
+func TestRunPodBootFailureCarriesConsole(t *testing.T) {
+	d := &fakeDriver{console: "Kernel panic - not syncing: VFS: Unable to mount root fs"}
+	m := testManager(t, &fakeNetwork{}, d)
+	installFakeGuest(t, m.opts.Runtime.GuestDir)
+	_, err := m.RunPod(context.Background(), podConfig(), "")
+	if err == nil || !strings.Contains(err.Error(), "Kernel panic") {
+		t.Fatalf("err = %v, want the guest console's end in it", err)
 	}
 }

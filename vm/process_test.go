@@ -38,3 +38,19 @@ func TestDropOOMProtection(t *testing.T) {
 		})
 	}
 }
+
+func TestFileTail(t *testing.T) {
+	p := t.TempDir() + "/log"
+	if got := FileTail(p, 10); got != "" {
+		t.Errorf("missing file: %q", got)
+	}
+	if err := os.WriteFile(p, []byte("early boot\nKernel panic - not syncing\n\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if got := FileTail(p, 100); got != "early boot\nKernel panic - not syncing" {
+		t.Errorf("short file: %q", got)
+	}
+	if got := FileTail(p, 12); got != "… not syncing" {
+		t.Errorf("tail: %q", got)
+	}
+}

@@ -9,6 +9,8 @@ import (
 	"errors"
 	"net"
 	"os"
+	"path/filepath"
+	"strings"
 	"time"
 )
 
@@ -128,4 +130,23 @@ type Process struct {
 	Name      string `json:"name"`
 	Pid       int    `json:"pid"`
 	StartTime uint64 `json:"startTime"`
+}
+
+// ConsoleLog is the guest serial console's file in a VM's run dir (both
+// drivers write it there).
+func ConsoleLog(runDir string) string { return filepath.Join(runDir, "console.log") }
+
+// FileTail returns the last max bytes of a log file, trimmed, or "" when
+// there is nothing to read: for errors that should carry the reason a VMM or
+// guest left in its log before its run dir goes away.
+func FileTail(path string, max int) string {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	s := strings.TrimSpace(string(data))
+	if len(s) > max {
+		s = "…" + s[len(s)-max:]
+	}
+	return s
 }

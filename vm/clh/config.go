@@ -13,7 +13,6 @@ import (
 const (
 	apiSocketName   = "api.sock"
 	vsockSocketName = "vsock.sock"
-	consoleLogName  = "console.log"
 	vmmLogName      = "cloud-hypervisor.log"
 )
 
@@ -134,7 +133,7 @@ func vmConfig(spec *vm.Spec) clhapi.VmConfig {
 		Memory:  &mem,
 		Rng:     &clhapi.RngConfig{Src: "/dev/urandom"},
 		// We are a daemon: never Tty. Serial (ttyS0) to a file, no virtio-console.
-		Serial:  &clhapi.ConsoleConfig{Mode: clhapi.File, File: ptr(filepath.Join(spec.RunDir, consoleLogName))},
+		Serial:  &clhapi.ConsoleConfig{Mode: clhapi.File, File: ptr(vm.ConsoleLog(spec.RunDir))},
 		Console: &clhapi.ConsoleConfig{Mode: clhapi.Off},
 		Vsock:   &clhapi.VsockConfig{Cid: guestCID, Socket: vsockSocket(spec.RunDir)},
 	}

@@ -63,7 +63,7 @@ func TestEndToEnd(t *testing.T) {
 	pids := v.Pids()
 	defer func() {
 		if t.Failed() {
-			if b, err := os.ReadFile(filepath.Join(spec.RunDir, consoleLogName)); err == nil {
+			if b, err := os.ReadFile(vm.ConsoleLog(spec.RunDir)); err == nil {
 				t.Logf("guest console:\n%s", b)
 			}
 		}

@@ -28,7 +28,7 @@ func vmPaths(runDir string) paths {
 	return paths{
 		qmp:     filepath.Join(runDir, "qmp.sock"),
 		agent:   filepath.Join(runDir, "agent.sock"),
-		console: filepath.Join(runDir, "console.log"),
+		console: vm.ConsoleLog(runDir),
 	}
 }
 

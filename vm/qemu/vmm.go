@@ -5,8 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
-	"strings"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -210,13 +209,8 @@ func (v *qemuVM) State() *vm.State {
 
 // logTail adds the end of QEMU's own log to an error, where the reason is.
 func (v *qemuVM) logTail() string {
-	data, err := os.ReadFile(v.spec.RunDir + "/qemu.log")
-	if err != nil || len(data) == 0 {
-		return ""
+	if s := vm.FileTail(filepath.Join(v.spec.RunDir, "qemu.log"), 600); s != "" {
+		return " (qemu: " + s + ")"
 	}
-	s := strings.TrimSpace(string(data))
-	if len(s) > 600 {
-		s = s[len(s)-600:]
-	}
-	return " (qemu: " + s + ")"
+	return ""
 }
