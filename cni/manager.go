@@ -237,6 +237,24 @@ func (m *Manager) Check(ctx context.Context, id string) error {
 	return nil
 }
 
+// Attached lists the IDs of the pods with an attachment record.
+func (m *Manager) Attached() ([]string, error) {
+	entries, err := os.ReadDir(m.opts.StateDir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var ids []string
+	for _, e := range entries {
+		if id, ok := strings.CutSuffix(e.Name(), ".json"); ok && !e.IsDir() {
+			ids = append(ids, id)
+		}
+	}
+	return ids, nil
+}
+
 // Result returns what Setup returned, from the record (after a restart
 // too); a pod without one is ErrNotFound.
 func (m *Manager) Result(id string) (*Result, error) {

@@ -305,3 +305,22 @@ func TestAlreadyGone(t *testing.T) {
 		}
 	}
 }
+
+func TestAttachedListsRecords(t *testing.T) {
+	dir := t.TempDir()
+	for _, f := range []string{"aaa.json", "bbb.json"} {
+		if err := os.WriteFile(filepath.Join(dir, f), []byte("{}"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Mkdir(filepath.Join(dir, "cache"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	ids, err := NewManager(Options{StateDir: dir}).Attached()
+	if err != nil || strings.Join(ids, ",") != "aaa,bbb" {
+		t.Errorf("Attached = %v, %v; want aaa,bbb (libcni's cache dir is not a pod)", ids, err)
+	}
+	if ids, err := NewManager(Options{StateDir: filepath.Join(dir, "missing")}).Attached(); err != nil || len(ids) != 0 {
+		t.Errorf("no state dir yet: %v, %v", ids, err)
+	}
+}

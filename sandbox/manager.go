@@ -27,6 +27,9 @@ type network interface {
 	// Detach undoes Attach from the netns path alone (it works after a restart)
 	// and is idempotent.
 	Detach(ctx context.Context, podID, netnsPath string) error
+	// Attached lists what is attached, pod ID to netns path, so a restart
+	// can detach what no pod record claims.
+	Attached() (map[string]string, error)
 }
 
 // images is what containers need from the image service.

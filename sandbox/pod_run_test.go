@@ -26,10 +26,14 @@ import (
 
 // fakeNetwork records attach/detach and can fail.
 type fakeNetwork struct {
-	attachErr error
-	attached  int
-	detached  int
+	attachErr   error
+	attached    int
+	detached    int
+	stray       map[string]string // what Attached reports
+	detachedIDs []string
 }
+
+func (f *fakeNetwork) Attached() (map[string]string, error) { return f.stray, nil }
 
 func (f *fakeNetwork) Attach(_ context.Context, req PodNetworkRequest) (*PodNetwork, error) {
 	if f.attachErr != nil {
@@ -41,7 +45,11 @@ func (f *fakeNetwork) Attach(_ context.Context, req PodNetworkRequest) (*PodNetw
 	return &PodNetwork{NetnsPath: "/run/netns/" + req.PodID, Tap: tap, MAC: mac, MTU: 1500, IPs: []string{"10.0.0.2/24"}}, nil
 }
 
-func (f *fakeNetwork) Detach(context.Context, string, string) error { f.detached++; return nil }
+func (f *fakeNetwork) Detach(_ context.Context, id, _ string) error {
+	f.detached++
+	f.detachedIDs = append(f.detachedIDs, id)
+	return nil
+}
 
 // fakeDriver makes fakeVMMs that fail where told.
 type fakeDriver struct {
@@ -320,5 +328,21 @@ func TestRunPodBootFailureCarriesConsole(t *testing.T) {
 	_, err := m.RunPod(context.Background(), podConfig(), "")
 	if err == nil || !strings.Contains(err.Error(), "Kernel panic") {
 		t.Fatalf("err = %v, want the guest console's end in it", err)
+	}
+}
+
+// TestRecoverDetachesStrayNetworks: a network no pod record claims (a crash
+// before the pod was persisted) is detached at startup; a pod's own is not.
+func TestRecoverDetachesStrayNetworks(t *testing.T) {
+	netw := &fakeNetwork{}
+	m := testManager(t, netw, &fakeDriver{})
+	kept, gone := pad("aa"), pad("bb")
+	addPod(t, m, kept, "p", "ns", StateNotReady)
+	netw.stray = map[string]string{kept: "/run/netns/" + kept, gone: "/run/netns/" + gone}
+	if err := m.Recover(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(netw.detachedIDs) != "["+gone+"]" {
+		t.Errorf("detached %v, want only the stray one", netw.detachedIDs)
 	}
 }

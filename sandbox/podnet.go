@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 
 	"github.com/cocoon-runtime/cocoon/cni"
 )
@@ -62,6 +64,27 @@ func (n *CNINetwork) Detach(ctx context.Context, podID, netnsPath string) error 
 		n.CNI.Teardown(ctx, podID),
 		cni.RemoveNetns(netnsPath),
 	)
+}
+
+// Attached implements network: the pods with a CNI record or a netns pin,
+// each with its netns path.
+func (n *CNINetwork) Attached() (map[string]string, error) {
+	out := map[string]string{}
+	ids, err := n.CNI.Attached()
+	if err != nil {
+		return nil, err
+	}
+	entries, err := os.ReadDir(n.NetnsRoot)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
+	for _, e := range entries {
+		ids = append(ids, e.Name())
+	}
+	for _, id := range ids {
+		out[id] = filepath.Join(n.NetnsRoot, id)
+	}
+	return out, nil
 }
 
 // protocolName maps CRI's TCP/UDP/SCTP enum names to CNI's lower case.

@@ -28,6 +28,9 @@ func (m *Manager) Recover(ctx context.Context) error {
 	if err := m.removeStrayVMs(ctx); err != nil {
 		errs = append(errs, err)
 	}
+	if err := m.removeStrayNetworks(ctx); err != nil {
+		errs = append(errs, err)
+	}
 	return errors.Join(errs...)
 }
 
@@ -77,6 +80,27 @@ func (m *Manager) recoverPod(ctx context.Context, p Pod) error {
 	go m.watchVM(p.ID, rt)
 	log.Info("pod re-adopted")
 	return nil
+}
+
+// removeStrayNetworks detaches networks no pod record claims (a crash between
+// attaching a pod's network and persisting the pod, or after removing the
+// record), so their netns, veth and IP lease do not outlive them.
+func (m *Manager) removeStrayNetworks(ctx context.Context) error {
+	attached, err := m.opts.Network.Attached()
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for id, netns := range attached {
+		if _, ok := m.pods.get(id); ok {
+			continue
+		}
+		m.opts.Log.WithField("pod", id).Warn("detaching a network no pod claims")
+		if err := m.opts.Network.Detach(ctx, id, netns); err != nil {
+			errs = append(errs, fmt.Errorf("stray network of %s: %w", id, err))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // removeStrayVMs stops VMs under the run dir that no pod record claims (a
