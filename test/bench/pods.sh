@@ -38,7 +38,7 @@ measure() {
 
 read -r c_runp c_full < <(measure "$SOCK")
 read -r d_runp d_full < <(measure "$CTRD_SOCK")
-echo "pods: $RUNS runs each, same images, same CNI plugins, QEMU under ${COCOON_ACCEL:-tcg}"
+echo "pods: $RUNS runs each, same images, same CNI plugins, QEMU accel ${COCOON_ACCEL:-auto} (KVM when it boots guests, else TCG)"
 echo "  RunPodSandbox median:        cocoond $c_runp ms, containerd+runc $d_runp ms, ratio $(awk -v a="$c_runp" -v b="$d_runp" 'BEGIN{printf "%.1f", a/b}')"
 echo "  pod + container running:     cocoond $c_full ms, containerd+runc $d_full ms, ratio $(awk -v a="$c_full" -v b="$d_full" 'BEGIN{printf "%.1f", a/b}')"
 

@@ -72,7 +72,7 @@ conf_dir = "$WORK/cni"
 [runtime]
 guest_dir = "${COCOON_GUEST_DIR:-$COCOON_REPO/_output/guest}"
 [runtime.handlers.cocoon]
-accel = "${COCOON_ACCEL:-tcg}"
+accel = "${COCOON_ACCEL:-auto}"
 TOML
 }
 
