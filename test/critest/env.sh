@@ -33,6 +33,8 @@ cocoon_cleanup() {
     [ $rc -eq 0 ] && rc=1
   fi
   "$BIN/cocoon-test-images" down --dir "$WORK/registry" >/dev/null 2>&1 || true
+  ip link del cocoontest0 2>/dev/null
+  rm -rf /var/lib/cni/networks/cocoontest # host-local's lease dir
   # Anything the store left mounted (it should have unmounted on SIGTERM).
   local leaked
   leaked=$(awk -v w="$WORK" 'index($2, w) == 1 {print $2}' /proc/self/mounts | sort -r)
@@ -51,7 +53,10 @@ cocoon_start_registry() {
 
 cocoon_write_config() {
   mkdir -p "$WORK/cni" "$WORK/run" "$WORK/lib"
+  # A network of its own (bridge, subnet, host-local allocations) beside a
+  # node's default one; cleanup deletes the bridge the plugin leaves.
   CNI_CONF_DIR=$WORK/cni "$COCOON_REPO/hack/install-cni-default.sh" >/dev/null
+  sed -i 's/"cocoon0"/"cocoontest0"/; s/"name": "cocoon"/"name": "cocoontest"/; s#10.88.0.0/16#10.90.0.0/16#' "$WORK/cni/10-cocoon.conflist"
   echo '{"default":[{"type":"insecureAcceptAnything"}]}' > "$WORK/policy.json"
   "$BIN/cocoon-test-images" registries-conf --addr "$REGISTRY_ADDR" > "$WORK/registries.conf"
   cat > "$WORK/cocoon.toml" <<TOML
@@ -133,5 +138,6 @@ ctrd_stop() {
   local m
   for m in $(awk -v d="$CTRD" 'index($2, d) == 1 {print $2}' /proc/self/mounts | sort -r); do umount -l "$m"; done
   ip link del ctrd0 2>/dev/null
+  rm -rf /var/lib/cni/networks/ctrd
   return 0
 }

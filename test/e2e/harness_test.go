@@ -20,10 +20,15 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"github.com/vishvananda/netlink"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
 const registryAddr = "127.0.0.1:5000"
+
+// e2eBridge is the bridge of the tests' CNI network, created by the bridge
+// plugin on the first pod.
+const e2eBridge = "cocoone2e0"
 
 // env is one throw-away cocoond with its own state under dir.
 type env struct {
@@ -90,6 +95,14 @@ func TestMain(m *testing.M) {
 	if reason := skipReason(binDir()); reason != "" {
 		fmt.Println("e2e: SKIP:", reason)
 	}
+	// The bridge plugin never deletes its bridge; the last teardown does,
+	// after every daemon (and pod) is gone.
+	onTeardown(func() {
+		if l, err := netlink.LinkByName(e2eBridge); err == nil {
+			_ = netlink.LinkDel(l)
+		}
+		_ = os.RemoveAll("/var/lib/cni/networks/e2e") // host-local's lease dir
+	})
 	// A killed test binary must not leave the registry or a daemon behind.
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
@@ -156,7 +169,7 @@ func writeConfig(bin, dir string, extra ...string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("registries-conf: %w", err)
 	}
-	conflist := `{"cniVersion":"1.0.0","name":"e2e","plugins":[{"type":"bridge","bridge":"cocoone2e0","ipam":{"type":"host-local","ranges":[[{"subnet":"10.99.0.0/24"}]]}},{"type":"loopback"}]}`
+	conflist := `{"cniVersion":"1.0.0","name":"e2e","plugins":[{"type":"bridge","bridge":"` + e2eBridge + `","ipam":{"type":"host-local","ranges":[[{"subnet":"10.99.0.0/24"}]]}},{"type":"loopback"}]}`
 	files := map[string]string{
 		"registries.conf":     string(mirrors),
 		"policy.json":         `{"default":[{"type":"insecureAcceptAnything"}]}`,

@@ -111,17 +111,28 @@ var testBuild = sync.OnceValues(func() ([]v1.Image, error) {
 	return b.buildAll(catalog())
 })
 
-// testShell is Debian's busybox package, unpacked once per test binary.
+// testShell is Debian's busybox package, unpacked once per test binary;
+// TestMain removes it.
 var testShell = sync.OnceValue(func() string {
-	bin, _, err := resolveShell(context.Background(), shellFromDebian)
+	bin, cleanup, err := resolveShell(context.Background(), shellFromDebian)
 	if err != nil {
 		testShellErr = err
 		return ""
 	}
+	testShellCleanup = cleanup
 	return bin
 })
 
-var testShellErr error
+var (
+	testShellErr     error
+	testShellCleanup = func() {}
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	testShellCleanup()
+	os.Exit(code)
+}
 
 func needBuildTools(t *testing.T) {
 	t.Helper()
