@@ -60,7 +60,7 @@ func (v *qemuVM) AddNet(ctx context.Context, nic vm.NIC) (err error) {
 		_ = v.qmp.Execute(ctx, "closefd", map[string]any{"fdname": nic.ID}, nil)
 		return err
 	}
-	dev := map[string]any{"driver": "virtio-net-pci", "id": nic.ID + "-dev", "netdev": nic.ID, "mac": nic.MAC.String(), "bus": bus}
+	dev := map[string]any{"driver": "virtio-net-pci", "id": nic.ID + "-dev", "netdev": nic.ID, "mac": nic.MAC.String(), "bus": bus, "romfile": ""}
 	if nic.MTU > 0 {
 		dev["host_mtu"] = nic.MTU
 	}
