@@ -150,3 +150,11 @@ func FileTail(path string, max int) string {
 	}
 	return s
 }
+
+// FastBootKernelArgs trim guest kernel work a VM does not need: a reliable
+// TSC without the clocksource watchdog or the IO-APIC timer check, expedited
+// RCU grace periods, no PS/2 probing, no switch to uniprocessor lock
+// prefixes (vCPUs may be hotplugged), no crypto self-tests. About 0.4 s of
+// a 4 s boot under TCG.
+const FastBootKernelArgs = "tsc=reliable no_timer_check rcupdate.rcu_expedited=1 " +
+	"i8042.direct=1 i8042.dumbkbd=1 i8042.nopnp=1 i8042.noaux=1 noreplace-smp cryptomgr.notests"

@@ -32,7 +32,7 @@ const (
 // baseCmdline: the serial console goes to console.log. CH has no
 // -no-reboot, so a panicking guest reboots inside the same VMM; panic=1
 // leaves a second for the console to flush first.
-const baseCmdline = "console=ttyS0 quiet panic=1"
+const baseCmdline = "console=ttyS0 quiet panic=1 " + vm.FastBootKernelArgs
 
 func apiSocket(runDir string) string     { return filepath.Join(runDir, apiSocketName) }
 func vsockSocket(runDir string) string   { return filepath.Join(runDir, vsockSocketName) }

@@ -95,7 +95,7 @@ func (h *harness) tap() *os.File {
 func (h *harness) spec(name string, nics int, share bool) *vm.Spec {
 	s := &vm.Spec{
 		ID: name, RunDir: filepath.Join(h.dir, "run", name),
-		Kernel: "/guest/vmlinuz", Initramfs: "/guest/initramfs.cpio.gz",
+		Kernel: "/guest/vmlinuz", Initramfs: "/guest/initramfs.cpio.zst",
 		VCPUs: 1, MaxVCPUs: 4, MemoryMiB: 256, MaxMemoryMiB: 1024,
 		Disks: []vm.Disk{{ID: "disk0", Path: "/dev/null"}},
 	}
