@@ -273,7 +273,7 @@ func installFakeGuest(t *testing.T, dir string) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	for _, f := range []string{"vmlinuz", "initramfs.cpio.gz"} {
+	for _, f := range []string{"vmlinuz", "initramfs.cpio.zst"} {
 		if err := os.WriteFile(filepath.Join(dir, f), []byte(f), 0o644); err != nil {
 			t.Fatal(err)
 		}
@@ -290,7 +290,7 @@ func writeGuestManifest(t *testing.T, dir string) {
 		}
 		return guest.File{Name: name, Size: int64(len(data)), SHA256: fmt.Sprintf("%x", sha256.Sum256(data))}
 	}
-	m := guest.Manifest{Schema: guest.ManifestSchema, KernelVersion: "test", Kernel: file("vmlinuz"), Initramfs: file("initramfs.cpio.gz")}
+	m := guest.Manifest{Schema: guest.ManifestSchema, KernelVersion: "test", Kernel: file("vmlinuz"), Initramfs: file("initramfs.cpio.zst")}
 	data, _ := json.Marshal(m)
 	if err := os.WriteFile(filepath.Join(dir, guest.ManifestFile), data, 0o644); err != nil {
 		t.Fatal(err)

@@ -2,7 +2,6 @@ package guest
 
 import (
 	"bytes"
-	"compress/gzip"
 	"context"
 	"debug/elf"
 	"encoding/binary"
@@ -14,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/cavaliergopher/cpio"
+	"github.com/klauspost/compress/zstd"
 )
 
 const fakeRelease = "6.1.0-9-test"
@@ -147,7 +147,7 @@ func TestLocateRefuses(t *testing.T) {
 		{"nothing installed", func(dir string) error { return os.RemoveAll(dir) }, "no guest installed"},
 		{"tampered initramfs", func(dir string) error {
 			return os.WriteFile(filepath.Join(dir, InitramfsFile), []byte("not the initramfs at all, longer"), 0o644)
-		}, "initramfs.cpio.gz is"},
+		}, "initramfs.cpio.zst is"},
 		{"same size, other bytes", func(dir string) error {
 			p := filepath.Join(dir, KernelFile)
 			b, _ := os.ReadFile(p)
@@ -204,7 +204,7 @@ func writeFakeAgent(t *testing.T, dir string) string {
 	return agent
 }
 
-// initramfsFiles reads back a gzip'd cpio as name -> content.
+// initramfsFiles reads back the zstd'd cpio as name -> content.
 func initramfsFiles(t *testing.T, p string) map[string]string {
 	t.Helper()
 	f, err := os.Open(p)
@@ -212,10 +212,11 @@ func initramfsFiles(t *testing.T, p string) map[string]string {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	zr, err := gzip.NewReader(f)
+	zr, err := zstd.NewReader(f)
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer zr.Close()
 	files := map[string]string{}
 	cr := cpio.NewReader(zr)
 	for {

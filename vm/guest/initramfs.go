@@ -1,7 +1,6 @@
 package guest
 
 import (
-	"compress/gzip"
 	"fmt"
 	"io"
 	"path"
@@ -9,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/cavaliergopher/cpio"
+	"github.com/klauspost/compress/zstd"
 )
 
 // entry is one file, directory or symbolic link of the initramfs.
@@ -35,16 +35,18 @@ var mountPoints = []entry{
 	{Name: "var", Dir: true, Perm: 0o755},
 }
 
-// writeInitramfs writes entries as a gzip-compressed newc cpio archive that
+// writeInitramfs writes entries as a zstd-compressed newc cpio archive that
 // depends on nothing but the entries: names sorted, parents added before
-// children, owner root, mtime 0, inodes numbered in order, and a gzip
-// header with no name and no time. Same entries, same toolchain → same bytes.
+// children, owner root, mtime 0, inodes numbered in order, compressed by one
+// encoder goroutine. Same entries, same toolchain → same bytes. zstd, not
+// gzip: the guest kernel unpacks it several times faster under TCG (about
+// 0.3 s of a 4 s boot) and it is smaller.
 func writeInitramfs(w io.Writer, entries []entry) error {
 	all, err := normalize(entries)
 	if err != nil {
 		return err
 	}
-	zw, err := gzip.NewWriterLevel(w, gzip.BestCompression)
+	zw, err := zstd.NewWriter(w, zstd.WithEncoderLevel(zstd.SpeedBestCompression), zstd.WithEncoderConcurrency(1))
 	if err != nil {
 		return err
 	}

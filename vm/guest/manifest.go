@@ -10,7 +10,7 @@ import (
 // File names inside an installed guest directory.
 const (
 	KernelFile    = "vmlinuz"
-	InitramfsFile = "initramfs.cpio.gz"
+	InitramfsFile = "initramfs.cpio.zst"
 	ManifestFile  = "manifest.json"
 )
 

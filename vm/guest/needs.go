@@ -29,7 +29,7 @@ type Need struct {
 var Needs = []Need{
 	// Built in or nothing: the agent needs these before it loads modules.
 	{Config: "BLK_DEV_INITRD", Why: "boot from the initramfs"},
-	{Config: "RD_GZIP", Why: "the initramfs is gzip-compressed"},
+	{Config: "RD_ZSTD", Why: "the initramfs is zstd-compressed"},
 	{Config: "DEVTMPFS", Why: "device nodes for virtio ports and disks"},
 	{Config: "TMPFS", Why: "/run and /tmp"},
 	{Config: "SERIAL_8250_CONSOLE", Why: "early console on ttyS0"},
