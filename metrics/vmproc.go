@@ -141,7 +141,7 @@ func (c *vmProcessCollector) Collect(ch chan<- prometheus.Metric) {
 			s.rss += u.rssBytes
 			s.cpuTicks += u.cpuTicks
 			// virtiofsd does its work in a child it forks into its sandbox.
-			for _, child := range childPids(c.procDir, proc.Pid) {
+			for _, child := range vm.ChildPids(c.procDir, proc.Pid) {
 				if cu, err := readProcUsage(c.procDir, child); err == nil {
 					s.rss += cu.rssBytes
 					s.cpuTicks += cu.cpuTicks
@@ -154,21 +154,6 @@ func (c *vmProcessCollector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(vmCPUDesc, prometheus.CounterValue, float64(s.cpuTicks)/clockTicks, s.labels...)
 		}
 	}
-}
-
-// childPids lists a process's live children (from its main thread).
-func childPids(procDir string, pid int) []int {
-	data, err := os.ReadFile(filepath.Join(procDir, strconv.Itoa(pid), "task", strconv.Itoa(pid), "children"))
-	if err != nil {
-		return nil
-	}
-	var out []int
-	for _, f := range strings.Fields(string(data)) {
-		if n, err := strconv.Atoi(f); err == nil {
-			out = append(out, n)
-		}
-	}
-	return out
 }
 
 // processKind maps a helper's name ("virtiofsd-cocoon") to its label value.

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
 )
 
@@ -77,25 +78,33 @@ func FindShareNamespace(st *State, tag, root string) (*ShareNamespace, error) {
 // reports whether it has pivoted into the share yet: only then is "/" in
 // its namespace the share.
 func sandboxedChild(pid int, root string) (int, bool) {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
-	if err != nil {
-		return 0, false
-	}
 	var want unix.Stat_t
 	if err := unix.Stat(root, &want); err != nil {
 		return 0, false
 	}
-	for _, f := range strings.Fields(string(data)) {
-		child, err := strconv.Atoi(f)
-		if err != nil {
-			continue
-		}
+	for _, child := range ChildPids("/proc", pid) {
 		var got unix.Stat_t
 		if err := unix.Stat(fmt.Sprintf("/proc/%d/root/", child), &got); err == nil && got.Dev == want.Dev && got.Ino == want.Ino {
 			return child, true
 		}
 	}
 	return 0, false
+}
+
+// ChildPids lists the live children of pid's main thread, read from procDir
+// (normally /proc).
+func ChildPids(procDir string, pid int) []int {
+	data, err := os.ReadFile(filepath.Join(procDir, strconv.Itoa(pid), "task", strconv.Itoa(pid), "children"))
+	if err != nil {
+		return nil
+	}
+	var out []int
+	for _, f := range strings.Fields(string(data)) {
+		if n, err := strconv.Atoi(f); err == nil {
+			out = append(out, n)
+		}
+	}
+	return out
 }
 
 // Attach mounts src (with everything mounted below it) at dst, a path under
@@ -151,16 +160,18 @@ func (n *ShareNamespace) Mounted(dst string) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/mountinfo", n.pid))
+	f, err := os.Open(fmt.Sprintf("/proc/%d/mountinfo", n.pid))
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrShareGone, err)
 	}
+	defer f.Close()
+	mounts, err := mountinfo.GetMountsFromReader(f, mountinfo.PrefixFilter(rel))
+	if err != nil {
+		return nil, err
+	}
 	var out []string
-	for _, line := range strings.Split(string(data), "\n") {
-		f := strings.Fields(line)
-		if len(f) > 4 && (f[4] == rel || strings.HasPrefix(f[4], rel+"/")) {
-			out = append(out, filepath.Join(n.root, f[4]))
-		}
+	for _, m := range mounts {
+		out = append(out, filepath.Join(n.root, m.Mountpoint))
 	}
 	return out, nil
 }
