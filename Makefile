@@ -22,7 +22,7 @@ SOCKET      := /run/cocoon/cocoon.sock
 GUEST_DIR   ?= /var/lib/cocoon/guest
 TEST_GUEST  := $(CURDIR)/_output/guest
 
-.PHONY: all build guest deps tools run registry registry-down stop test test-unit verify-generate test-integration test-critest conformance bench generate fmt vet clean
+.PHONY: all build guest deps check-deps tools run registry registry-down stop test test-unit verify-generate test-integration test-critest conformance bench generate fmt vet clean
 
 all: build
 
@@ -39,9 +39,15 @@ build:
 guest: build
 	$(BIN)/cocoon guest build --agent $(BIN)/cocoon-agent --agent-version $(VERSION) --out $(GUEST_DIR)
 
-## deps: Debian packages (idempotent)
+## deps: Debian packages from hack/packages.txt (idempotent), then its post-conditions
 deps:
 	@hack/install-deps.sh
+
+## check-deps: every host command and file the build and tests use (hack/needs.txt) comes
+## from a package deps installs, and leaving any one package out of the list fails the check
+check-deps:
+	hack/check-deps.sh
+	hack/check-deps.sh --self-test
 
 ## tools: crictl, critest and ginkgo (for critest --parallel) from cri-tools $(CRI_TOOLS_VERSION), and critest-summary
 tools: $(BIN)/crictl $(BIN)/critest $(BIN)/ginkgo
@@ -87,7 +93,7 @@ stop:
 	@if [ -f $(RUN_PID) ]; then kill -TERM $$(cat $(RUN_PID)) 2>/dev/null || true; rm -f $(RUN_PID); fi
 
 ## test: everything CI runs (unit, integration as root, critest)
-test: deps build tools test-unit test-integration test-critest
+test: deps check-deps build tools test-unit test-integration test-critest
 
 # The agent links libcontainer's C nsenter, so tests build with cgo; cocoond itself stays CGO_ENABLED=0.
 test-unit: verify-generate
