@@ -137,6 +137,10 @@ func (n *ShareNamespace) Attach(src, dst string, ro ReadOnly) error {
 			return fmt.Errorf("mount point %s: %w", dst, err)
 		}
 		defer unix.Close(target)
+		// O_NOFOLLOW opened a planted symlink itself: refuse it.
+		if t, err := fileType(target); err != nil || (t != unix.S_IFDIR && t != unix.S_IFREG) {
+			return fmt.Errorf("%w: mount point %s is not a file or directory", ErrUnsafePath, dst)
+		}
 		if err := unix.MoveMount(fd, "", target, "", unix.MOVE_MOUNT_F_EMPTY_PATH|unix.MOVE_MOUNT_T_EMPTY_PATH); err != nil {
 			return fmt.Errorf("mount %s at %s in the share: %w", src, dst, err)
 		}
