@@ -435,3 +435,28 @@ func TestRecoverReclaimsStrayShares(t *testing.T) {
 		t.Errorf("a recorded pod's share was reclaimed: mounted=%v %v", mounted, err)
 	}
 }
+
+// unsafeDetacher is a share whose mount points the guest moved: every
+// detach finds a symlink on the way.
+type unsafeDetacher struct{ fakeMounter }
+
+func (unsafeDetacher) Detach(dst string) error { return vm.ErrUnsafePath }
+
+// TestUnbindAllSurvivesMovedMountPoints: a guest that moved a mount point
+// away cannot make its container unremovable; the mount stays in
+// virtiofsd's namespace and goes with the VM.
+func TestUnbindAllSurvivesMovedMountPoints(t *testing.T) {
+	share := t.TempDir()
+	ctr := filepath.Join(share, "cid")
+	if err := os.MkdirAll(filepath.Join(ctr, "m2/0"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	symlink(t, "m2", filepath.Join(ctr, "mounts"))
+	c := &Container{ID: "cid", Binds: []string{filepath.Join(ctr, "mounts/0")}}
+	if err := unbindAll(&unsafeDetacher{}, c, ctr); err != nil {
+		t.Fatalf("unbindAll: %v", err)
+	}
+	if _, err := os.Lstat(ctr); !os.IsNotExist(err) {
+		t.Errorf("container share dir left: %v", err)
+	}
+}

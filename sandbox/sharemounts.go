@@ -79,7 +79,11 @@ func unbindAll(sm shareMounter, c *Container, ctrShare string) error {
 	var errs []error
 	for i := len(c.Binds) - 1; i >= 0; i-- {
 		if sm != nil {
-			if err := sm.Detach(c.Binds[i]); err != nil && !errors.Is(err, vm.ErrShareGone) {
+			// ErrUnsafePath: the guest replaced a dir on the way with a
+			// symlink, so the mount is no longer where the record says.
+			// It stays in virtiofsd's namespace, out of the host's reach,
+			// and goes with the VM; removing the dir below detaches it.
+			if err := sm.Detach(c.Binds[i]); err != nil && !errors.Is(err, vm.ErrShareGone) && !errors.Is(err, vm.ErrUnsafePath) {
 				errs = append(errs, err)
 			}
 		}
