@@ -208,6 +208,7 @@ func TestRuntimeHandlers(t *testing.T) {
 		{name: "limit below size", body: "[runtime.handlers.x]\nvcpus = 8\nmax_vcpus = 2\n", wantErr: []string{"runtime.handlers.x.max_vcpus"}},
 		{name: "too little memory", body: "[runtime.handlers.x]\nmemory_mib = 64\n", wantErr: []string{"runtime.handlers.x.memory_mib"}},
 		{name: "bad handler name", body: "[runtime.handlers.Big_One]\n", wantErr: []string{"runtime.handlers.Big_One", "DNS"}},
+		{name: "pod share without a quota", body: "[runtime]\nshare_size_mib = 0\n", wantErr: []string{"runtime.share_size_mib"}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			dir := t.TempDir()

@@ -12,6 +12,7 @@ type Runtime struct {
 	DefaultHandler string             `toml:"default_handler" json:"default_handler" comment:"Handler for pods that name none (kubelet sends \"\")."`
 	GuestDir       string             `toml:"guest_dir" json:"guest_dir" comment:"Kernel + initramfs built by 'cocoon guest build'."`
 	Handlers       map[string]Handler `toml:"handlers" json:"handlers" comment:"Runtime handlers by name; unset fields take the built-in defaults."`
+	ShareSizeMiB   uint64             `toml:"share_size_mib" json:"share_size_mib" comment:"Size of each pod's share, a tmpfs of its own, MiB: the most a guest can make the host hold there."`
 }
 
 // Handler is one runtime handler.
@@ -81,6 +82,9 @@ func (r *Runtime) HandlerNames() []string {
 // Validate checks the runtime section.
 func (r *Runtime) Validate() []*FieldError {
 	errs := collect(requireAbs("runtime.guest_dir", r.GuestDir))
+	if r.ShareSizeMiB == 0 {
+		errs = append(errs, fieldErr("runtime.share_size_mib", "must be at least 1"))
+	}
 	if len(r.Handlers) == 0 {
 		errs = append(errs, fieldErr("runtime.handlers", "must define at least one handler"))
 	}

@@ -256,13 +256,13 @@ func (m *Manager) execTarget(id string) (Container, *podRuntime, *specs.Spec, er
 	if err != nil {
 		return c, nil, nil, err
 	}
-	pod, _ := m.pods.get(c.PodID)
-	data, err := readFile(filepath.Join(pod.ShareDir, c.ID, "config.json"))
-	if err != nil {
-		return c, nil, nil, err
+	// The spec comes from cocoond's own record, never from the share the
+	// guest can write.
+	if len(c.Spec) == 0 {
+		return c, nil, nil, fmt.Errorf("%w: container %s has no recorded spec (created by an older cocoond): recreate it", errdefs.ErrFailedPrecondition, c.ID)
 	}
 	var s specs.Spec
-	if err := json.Unmarshal(data, &s); err != nil {
+	if err := json.Unmarshal(c.Spec, &s); err != nil {
 		return c, nil, nil, err
 	}
 	return c, rt, &s, nil

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -105,13 +104,13 @@ func (m *Manager) CreateContainer(ctx context.Context, podID string, cfg *runtim
 			}
 			sm = ns
 			undo := func() error { return unbindAll(sm, &c, ctrShare) }
-			if err := bind(sm, &c, c.Rootfs, filepath.Join(ctrShare, "rootfs"), true, vm.Writable); err != nil {
+			if err := bind(sm, &c, c.Rootfs, pod.ShareDir, filepath.Join(ctrShare, "rootfs"), true, vm.Writable); err != nil {
 				return undo, err
 			}
 			return undo, nil
 		}},
 		{Name: "spec", Run: func(context.Context) (func() error, error) {
-			mounts, err := shareMounts(sm, &c, cfg.GetMounts(), ctrShare, guestRoot)
+			mounts, err := shareMounts(sm, &c, cfg.GetMounts(), pod.ShareDir, guestRoot)
 			if err != nil {
 				return nil, err
 			}
@@ -128,6 +127,7 @@ func (m *Manager) CreateContainer(ctx context.Context, podID string, cfg *runtim
 			u := s.Process.User
 			c.User = &User{UID: u.UID, GID: u.GID, AdditionalGids: u.AdditionalGids}
 			spec, err = json.Marshal(s)
+			c.Spec = spec
 			return nil, err
 		}},
 		{Name: "output", Run: func(context.Context) (func() error, error) {
@@ -178,9 +178,6 @@ func (m *Manager) CreateContainer(ctx context.Context, podID string, cfg *runtim
 	rt.outputs[id] = out
 	rt.mu.Unlock()
 	m.events.publish(EventCreated, id, pod.ID)
-	if err := os.WriteFile(filepath.Join(ctrShare, "config.json"), spec, 0o600); err != nil {
-		log.WithError(err).Warn("keeping the container's spec")
-	}
 	return id, nil
 }
 

@@ -103,10 +103,10 @@ func TestBindAndUnbindAll(t *testing.T) {
 	share := filepath.Join(t.TempDir(), "ctr")
 	sm := &fakeMounter{}
 	c := &Container{}
-	if err := bind(sm, c, src, filepath.Join(share, "rootfs"), true, vm.Writable); err != nil {
+	if err := bind(sm, c, src, filepath.Dir(share), filepath.Join(share, "rootfs"), true, vm.Writable); err != nil {
 		t.Fatal(err)
 	}
-	if err := bind(sm, c, filepath.Join(src, "file"), filepath.Join(share, "mounts/0"), false, vm.ReadOnlyTop); err != nil {
+	if err := bind(sm, c, filepath.Join(src, "file"), filepath.Dir(share), filepath.Join(share, "mounts/0"), false, vm.ReadOnlyTop); err != nil {
 		t.Fatal(err)
 	}
 	if st, err := os.Stat(filepath.Join(share, "mounts/0")); err != nil || st.IsDir() {
@@ -128,7 +128,7 @@ func TestBindAndUnbindAll(t *testing.T) {
 
 	// The VM is gone: nothing to detach, the dir still goes.
 	c = &Container{}
-	if err := bind(sm, c, src, filepath.Join(share, "rootfs"), true, vm.Writable); err != nil {
+	if err := bind(sm, c, src, filepath.Dir(share), filepath.Join(share, "rootfs"), true, vm.Writable); err != nil {
 		t.Fatal(err)
 	}
 	if err := unbindAll(nil, c, share); err != nil {
@@ -140,7 +140,7 @@ func TestBindAndUnbindAll(t *testing.T) {
 
 	// A failed attach records nothing to undo.
 	c = &Container{}
-	if err := bind(&fakeMounter{failAttach: errors.New("no")}, c, src, filepath.Join(share, "rootfs"), true, vm.Writable); err == nil || len(c.Binds) != 0 {
+	if err := bind(&fakeMounter{failAttach: errors.New("no")}, c, src, filepath.Dir(share), filepath.Join(share, "rootfs"), true, vm.Writable); err == nil || len(c.Binds) != 0 {
 		t.Errorf("failed attach: err %v, binds %v", err, c.Binds)
 	}
 }

@@ -90,10 +90,11 @@ func (m *Manager) RunPod(ctx context.Context, cfg *runtimeapi.PodSandboxConfig, 
 			return func() error { m.podNames.release(name); return nil }, nil
 		}},
 		{Name: "dirs", Run: func(context.Context) (func() error, error) {
-			if err := mkdirs(pod.ShareDir); err != nil {
+			undo := func() error { return removePodDirs(pod.RunDir, pod.ShareDir) }
+			if err := mkdirs(pod.RunDir); err != nil {
 				return nil, err
 			}
-			return func() error { return os.RemoveAll(pod.RunDir) }, nil
+			return undo, mountShare(pod.ShareDir, m.opts.Runtime.ShareSizeMiB)
 		}},
 		{Name: "network", Run: func(ctx context.Context) (func() error, error) {
 			md := cfg.GetMetadata()
@@ -107,6 +108,11 @@ func (m *Manager) RunPod(ctx context.Context, cfg *runtimeapi.PodSandboxConfig, 
 			net = n
 			pod.NetnsPath, pod.IPs = n.NetnsPath, n.IPs
 			return func() error { n.Tap.Close(); return m.opts.Network.Detach(context.Background(), id, n.NetnsPath) }, nil
+		}},
+		// Written before the VM exists: the guest never had a chance to
+		// plant anything where they go.
+		{Name: "pod-files", Run: func(context.Context) (func() error, error) {
+			return nil, writePodFiles(pod.ShareDir, cfg, net)
 		}},
 		{Name: "vm-create", Run: func(ctx context.Context) (func() error, error) {
 			g, err := guest.Locate(h.GuestDir)
@@ -151,8 +157,14 @@ func (m *Manager) RunPod(ctx context.Context, cfg *runtimeapi.PodSandboxConfig, 
 		{Name: "guest-setup", Run: func(ctx context.Context) (func() error, error) {
 			return nil, m.setupGuest(ctx, rt.agent, id, cfg, net)
 		}},
-		{Name: "pod-files", Run: func(context.Context) (func() error, error) {
-			return nil, writePodFiles(pod.ShareDir, cfg, net)
+		{Name: "seal-share", Run: func(context.Context) (func() error, error) {
+			// Before any workload runs: from here on the guest writes only
+			// in the writable mounts a container gets.
+			ns, err := vm.FindShareNamespace(rt.vmm.State(), shareTag, pod.ShareDir)
+			if err != nil {
+				return nil, err
+			}
+			return nil, ns.SealRoot()
 		}},
 		{Name: "persist", Run: func(context.Context) (func() error, error) {
 			pod.VM = rt.vmm.State()
@@ -210,7 +222,7 @@ func writePodFiles(shareDir string, cfg *runtimeapi.PodSandboxConfig, net *PodNe
 		"hosts":       hostsFile(net.IPs, hostname),
 	}
 	for name, body := range content {
-		if err := os.WriteFile(filepath.Join(shareDir, name), []byte(body), 0o644); err != nil {
+		if err := vm.WriteFileBeneath(shareDir, name, []byte(body), 0o644); err != nil {
 			return err
 		}
 	}

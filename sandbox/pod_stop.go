@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"time"
 
 	agentapi "github.com/cocoon-runtime/cocoon/api/agent"
@@ -97,7 +96,7 @@ func (m *Manager) RemovePod(ctx context.Context, id string) error {
 			}
 		}
 	}
-	if err := os.RemoveAll(pod.RunDir); err != nil {
+	if err := removePodDirs(pod.RunDir, pod.ShareDir); err != nil {
 		return err
 	}
 	m.podNames.release(pod.Name)

@@ -31,6 +31,9 @@ func (m *Manager) Recover(ctx context.Context) error {
 	if err := m.removeStrayNetworks(ctx); err != nil {
 		errs = append(errs, err)
 	}
+	if err := m.removeStrayShares(); err != nil {
+		errs = append(errs, err)
+	}
 	return errors.Join(errs...)
 }
 

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
@@ -37,21 +38,21 @@ func (m *Manager) shareMounterFor(pod *Pod) (shareMounter, error) {
 }
 
 // bind mounts src at dst in the share (creating dst as a file or directory
-// like src) and records it on c so removal can undo it.
-func bind(sm shareMounter, c *Container, src, dst string, dir bool, ro vm.ReadOnly) error {
+// like src) and records it on c so removal can undo it. dst is created
+// beneath shareDir without following symlinks: the guest may have written
+// the tree.
+func bind(sm shareMounter, c *Container, src, shareDir, dst string, dir bool, ro vm.ReadOnly) error {
+	rel, err := beneathShare(shareDir, dst)
+	if err != nil {
+		return err
+	}
 	if dir {
-		if err := os.MkdirAll(dst, 0o755); err != nil {
-			return err
-		}
+		err = vm.MkdirAllBeneath(shareDir, rel, 0o755)
 	} else {
-		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
-			return err
-		}
-		f, err := os.OpenFile(dst, os.O_CREATE, 0o644)
-		if err != nil {
-			return err
-		}
-		f.Close()
+		err = vm.CreateFileBeneath(shareDir, rel, 0o644)
+	}
+	if err != nil {
+		return fmt.Errorf("mount point %s: %w", dst, err)
 	}
 	if err := sm.Attach(src, dst, ro); err != nil {
 		return err
@@ -60,32 +61,52 @@ func bind(sm shareMounter, c *Container, src, dst string, dir bool, ro vm.ReadOn
 	return nil
 }
 
-// unbindAll undoes every bind of c, newest first, and removes its share dir.
-// sm is nil when the VM is gone, and its mounts with it.
-func unbindAll(sm shareMounter, c *Container, shareDir string) error {
+// beneathShare is path's name relative to shareDir; it must lie below it.
+func beneathShare(shareDir, path string) (string, error) {
+	rel, err := filepath.Rel(shareDir, path)
+	if err != nil || rel == "." || rel == ".." || strings.HasPrefix(rel, "../") {
+		return "", fmt.Errorf("%w: %s is not below the share %s", vm.ErrUnsafePath, path, shareDir)
+	}
+	return rel, nil
+}
+
+// unbindAll undoes every bind of c, newest first, and removes its share dir
+// ctrShare (<pod share>/<container id>). sm is nil when the VM is gone, and
+// its mounts with it.
+func unbindAll(sm shareMounter, c *Container, ctrShare string) error {
+	shareDir, id := filepath.Split(ctrShare)
+	shareDir = filepath.Clean(shareDir)
 	var errs []error
 	for i := len(c.Binds) - 1; i >= 0; i-- {
 		if sm != nil {
-			if err := sm.Detach(c.Binds[i]); err != nil && !errors.Is(err, vm.ErrShareGone) {
+			// ErrUnsafePath: the guest replaced a dir on the way with a
+			// symlink, so the mount is no longer where the record says.
+			// It stays in virtiofsd's namespace, out of the host's reach,
+			// and goes with the VM; removing the dir below detaches it.
+			if err := sm.Detach(c.Binds[i]); err != nil && !errors.Is(err, vm.ErrShareGone) && !errors.Is(err, vm.ErrUnsafePath) {
 				errs = append(errs, err)
 			}
 		}
-		// Records from before share namespaces bound on the host: never
-		// let RemoveAll below walk into a volume.
-		if err := unix.Unmount(c.Binds[i], unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
-			errs = append(errs, fmt.Errorf("unmount %s: %w", c.Binds[i], err))
+		// Records from before share namespaces bound on the host. The
+		// path is resolved beneath the share refusing symlinks: a planted
+		// one must not point the unmount at a host mount.
+		if rel, err := beneathShare(shareDir, c.Binds[i]); err == nil {
+			if err := vm.UnmountBeneath(shareDir, rel); err != nil && !errors.Is(err, vm.ErrUnsafePath) {
+				errs = append(errs, err)
+			}
 		}
 	}
 	c.Binds = nil
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
-	return os.RemoveAll(shareDir)
+	// Never follows a symlink, never crosses into a mount.
+	return vm.RemoveAllBeneath(shareDir, id)
 }
 
 // shareMounts binds each CRI mount's host path into the container's share dir
 // and returns the mounts as the guest sees them.
-func shareMounts(sm shareMounter, c *Container, mounts []*runtimeapi.Mount, ctrShare, guestRoot string) ([]ocispec.Mount, error) {
+func shareMounts(sm shareMounter, c *Container, mounts []*runtimeapi.Mount, shareDir, guestRoot string) ([]ocispec.Mount, error) {
 	var out []ocispec.Mount
 	for i, mnt := range mounts {
 		src := mnt.GetHostPath()
@@ -115,7 +136,7 @@ func shareMounts(sm shareMounter, c *Container, mounts []*runtimeapi.Mount, ctrS
 			return nil, err
 		}
 		name := fmt.Sprintf("mounts/%d", i)
-		if err := bind(sm, c, resolved, filepath.Join(ctrShare, name), st.IsDir(), ro); err != nil {
+		if err := bind(sm, c, resolved, shareDir, filepath.Join(shareDir, c.ID, name), st.IsDir(), ro); err != nil {
 			return nil, err
 		}
 		out = append(out, ocispec.Mount{
@@ -175,4 +196,80 @@ func hasSubmounts(dir string) (bool, error) {
 		}
 	}
 	return false, nil
+}
+
+// shareSource names the pods' share tmpfs in the mount table, so a restart
+// can find the ones no pod claims.
+const shareSource = "cocoon-share"
+
+// mountShare makes dir the pod's share: a tmpfs of its own, so a guest can
+// make the host hold at most sizeMiB (and a bounded number of inodes)
+// there. sizeMiB 0 (tests only: the config refuses it) keeps a plain dir.
+func mountShare(dir string, sizeMiB uint64) error {
+	if err := mkdirs(dir); err != nil {
+		return err
+	}
+	if sizeMiB == 0 {
+		return nil
+	}
+	// An inode per 4 KiB page caps what empty files and dirs can pin.
+	opts := fmt.Sprintf("size=%dm,nr_inodes=%d,mode=0711", sizeMiB, sizeMiB*256)
+	if err := unix.Mount(shareSource, dir, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, opts); err != nil {
+		return fmt.Errorf("mount the pod share %s: %w", dir, err)
+	}
+	return nil
+}
+
+// removePodDirs removes a pod's run dir with its share. The share's tmpfs
+// is unmounted whole, so nothing the guest wrote there is walked; what
+// remains (a share from before shares had a tmpfs) is removed without
+// following symlinks or crossing mounts.
+func removePodDirs(runDir, shareDir string) error {
+	if shareDir != "" {
+		rel, err := beneathShare(runDir, shareDir)
+		if err != nil {
+			return err
+		}
+		for {
+			err := unix.Unmount(shareDir, unix.MNT_DETACH|unix.UMOUNT_NOFOLLOW)
+			if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOENT) {
+				break
+			}
+			if err != nil {
+				return fmt.Errorf("unmount the pod share %s: %w", shareDir, err)
+			}
+		}
+		if err := vm.RemoveAllBeneath(runDir, rel); err != nil {
+			return err
+		}
+	}
+	return os.RemoveAll(runDir)
+}
+
+// removeStrayShares unmounts and removes the share of every pod under the
+// run dir that no record claims (a crash before the pod was persisted or
+// after its record went).
+func (m *Manager) removeStrayShares() error {
+	mounts, err := mountinfo.GetMounts(func(i *mountinfo.Info) (bool, bool) {
+		return i.FSType != "tmpfs" || i.Source != shareSource, false
+	})
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, mnt := range mounts {
+		rel, err := filepath.Rel(m.opts.RunDir, mnt.Mountpoint)
+		id, rest, _ := strings.Cut(rel, "/")
+		if err != nil || rest != "shared" || id == ".." || id == "." {
+			continue
+		}
+		if _, ok := m.pods.get(id); ok {
+			continue
+		}
+		m.opts.Log.WithField("pod", id).Warn("removing a pod share no pod claims")
+		if err := removePodDirs(filepath.Join(m.opts.RunDir, id), mnt.Mountpoint); err != nil {
+			errs = append(errs, fmt.Errorf("stray share of %s: %w", id, err))
+		}
+	}
+	return errors.Join(errs...)
 }

@@ -70,6 +70,9 @@ type Container struct {
 	Rootfs     string          `json:"rootfs"`            // host mount of the container's root filesystem
 	Binds      []string        `json:"binds,omitempty"`   // host bind mounts in the share dir, to undo
 	User       *User           `json:"user,omitempty"`    // identity of the container's first process
+	// Spec is the OCI spec the agent got; Exec builds its processes from it.
+	// It lives here, in cocoond's state, never in the guest-writable share.
+	Spec json.RawMessage `json:"spec,omitempty"`
 }
 
 // User is the identity a container's processes run as, after the image's

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"time"
@@ -130,8 +129,19 @@ func (n *ShareNamespace) Attach(src, dst string, ro ReadOnly) error {
 			return fmt.Errorf("make %s read-only: %w", src, err)
 		}
 	}
-	return n.do(func() error {
-		if err := unix.MoveMount(fd, "", unix.AT_FDCWD, rel, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
+	return n.do(func(root int) error {
+		// The mount point is resolved beneath the share's root refusing
+		// symlinks: the guest cannot redirect a volume elsewhere.
+		target, err := openBeneath(root, rel, unix.O_PATH)
+		if err != nil {
+			return fmt.Errorf("mount point %s: %w", dst, err)
+		}
+		defer unix.Close(target)
+		// O_NOFOLLOW opened a planted symlink itself: refuse it.
+		if t, err := fileType(target); err != nil || (t != unix.S_IFDIR && t != unix.S_IFREG) {
+			return fmt.Errorf("%w: mount point %s is not a file or directory", ErrUnsafePath, dst)
+		}
+		if err := unix.MoveMount(fd, "", target, "", unix.MOVE_MOUNT_F_EMPTY_PATH|unix.MOVE_MOUNT_T_EMPTY_PATH); err != nil {
 			return fmt.Errorf("mount %s at %s in the share: %w", src, dst, err)
 		}
 		return nil
@@ -144,10 +154,17 @@ func (n *ShareNamespace) Detach(dst string) error {
 	if err != nil {
 		return err
 	}
-	return n.do(func() error {
-		err := unix.Unmount(rel, unix.MNT_DETACH)
-		if err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
-			return fmt.Errorf("unmount %s in the share: %w", dst, err)
+	return n.do(func(root int) error { return unmountAt(root, rel) })
+}
+
+// SealRoot makes the share's top mount read-only for the guest. The guest
+// writes only where a writable mount was attached (a container's rootfs,
+// a writable volume); everything else the host reads or creates in the
+// share stays out of its reach. Mounts attached later keep their own mode.
+func (n *ShareNamespace) SealRoot() error {
+	return n.do(func(root int) error {
+		if err := unix.MountSetattr(root, "", unix.AT_EMPTY_PATH, &unix.MountAttr{Attr_set: unix.MOUNT_ATTR_RDONLY}); err != nil {
+			return fmt.Errorf("make the share read-only: %w", err)
 		}
 		return nil
 	})
@@ -165,7 +182,7 @@ func (n *ShareNamespace) Mounted(dst string) ([]string, error) {
 		return nil, fmt.Errorf("%w: %v", ErrShareGone, err)
 	}
 	defer f.Close()
-	mounts, err := mountinfo.GetMountsFromReader(f, mountinfo.PrefixFilter(rel))
+	mounts, err := mountinfo.GetMountsFromReader(f, mountinfo.PrefixFilter("/"+rel))
 	if err != nil {
 		return nil, err
 	}
@@ -181,32 +198,24 @@ func (n *ShareNamespace) rel(dst string) (string, error) {
 	if err != nil || r == "." || strings.HasPrefix(r, "..") {
 		return "", fmt.Errorf("%s is not below the share %s", dst, n.root)
 	}
-	return "/" + r, nil
+	return r, nil
 }
 
-// do runs fn on a thread that has entered the share's mount namespace.
-// The thread's filesystem context is changed for good, so it is never
-// handed back to the Go scheduler: it exits with the goroutine.
-func (n *ShareNamespace) do(fn func() error) error {
+// do runs fn on a thread that has entered the share's mount namespace,
+// with an fd of that namespace's root. virtiofsd pivoted into the share, so
+// the root (and any absolute symlink) is the share, never the host's "/".
+func (n *ShareNamespace) do(fn func(root int) error) error {
 	ns, err := os.Open(fmt.Sprintf("/proc/%d/ns/mnt", n.pid))
 	if err != nil {
 		return fmt.Errorf("%w: %v", ErrShareGone, err)
 	}
 	defer ns.Close()
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		// Threads share their filesystem context; a mount namespace can
-		// only be entered by a thread that has its own.
-		if err := unix.Unshare(unix.CLONE_FS); err != nil {
-			errc <- fmt.Errorf("unshare fs: %w", err)
-			return
+	return onOwnFS(ns, func() error {
+		root, err := unix.Open("/", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return err
 		}
-		if err := unix.Setns(int(ns.Fd()), unix.CLONE_NEWNS); err != nil {
-			errc <- fmt.Errorf("enter the share's mount namespace: %w", err)
-			return
-		}
-		errc <- fn()
-	}()
-	return <-errc
+		defer unix.Close(root)
+		return fn(root)
+	})
 }

@@ -158,3 +158,58 @@ func hostMountsBelow(dir string) (bool, error) {
 	}
 	return false, nil
 }
+
+// TestShareNamespaceHostileGuest: the share's root is read-only to the
+// guest once sealed (writable mounts attached to it stay writable), and a
+// symlink the guest planted never redirects an attach or a detach.
+func TestShareNamespaceHostileGuest(t *testing.T) {
+	share := t.TempDir()
+	st := startTestVirtiofsd(t, share)
+	ns, err := FindShareNamespace(st, "t", share)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rootfs := filepath.Join(share, "ctr", "rootfs")
+	if err := MkdirAllBeneath(share, "ctr/rootfs", 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := ns.SealRoot(); err != nil {
+		t.Fatal(err)
+	}
+	if err := ns.Attach(t.TempDir(), rootfs, Writable); err != nil {
+		t.Fatal(err)
+	}
+	inShare := filepath.Join("/proc", strconv.Itoa(ns.pid), "root")
+	if err := os.WriteFile(filepath.Join(inShare, "ctr", "planted"), nil, 0o644); !errors.Is(err, unix.EROFS) {
+		t.Errorf("guest write at the share's root: %v, want EROFS", err)
+	}
+	if err := os.WriteFile(filepath.Join(inShare, "ctr", "rootfs", "file"), nil, 0o644); err != nil {
+		t.Errorf("guest write in a writable mount: %v", err)
+	}
+
+	// Planted on the host side (as a guest could have before the seal):
+	// a symlink in place of a mount point, and one on the way to it.
+	if err := os.Symlink("rootfs", filepath.Join(share, "ctr", "link")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("ctr", filepath.Join(share, "dirlink")); err != nil {
+		t.Fatal(err)
+	}
+	for _, dst := range []string{filepath.Join(share, "ctr", "link"), filepath.Join(share, "dirlink", "rootfs")} {
+		if err := ns.Attach(t.TempDir(), dst, Writable); !errors.Is(err, ErrUnsafePath) {
+			t.Errorf("attach at %s: %v, want ErrUnsafePath", dst, err)
+		}
+		if err := ns.Detach(dst); !errors.Is(err, ErrUnsafePath) && err != nil {
+			t.Errorf("detach at %s: %v", dst, err)
+		}
+	}
+	if mounted, err := ns.Mounted(rootfs); err != nil || len(mounted) != 1 {
+		t.Errorf("the rootfs mount after planted detaches: %v (%v), want it still there", mounted, err)
+	}
+	if err := ns.Detach(rootfs); err != nil {
+		t.Fatal(err)
+	}
+	if mounted, _ := ns.Mounted(rootfs); len(mounted) != 0 {
+		t.Errorf("still mounted after Detach: %v", mounted)
+	}
+}

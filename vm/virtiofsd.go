@@ -6,6 +6,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"time"
 )
 
@@ -36,7 +38,9 @@ func StartVirtiofsd(ctx context.Context, runDir string, share Share) (*Watched, 
 		return nil, "", err
 	}
 	for {
-		if _, err := os.Stat(sock); err == nil {
+		// The socket file appears at bind(), before listen(): a VMM that
+		// connects in between is refused.
+		if listening(sock) {
 			return w, sock, nil
 		}
 		select {
@@ -50,4 +54,29 @@ func StartVirtiofsd(ctx context.Context, runDir string, share Share) (*Watched, 
 		case <-time.After(10 * time.Millisecond):
 		}
 	}
+}
+
+// soAcceptCon is the kernel's __SO_ACCEPTCON: the socket listens.
+const soAcceptCon = 1 << 16
+
+// listening says whether a unix socket is bound at path and accepting
+// connections, from /proc/net/unix (connecting to find out would take
+// virtiofsd's only connection).
+func listening(path string) bool {
+	data, err := os.ReadFile("/proc/net/unix")
+	if err != nil {
+		return false
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		// Num RefCount Protocol Flags Type St Inode Path
+		f := strings.Fields(line)
+		if len(f) < 8 || f[7] != path {
+			continue
+		}
+		flags, err := strconv.ParseUint(f[3], 16, 32)
+		if err == nil && flags&soAcceptCon != 0 {
+			return true
+		}
+	}
+	return false
 }
