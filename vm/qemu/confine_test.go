@@ -96,6 +96,13 @@ func TestQEMUIsConfinedAndItsAgentWantsTheToken(t *testing.T) {
 		t.Fatal(err)
 	}
 	pid := v.Pids()[0]
+	// setpriv execs QEMU in place: the recorded pid and start time are QEMU's.
+	if exe, err := os.Readlink("/proc/" + strconv.Itoa(pid) + "/exe"); err != nil || !strings.Contains(exe, "qemu-system") {
+		t.Fatalf("recorded pid %d runs %q (%v), want QEMU", pid, exe, err)
+	}
+	if st := v.State(); !(vm.Process{Pid: st.Pid, StartTime: st.StartTime}).Alive() {
+		t.Fatalf("recorded QEMU %+v is not alive by its start time", st)
+	}
 	st := procStatus(t, pid, "Name", "CapEff", "CapPrm", "CapBnd", "CapAmb", "NoNewPrivs", "Seccomp")
 	want := map[string]string{"CapEff": "0000000000000000", "CapPrm": "0000000000000000", "CapBnd": "0000000000000000",
 		"CapAmb": "0000000000000000", "NoNewPrivs": "1", "Seccomp": "2"}
