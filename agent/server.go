@@ -8,6 +8,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/containerd/console"
@@ -34,11 +35,13 @@ type Server struct {
 	engine *engine
 	// powerOff ends the VM; PID 1 does it when signalled.
 	powerOff func()
+	policy   Policy
 }
 
-// NewServer returns a server whose DestroySandbox calls powerOff.
-func NewServer(powerOff func()) *Server {
-	return &Server{engine: newEngine(), powerOff: powerOff}
+// NewServer returns a server whose DestroySandbox calls powerOff and that
+// enforces policy.
+func NewServer(powerOff func(), policy Policy) *Server {
+	return &Server{engine: newEngine(), powerOff: powerOff, policy: policy}
 }
 
 // Serve runs the agent protocol on the guest channel until ctx ends.
@@ -46,28 +49,45 @@ func Serve(ctx context.Context) error {
 	if lvl, err := logrus.ParseLevel(os.Getenv("COCOON_LOG_LEVEL")); err == nil {
 		logrus.SetLevel(lvl)
 	}
+	// A VM told to expect a token that cannot read one serves nothing: the
+	// host would otherwise reach an agent open to every host user.
+	policy, err := loadGuestPolicy()
+	if err != nil {
+		return err
+	}
 	l, err := Listen(30 * time.Second)
 	if err != nil {
 		return err
 	}
-	logrus.WithField("addr", l.Addr().String()).Info("agent serving")
-	return ServeOn(ctx, l, NewServer(func() { _ = unix.Kill(1, unix.SIGTERM) }))
+	logrus.WithFields(logrus.Fields{"addr": l.Addr().String(), "token": len(policy.Token) > 0, "debug_console": policy.DebugConsole}).Info("agent serving")
+	return ServeOn(ctx, l, NewServer(func() { _ = unix.Kill(1, unix.SIGTERM) }, policy))
 }
 
-// ServeOn serves s on l (tests use a unix socket).
+// ServeOn serves s on l (tests use a unix socket). Each connection is served
+// with its own context, which records whether the connection has presented
+// the token (see Policy.authorizeStream).
 func ServeOn(ctx context.Context, l net.Listener, s *Server) error {
-	ts, err := ttrpc.NewServer()
+	ts, err := ttrpc.NewServer(ttrpc.WithUnaryServerInterceptor(s.policy.unaryInterceptor))
 	if err != nil {
 		return err
 	}
 	agentapi.RegisterAgentService(ts, s)
 	agentapi.RegisterHealthService(ts, s)
-	go func() { <-ctx.Done(); ts.Close() }()
-	err = ts.Serve(ctx, l)
-	if errors.Is(err, ttrpc.ErrServerClosed) {
-		return nil
+	go func() { <-ctx.Done(); ts.Close(); l.Close() }()
+	for {
+		conn, err := l.Accept()
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			return err
+		}
+		cctx := context.WithValue(ctx, connAuthKey{}, new(atomic.Bool))
+		go func() {
+			_ = ts.Serve(cctx, newOneConnListener(conn))
+			conn.Close() // served and ended, or refused because the server closed
+		}()
 	}
-	return err
 }
 
 func (s *Server) Check(context.Context, *agentapi.CheckRequest) (*agentapi.CheckResponse, error) {
@@ -146,6 +166,9 @@ func (s *Server) ResumeContainer(_ context.Context, req *agentapi.ContainerReque
 
 func (s *Server) ExecProcess(_ context.Context, req *agentapi.ExecProcessRequest) (*emptypb.Empty, error) {
 	if req.GetGuestRoot() {
+		if err := s.policy.allowGuestRoot(); err != nil {
+			return nil, err
+		}
 		return empty, s.engine.execGuest(req)
 	}
 	return empty, s.engine.exec(req)
@@ -244,6 +267,9 @@ func (s *Server) WaitProcess(ctx context.Context, req *agentapi.ProcessRequest) 
 // ReadOutput streams one output of a process until EOF. Reads poll ctx so a
 // stream whose host end went away stops consuming output a new reader needs.
 func (s *Server) ReadOutput(ctx context.Context, req *agentapi.ReadOutputRequest, stream agentapi.Agent_ReadOutputServer) error {
+	if err := s.policy.authorizeStream(ctx); err != nil {
+		return err
+	}
 	_, p, err := s.lookup(req.GetContainerId(), req.GetExecId())
 	if err != nil {
 		return err
@@ -315,6 +341,9 @@ func (s *Server) ResizeTty(_ context.Context, req *agentapi.ResizeTtyRequest) (*
 }
 
 func (s *Server) OOMEvents(ctx context.Context, _ *emptypb.Empty, stream agentapi.Agent_OOMEventsServer) error {
+	if err := s.policy.authorizeStream(ctx); err != nil {
+		return err
+	}
 	events, cancel := s.engine.oom.subscribe()
 	defer cancel()
 	for {

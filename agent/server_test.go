@@ -18,10 +18,22 @@ import (
 
 	agentapi "github.com/cocoon-runtime/cocoon/api/agent"
 	"github.com/cocoon-runtime/cocoon/version"
+	"github.com/cocoon-runtime/cocoon/vm"
 )
 
-// serveForTest runs the real ttRPC server on a unix socket and returns clients.
+// testToken is the token serveForTest's agent expects and its client sends.
+// Random bytes, as real tokens are: not valid UTF-8.
+var testToken = []byte("\xff\xfe0123456789abcdef0123456789abcd")
+
+// serveForTest runs the real ttRPC server on a unix socket, as a VM booted
+// with a token and the debug console, and returns clients that send the token
+// as cocoond's do.
 func serveForTest(t *testing.T) (agentapi.AgentClient, agentapi.HealthService) {
+	t.Helper()
+	return serveWithPolicy(t, Policy{Token: testToken, DebugConsole: true}, vm.WithAgentToken(testToken))
+}
+
+func serveWithPolicy(t *testing.T, policy Policy, opts ...ttrpc.ClientOpts) (agentapi.AgentClient, agentapi.HealthService) {
 	t.Helper()
 	sock := filepath.Join(t.TempDir(), "agent.sock")
 	l, err := net.Listen("unix", sock)
@@ -30,12 +42,12 @@ func serveForTest(t *testing.T) (agentapi.AgentClient, agentapi.HealthService) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- ServeOn(ctx, l, NewServer(func() {})) }()
+	go func() { done <- ServeOn(ctx, l, NewServer(func() {}, policy)) }()
 	conn, err := net.Dial("unix", sock)
 	if err != nil {
 		t.Fatal(err)
 	}
-	client := ttrpc.NewClient(conn)
+	client := ttrpc.NewClient(conn, opts...)
 	t.Cleanup(func() {
 		client.Close()
 		cancel()

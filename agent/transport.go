@@ -149,3 +149,44 @@ func (c *serialConn) Close() error {
 
 func (c *serialConn) LocalAddr() net.Addr  { return serialAddr(c.Name()) }
 func (c *serialConn) RemoteAddr() net.Addr { return serialAddr("host") }
+
+// oneConnListener hands out one connection, then blocks until the connection
+// or the listener closes: ServeOn serves each connection with its own context.
+type oneConnListener struct {
+	conns  chan net.Conn
+	done   chan struct{} // closed when the connection or the listener closes
+	once   sync.Once
+	addr   net.Addr
+	closed func()
+}
+
+func newOneConnListener(c net.Conn) *oneConnListener {
+	l := &oneConnListener{conns: make(chan net.Conn, 1), done: make(chan struct{}), addr: c.LocalAddr()}
+	l.closed = func() { l.once.Do(func() { close(l.done) }) }
+	l.conns <- &notifyConn{Conn: c, closed: l.closed}
+	return l
+}
+
+func (l *oneConnListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.conns:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *oneConnListener) Close() error   { l.closed(); return nil }
+func (l *oneConnListener) Addr() net.Addr { return l.addr }
+
+// notifyConn tells its listener when it closes.
+type notifyConn struct {
+	net.Conn
+	closed func()
+}
+
+func (c *notifyConn) Close() error {
+	err := c.Conn.Close()
+	c.closed()
+	return err
+}

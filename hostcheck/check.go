@@ -36,6 +36,7 @@ func Run(ctx context.Context, h *Host, loaded *config.Loaded, opts Options, repo
 	emit(h.checkRoot(), h.checkCgroup(), h.checkNetns(), h.checkTun(),
 		h.checkOverlay(cfg.Image.Driver), h.checkVsock(), h.checkKVM())
 	emit(h.checkVMMs(ctx, cfg.Runtime)...)
+	emit(h.checkConfinement(ctx, cfg.Runtime))
 	emit(h.checkVirtiofsd(ctx))
 	emit(checkGuests(cfg.Runtime)...)
 	emit(checkCNI(cfg.CNI), h.checkDirs(cfg))

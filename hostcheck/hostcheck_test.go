@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -48,6 +49,8 @@ func fakeHost(t *testing.T) (*Host, map[string]fakeBinary) {
 		"cloud-hypervisor":        {version: "cloud-hypervisor v51.0.0"},
 		"/usr/lib/qemu/virtiofsd": {version: "virtiofsd version 7.2.22"},
 		"/opt/cocoon/cocoond":     {version: "cocoond v1.0.0 (revision abc)"},
+		// setpriv's output is that of the confined QEMU it runs.
+		"setpriv": {version: "Controller/Bridge/Hub devices:"},
 	}
 	h := &Host{
 		Euid: 0, ProcDir: filepath.Join(root, "proc"), DevDir: filepath.Join(root, "dev"), ModulesDir: filepath.Join(root, "modules"),
@@ -62,6 +65,12 @@ func fakeHost(t *testing.T) (*Host, map[string]fakeBinary) {
 			return "/usr/bin/" + file, nil
 		},
 		Output: func(_ context.Context, path string, args ...string) ([]byte, error) {
+			if filepath.Base(path) == "setpriv" && slices.Contains(args, "-sandbox") {
+				if _, ok := bins["setpriv"]; !ok {
+					return nil, fmt.Errorf("ran %s, which LookPath did not find", path)
+				}
+				return []byte(bins["setpriv"].version), bins["setpriv"].err
+			}
 			if len(args) != 1 || args[0] != "--version" {
 				return nil, fmt.Errorf("unexpected args %v", args)
 			}
@@ -208,7 +217,7 @@ func TestRunHealthyHost(t *testing.T) {
 		names = append(names, r.Name)
 		wantResult(t, r, OK, "", "")
 	}
-	want := "config root cgroup v2 network namespaces /dev/net/tun overlayfs /dev/vhost-vsock /dev/kvm vmm clh vmm qemu virtiofsd guest cni dirs"
+	want := "config root cgroup v2 network namespaces /dev/net/tun overlayfs /dev/vhost-vsock /dev/kvm vmm clh vmm qemu vmm confinement virtiofsd guest cni dirs"
 	if got := strings.Join(names, " "); got != want {
 		t.Fatalf("checks\n got %s\nwant %s", got, want)
 	}

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	agentapi "github.com/cocoon-runtime/cocoon/api/agent"
+	"github.com/cocoon-runtime/cocoon/errdefs"
 )
 
 // Dialer connects to a VM's agent.
@@ -22,13 +23,14 @@ type Dialer func(ctx context.Context) (net.Conn, error)
 // we write until the guest opens its port, so the first check waits long
 // (short ones would be answered late, after their caller gave up); later
 // checks are short in case the first was lost. opts configure the client
-// (ObserveAgentCalls, for one).
+// (ObserveAgentCalls, for one); a TokenConn's token is added to them. An
+// agent refusing the token is an error at once: waiting cannot fix it.
 func WaitAgent(ctx context.Context, dial Dialer, opts ...ttrpc.ClientOpts) (*ttrpc.Client, error) {
 	conn, err := dialRetry(ctx, dial)
 	if err != nil {
 		return nil, err
 	}
-	client := ttrpc.NewClient(conn, opts...)
+	client := ttrpc.NewClient(conn, append(opts, AgentClientOpts(conn)...)...)
 	health := agentapi.NewHealthClient(client)
 	attempt := 10 * time.Second
 	for {
@@ -37,6 +39,10 @@ func WaitAgent(ctx context.Context, dial Dialer, opts ...ttrpc.ClientOpts) (*ttr
 		cancel()
 		if err == nil && resp.GetStatus() == agentapi.CheckResponse_SERVING {
 			return client, nil
+		}
+		if status.Code(err) == codes.Unauthenticated {
+			client.Close()
+			return nil, fmt.Errorf("agent refused cocoond's token: %w: %w", errdefs.ErrUnauthenticated, err)
 		}
 		if ctx.Err() != nil {
 			client.Close()
@@ -73,7 +79,7 @@ func ObserveAgentCalls(o AgentCallObserver) ttrpc.ClientOpts {
 	if o == nil {
 		return func(*ttrpc.Client) {}
 	}
-	return ttrpc.WithUnaryClientInterceptor(func(ctx context.Context, req *ttrpc.Request, resp *ttrpc.Response, info *ttrpc.UnaryClientInfo, invoke ttrpc.Invoker) error {
+	return ttrpc.WithChainUnaryClientInterceptor(func(ctx context.Context, req *ttrpc.Request, resp *ttrpc.Response, info *ttrpc.UnaryClientInfo, invoke ttrpc.Invoker) error {
 		err := invoke(ctx, req, resp)
 		reported := err
 		if reported == nil && resp.Status != nil && codes.Code(resp.Status.Code) != codes.OK {

@@ -69,8 +69,10 @@ func serve(loaded *config.Loaded, configPath string) error {
 		VMDir:    paths.VMDir,
 		Runtime:  cfg.Runtime,
 		Drivers: map[string]vm.Driver{
-			"qemu": qemu.New(qemu.Options{Log: log.WithField("component", "qemu")}),
-			"clh":  clh.New(clh.Options{Log: log.WithField("component", "clh")}),
+			// [debug] console is also the agents' policy: their VMs boot
+			// with cocoon.debug_console=1 only then.
+			"qemu": qemu.New(qemu.Options{Log: log.WithField("component", "qemu"), DebugConsole: cfg.Debug.Console}),
+			"clh":  clh.New(clh.Options{Log: log.WithField("component", "clh"), DebugConsole: cfg.Debug.Console}),
 		},
 		Network: &sandbox.CNINetwork{
 			NetnsRoot: paths.NetnsDir,

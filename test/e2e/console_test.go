@@ -83,6 +83,12 @@ func TestDebugConsole(t *testing.T) {
 		t.Fatalf("by short ID: exit %d, stdout %q, stderr %q", code, stdout, stderr)
 	}
 
+	// cocoond booted the VM with the policy its agent enforces.
+	stdout, stderr, code = debugConsole(t, d, "cat /proc/cmdline\n", "console")
+	if code != 0 || !strings.Contains(stdout, "cocoon.agent_token=fw_cfg cocoon.debug_console=1") {
+		t.Fatalf("guest command line: exit %d, stdout %q, stderr %q; want the agent token and the debug console policy", code, stdout, stderr)
+	}
+
 	_, stderr, code = debugConsole(t, d, "true\n", "no-such-pod")
 	if code != 1 || !strings.Contains(stderr, `no pod has the ID, ID prefix or name "no-such-pod"`) {
 		t.Fatalf("unknown pod: exit %d, stderr %q", code, stderr)

@@ -33,19 +33,23 @@ type Options struct {
 	Binary string
 	// Log receives the driver's logs; nil means logrus's standard logger.
 	Log *logrus.Entry
+	// DebugConsole boots VMs whose agent accepts guest-root execs
+	// (cocoond's [debug] console).
+	DebugConsole bool
 }
 
 // Driver creates and adopts Cloud Hypervisor VMs.
 type Driver struct {
-	binary string
-	log    *logrus.Entry
+	binary       string
+	log          *logrus.Entry
+	debugConsole bool
 }
 
 var _ vm.Driver = (*Driver)(nil)
 
 // New returns the driver.
 func New(opts Options) *Driver {
-	d := &Driver{binary: opts.Binary, log: opts.Log}
+	d := &Driver{binary: opts.Binary, log: opts.Log, debugConsole: opts.DebugConsole}
 	if d.binary == "" {
 		d.binary = DefaultBinary
 	}
@@ -79,7 +83,7 @@ func (d *Driver) create(ctx context.Context, spec *vm.Spec) (*VMM, error) {
 	}
 	steps = append(steps,
 		vm.Step{Name: "vm.create", Run: func(ctx context.Context) (func() error, error) {
-			resp, err := v.api.c.CreateVM(ctx, vmConfig(spec))
+			resp, err := v.api.c.CreateVM(ctx, vmConfig(withAgentPolicy(spec, d.debugConsole)))
 			// Nothing to undo: killing the process discards the VM.
 			return nil, check("vm.create", resp, err, nil)
 		}},

@@ -50,6 +50,7 @@ var Needs = []Need{
 	{Config: "VIRTIO_BLK", Module: "virtio_blk", Why: "block-device rootfs and volumes"},
 	{Config: "BRIDGE", Module: "bridge", Optional: true, Why: "privileged containers that build bridges (critest's brctl check)"},
 	{Config: "VETH", Module: "veth", Optional: true, Why: "veth pairs for network tooling in privileged containers"},
+	{Config: "FW_CFG_SYSFS", Module: "qemu_fw_cfg", Why: "QEMU's fw_cfg in sysfs: the agent reads its per-VM token there"},
 	{Config: "HW_RANDOM_VIRTIO", Module: "virtio_rng", Optional: true, Why: "entropy early in boot"},
 
 	// Filesystems.

@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	agentapi "github.com/cocoon-runtime/cocoon/api/agent"
 	"github.com/cocoon-runtime/cocoon/vm"
 )
 
@@ -17,7 +18,20 @@ const (
 	// baseCmdline: serial console for the log, no reboot on panic, hotplugged
 	// memory onlined by the kernel itself.
 	baseCmdline = "console=ttyS0 panic=-1 reboot=k memhp_default_state=online quiet " + vm.FastBootKernelArgs
+	// sandboxArg turns on QEMU's seccomp filter: no obsolete syscalls, no
+	// setuid/setgid, no fork/exec, no affinity or priority changes.
+	sandboxArg = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
 )
+
+// confinedCommand is how QEMU is started: setpriv (util-linux) empties the
+// capability bounding, inheritable and ambient sets and sets no_new_privs,
+// then execs QEMU in place (same pid and start time, so adoption still
+// works). os/exec cannot drop the bounding set between fork and exec. QEMU
+// needs no capability: its taps come as fds, its RAM is a memfd it creates,
+// and every file it opens (run dir, /dev/kvm, /dev/vhost-vsock) is root's.
+func confinedCommand(setpriv, qemu string, args []string) []string {
+	return append([]string{setpriv, "--bounding-set=-all", "--inh-caps=-all", "--ambient-caps=-all", "--no-new-privs", "--", qemu}, args...)
+}
 
 // paths are the files of one VM in its run dir.
 type paths struct {
@@ -32,9 +46,18 @@ func vmPaths(runDir string) paths {
 	}
 }
 
+// ConfinementProbe is a QEMU run confined as the driver confines it (setpriv,
+// then the seccomp sandbox) that only lists devices and exits: `cocoon check`
+// runs it to prove the host can confine QEMU.
+func ConfinementProbe(setpriv, qemu string) []string {
+	return confinedCommand(setpriv, qemu, []string{"-sandbox", sandboxArg, "-machine", "none", "-device", "help"})
+}
+
 // commandLine builds QEMU's arguments. NIC taps are ExtraFiles starting at
-// fdBase in spec order; vfsSockets[i] serves spec.Shares[i].
-func commandLine(spec *vm.Spec, accel string, vfsSockets []string, vsockCID uint32) []string {
+// fdBase in spec order; vfsSockets[i] serves spec.Shares[i]. tokenFile, when
+// set, is the agent token QEMU hands the guest through fw_cfg.
+// debugConsole lets the agent accept guest-root execs.
+func commandLine(spec *vm.Spec, accel string, vfsSockets []string, vsockCID uint32, tokenFile string, debugConsole bool) []string {
 	p := vmPaths(spec.RunDir)
 	maxCPUs := max(spec.MaxVCPUs, spec.VCPUs)
 	maxMem := max(spec.MaxMemoryMiB, spec.MemoryMiB)
@@ -57,11 +80,16 @@ func commandLine(spec *vm.Spec, accel string, vfsSockets []string, vsockCID uint
 		"-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
 		"-S", // Start (QMP cont) runs the guest
 		"-kernel", spec.Kernel, "-initrd", spec.Initramfs,
-		"-append", strings.Join(append([]string{baseCmdline}, spec.KernelArgs...), " "),
+		"-append", kernelCmdline(spec, tokenFile, debugConsole),
 		"-serial", "file:" + p.console,
 		"-qmp", "unix:" + p.qmp + ",server=on,wait=off",
 		"-object", "rng-random,id=rng0,filename=/dev/urandom",
 		"-device", "virtio-rng-pci,rng=rng0",
+		"-sandbox", sandboxArg,
+	}
+	if tokenFile != "" {
+		// QEMU reads the file at start-up; only the path is on its command line.
+		args = append(args, "-fw_cfg", "name="+agentapi.FwCfgTokenName+",file="+tokenFile)
 	}
 	if vsockCID != 0 {
 		args = append(args, "-device", fmt.Sprintf("vhost-vsock-pci,id=vsock0,guest-cid=%d", vsockCID))
@@ -89,6 +117,17 @@ func commandLine(spec *vm.Spec, accel string, vfsSockets []string, vsockCID uint
 		args = append(args, "-blockdev", blockdevArg(d), "-device", "virtio-blk-pci,id="+d.ID+",drive="+d.ID+"-node")
 	}
 	return args
+}
+
+// kernelCmdline is the driver's command line, the spec's arguments, then the
+// agent's policy last, so no configured argument can override it.
+func kernelCmdline(spec *vm.Spec, tokenFile string, debugConsole bool) string {
+	source := agentapi.TokenSourceNone
+	if tokenFile != "" {
+		source = agentapi.TokenSourceFwCfg
+	}
+	parts := append([]string{baseCmdline}, spec.KernelArgs...)
+	return strings.Join(append(parts, vm.AgentPolicyArgs(source, debugConsole)...), " ")
 }
 
 // nicDevice is a virtio-net NIC without an option ROM: the guest boots from

@@ -31,7 +31,10 @@ type Options struct {
 	Binary string
 	// KVMProbeTimeout bounds the boot that proves KVM works (accel "auto").
 	KVMProbeTimeout time.Duration
-	Log             *logrus.Entry
+	// DebugConsole boots VMs whose agent accepts guest-root execs
+	// (cocoond's [debug] console).
+	DebugConsole bool
+	Log          *logrus.Entry
 }
 
 // Driver creates QEMU VMs.
@@ -68,6 +71,10 @@ func (d *Driver) Create(ctx context.Context, spec *vm.Spec) (vm.VMM, error) {
 	if err != nil {
 		return nil, fmt.Errorf("qemu: %w", err)
 	}
+	setpriv, err := exec.LookPath("setpriv")
+	if err != nil {
+		return nil, fmt.Errorf("qemu: setpriv (util-linux) confines QEMU: %w", err)
+	}
 	accel := spec.Accel
 	if accel == "" || accel == "auto" {
 		accel = d.resolveAuto(ctx, spec)
@@ -79,12 +86,18 @@ func (d *Driver) Create(ctx context.Context, spec *vm.Spec) (vm.VMM, error) {
 		v.vsockCID = randomCID()
 	}
 	var vfsSockets []string
+	var tokenFile string
 	steps := []vm.Step{
 		{Name: "rundir", Run: func(context.Context) (func() error, error) {
 			if err := os.MkdirAll(spec.RunDir, 0o700); err != nil {
 				return nil, err
 			}
 			return func() error { return os.RemoveAll(spec.RunDir) }, nil
+		}},
+		{Name: "agent-token", Run: func(context.Context) (func() error, error) {
+			var err error
+			tokenFile, v.token, err = vm.NewAgentToken(spec.RunDir)
+			return nil, err // the run dir's undo removes it
 		}},
 		{Name: "virtiofsd", Run: func(ctx context.Context) (func() error, error) {
 			var started []*vm.Watched
@@ -112,7 +125,8 @@ func (d *Driver) Create(ctx context.Context, spec *vm.Spec) (vm.VMM, error) {
 				return nil, err
 			}
 			defer logFile.Close()
-			cmd := exec.Command(bin, commandLine(spec, accel, vfsSockets, v.vsockCID)...)
+			argv := confinedCommand(setpriv, bin, commandLine(spec, accel, vfsSockets, v.vsockCID, tokenFile, d.opts.DebugConsole))
+			cmd := exec.Command(argv[0], argv[1:]...)
 			cmd.Stdout, cmd.Stderr = logFile, logFile
 			for _, nic := range spec.NICs {
 				cmd.ExtraFiles = append(cmd.ExtraFiles, nic.Tap)
@@ -212,7 +226,11 @@ func (d *Driver) Adopt(ctx context.Context, st *vm.State) (vm.VMM, error) {
 		}
 		return nil, err
 	}
-	v := &qemuVM{driver: d, spec: vm.Spec{ID: st.ID, RunDir: st.RunDir}, paths: vmPaths(st.RunDir),
+	token, err := adoptToken(st.RunDir)
+	if err != nil {
+		return nil, fmt.Errorf("qemu: adopt %s: %w", st.ID, err)
+	}
+	v := &qemuVM{driver: d, spec: vm.Spec{ID: st.ID, RunDir: st.RunDir}, paths: vmPaths(st.RunDir), token: token,
 		log: d.opts.Log.WithField("vm", st.ID), accel: st.Accel, proc: proc, vsockCID: st.AgentVsockCID,
 		vcpus: st.VCPUs, memMiB: st.MemoryMiB, ports: map[string]int{}, done: make(chan struct{}), cleanup: &vm.Cleanup{}}
 	v.cleanup.Push("rundir", func() error { return os.RemoveAll(st.RunDir) })

@@ -23,6 +23,7 @@ type qemuVM struct {
 	log      *logrus.Entry
 	accel    string
 	vsockCID uint32
+	token    []byte // the agent's token (vm.NewAgentToken)
 
 	proc    *vm.Watched
 	helpers []*vm.Watched
@@ -175,11 +176,18 @@ func (v *qemuVM) DialAgent(ctx context.Context) (net.Conn, error) {
 	if err := v.alive(); err != nil {
 		return nil, err
 	}
+	var conn net.Conn
+	var err error
 	if v.vsockCID != 0 {
-		return vsock.Dial(v.vsockCID, 1024, nil)
+		conn, err = vsock.Dial(v.vsockCID, 1024, nil)
+	} else {
+		var d net.Dialer
+		conn, err = d.DialContext(ctx, "unix", v.paths.agent)
 	}
-	var d net.Dialer
-	return d.DialContext(ctx, "unix", v.paths.agent)
+	if err != nil || v.token == nil {
+		return conn, err
+	}
+	return &vm.TokenConn{Conn: conn, Token: v.token}, nil
 }
 
 // Pids are QEMU and its virtiofsd helpers.

@@ -1,0 +1,104 @@
+package vm
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+
+	"github.com/containerd/ttrpc"
+	"golang.org/x/sys/unix"
+
+	agentapi "github.com/cocoon-runtime/cocoon/api/agent"
+	"github.com/cocoon-runtime/cocoon/errdefs"
+)
+
+// AgentTokenFile is the per-VM agent token's file in the VM's 0700 run dir.
+// The VMM reads it at start-up (QEMU -fw_cfg); cocoond re-reads it when it
+// adopts the VM after a restart. It is never in the pod share, never on a
+// command line.
+const AgentTokenFile = "agent-token"
+
+// NewAgentToken writes a fresh random token to runDir's AgentTokenFile
+// (mode 0600, never over an existing file) and returns its path and value.
+func NewAgentToken(runDir string) (string, []byte, error) {
+	tok := make([]byte, agentapi.TokenSize)
+	if _, err := rand.Read(tok); err != nil {
+		return "", nil, err
+	}
+	path := filepath.Join(runDir, AgentTokenFile)
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return "", nil, fmt.Errorf("agent token: %w", err)
+	}
+	_, err = f.Write(tok)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		_ = os.Remove(path)
+		return "", nil, fmt.Errorf("agent token: %w", err)
+	}
+	return path, tok, nil
+}
+
+// ReadAgentToken reads the token NewAgentToken wrote in runDir.
+func ReadAgentToken(runDir string) ([]byte, error) {
+	f, err := os.OpenFile(filepath.Join(runDir, AgentTokenFile), os.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("agent token: %w", err)
+	}
+	defer f.Close()
+	tok := make([]byte, agentapi.TokenSize+1)
+	n, _ := f.Read(tok)
+	if n != agentapi.TokenSize {
+		return nil, fmt.Errorf("agent token in %s has %d bytes: %w", runDir, n, errdefs.ErrInvalidArgument)
+	}
+	return tok[:n], nil
+}
+
+// WithAgentToken sends token, hex-encoded (metadata values are UTF-8
+// strings), with every unary call. (ttRPC v1.2 clients send
+// no metadata on streams; the agent admits a stream on a connection whose
+// earlier call carried the token, and WaitAgent's health check is one.)
+func WithAgentToken(token []byte) ttrpc.ClientOpts {
+	v := hex.EncodeToString(token)
+	return ttrpc.WithChainUnaryClientInterceptor(func(ctx context.Context, req *ttrpc.Request, resp *ttrpc.Response, _ *ttrpc.UnaryClientInfo, invoke ttrpc.Invoker) error {
+		req.Metadata = append(req.Metadata, &ttrpc.KeyValue{Key: agentapi.TokenMetadataKey, Value: v})
+		return invoke(ctx, req, resp)
+	})
+}
+
+// TokenConn is an agent connection that knows the token its agent expects.
+// Drivers' DialAgent return one, so every client built on the connection
+// (AgentClientOpts, WaitAgent) authenticates without each caller handling
+// the token.
+type TokenConn struct {
+	net.Conn
+	Token []byte
+}
+
+// AgentClientOpts are the client options a connection from DialAgent needs:
+// its token, when it has one.
+func AgentClientOpts(conn net.Conn) []ttrpc.ClientOpts {
+	if tc, ok := conn.(*TokenConn); ok && len(tc.Token) > 0 {
+		return []ttrpc.ClientOpts{WithAgentToken(tc.Token)}
+	}
+	return nil
+}
+
+// AgentPolicyArgs are the kernel arguments that tell the agent its policy:
+// where its token is (agentapi.TokenSourceFwCfg or TokenSourceNone) and
+// whether guest-root execs (the debug console) are allowed. Drivers append
+// them after the configured kernel_args: the agent takes the last value, so
+// only the drivers' options (cocoond's [debug] console) decide.
+func AgentPolicyArgs(tokenSource string, debugConsole bool) []string {
+	console := "0"
+	if debugConsole {
+		console = "1"
+	}
+	return []string{agentapi.KernelArgToken + "=" + tokenSource, agentapi.KernelArgDebugConsole + "=" + console}
+}
