@@ -1,6 +1,7 @@
 package cri
 
 import (
+	"bytes"
 	"fmt"
 	"path/filepath"
 	"regexp"
@@ -70,7 +71,7 @@ func validateName(field, v string, max int) error {
 	case len(v) > max:
 		return fieldInvalid(field, "must be at most %d characters", max)
 	case !nameRE.MatchString(v):
-		return fieldInvalid(field, "%q must be letters, digits, '-' and '.', starting and ending with a letter or digit", v)
+		return fieldInvalid(field, "%.100q must be letters, digits, '-' and '.', starting and ending with a letter or digit", v)
 	}
 	return nil
 }
@@ -148,6 +149,29 @@ func validateContainerConfig(field string, c *runtimeapi.ContainerConfig) error 
 	if c.GetImage().GetImage() == "" {
 		return fieldInvalid(field+".image.image", "is required")
 	}
+	// execve takes NUL-terminated strings, and an environment entry is
+	// key=value: such requests could only fail later, inside the guest.
+	for i, a := range c.GetCommand() {
+		if strings.IndexByte(a, 0) >= 0 {
+			return fieldInvalid(fmt.Sprintf("%s.command[%d]", field, i), "must not contain NUL")
+		}
+	}
+	for i, a := range c.GetArgs() {
+		if strings.IndexByte(a, 0) >= 0 {
+			return fieldInvalid(fmt.Sprintf("%s.args[%d]", field, i), "must not contain NUL")
+		}
+	}
+	for i, kv := range c.GetEnvs() {
+		f := fmt.Sprintf("%s.envs[%d]", field, i)
+		switch k := kv.GetKey(); {
+		case k == "":
+			return fieldInvalid(f+".key", "is required")
+		case strings.ContainsAny(k, "=\x00"):
+			return fieldInvalid(f+".key", "%.40q must not contain '=' or NUL", k)
+		case bytes.IndexByte(kv.GetValue(), 0) >= 0:
+			return fieldInvalid(f+".value", "must not contain NUL")
+		}
+	}
 	if p := c.GetLogPath(); p != "" {
 		if err := validateLogPath(field+".log_path", p); err != nil {
 			return err
@@ -169,9 +193,9 @@ func validateAbsPath(field, p string) error {
 	case strings.IndexByte(p, 0) >= 0:
 		return fieldInvalid(field, "must not contain NUL")
 	case !filepath.IsAbs(p):
-		return fieldInvalid(field, "%q must be absolute", p)
+		return fieldInvalid(field, "%.200q must be absolute", p)
 	case filepath.Clean(p) != p:
-		return fieldInvalid(field, "%q must be clean (%q)", p, filepath.Clean(p))
+		return fieldInvalid(field, "%.200q must be clean (%.200q)", p, filepath.Clean(p))
 	}
 	return nil
 }
@@ -185,11 +209,11 @@ func validateLogPath(field, p string) error {
 	case strings.IndexByte(p, 0) >= 0:
 		return fieldInvalid(field, "must not contain NUL")
 	case filepath.IsAbs(p):
-		return fieldInvalid(field, "%q must be relative to the pod's log_directory", p)
+		return fieldInvalid(field, "%.200q must be relative to the pod's log_directory", p)
 	case filepath.Clean(p) != p:
-		return fieldInvalid(field, "%q must be clean (%q)", p, filepath.Clean(p))
+		return fieldInvalid(field, "%.200q must be clean (%.200q)", p, filepath.Clean(p))
 	case p == "." || p == ".." || strings.HasPrefix(p, "../"):
-		return fieldInvalid(field, "%q must stay inside the pod's log_directory", p)
+		return fieldInvalid(field, "%.200q must stay inside the pod's log_directory", p)
 	}
 	return nil
 }
@@ -269,7 +293,7 @@ func validateResources(field string, r *runtimeapi.LinuxContainerResources) erro
 			return fieldInvalid(field+".unified", "key %.40q is not a cgroup file name", k)
 		}
 		if len(v) > maxUnifiedValueLen || strings.ContainsAny(v, "\x00\n") {
-			return fieldInvalid(field+".unified", "value of %q must be one line of at most %d bytes", k, maxUnifiedValueLen)
+			return fieldInvalid(field+".unified", "value of %.40q must be one line of at most %d bytes", k, maxUnifiedValueLen)
 		}
 	}
 	return nil
@@ -305,11 +329,11 @@ func validateCpuset(field, s string) error {
 
 func cpuIndex(s string) (int, error) {
 	if s == "" || len(s) > 5 || strings.TrimLeft(s, "0123456789") != "" {
-		return 0, fmt.Errorf("%q is not an index", s)
+		return 0, fmt.Errorf("%.20q is not an index", s)
 	}
 	n, err := strconv.Atoi(s)
 	if err != nil || n > maxCPUIndex {
-		return 0, fmt.Errorf("%q must be at most %d", s, maxCPUIndex)
+		return 0, fmt.Errorf("%.20q must be at most %d", s, maxCPUIndex)
 	}
 	return n, nil
 }

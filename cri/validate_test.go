@@ -261,6 +261,15 @@ func TestValidateRequests(t *testing.T) {
 		}, codes.InvalidArgument, "sandbox_config.log_directory"},
 		{"privileged container in unprivileged pod", "CreateContainer", create("plain", privileged(critestContainer())), codes.InvalidArgument, "config.linux.security_context.privileged"},
 		{"unknown pod", "CreateContainer", create("missing", critestContainer()), codes.NotFound, "missing"},
+		{"command with NUL", "CreateContainer", ctrWith(func(c *runtimeapi.ContainerConfig) { c.Command = []string{"sh", "-c\x00"} }), codes.InvalidArgument, "config.command[1]"},
+		{"args with NUL", "CreateContainer", ctrWith(func(c *runtimeapi.ContainerConfig) { c.Args = []string{"\x00"} }), codes.InvalidArgument, "config.args[0]"},
+		{"env without key", "CreateContainer", ctrWith(func(c *runtimeapi.ContainerConfig) { c.Envs = []*runtimeapi.KeyValue{{Value: []byte("x")}} }), codes.InvalidArgument, "config.envs[0].key: is required"},
+		{"env key with =", "CreateContainer", ctrWith(func(c *runtimeapi.ContainerConfig) {
+			c.Envs = []*runtimeapi.KeyValue{{Key: "A", Value: []byte("1")}, {Key: "B=C", Value: []byte("x")}}
+		}), codes.InvalidArgument, "config.envs[1].key"},
+		{"env value with NUL", "CreateContainer", ctrWith(func(c *runtimeapi.ContainerConfig) {
+			c.Envs = []*runtimeapi.KeyValue{{Key: "A", Value: []byte("1\x002")}}
+		}), codes.InvalidArgument, "config.envs[0].value"},
 		{"annotation with NUL", "CreateContainer", ctrWith(func(c *runtimeapi.ContainerConfig) { c.Annotations = map[string]string{"a": "b\x00"} }), codes.InvalidArgument, "config.annotations"},
 
 		// Resources, in CreateContainer and in both updates.
