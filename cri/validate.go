@@ -9,6 +9,8 @@ import (
 	"strings"
 
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/cocoon-runtime/cocoon/sandbox"
 )
 
 // Request validation runs before any work: a malformed request must come back
@@ -338,7 +340,30 @@ func cpuIndex(s string) (int, error) {
 	return n, nil
 }
 
-// podPrivileged reports whether the pod's sandbox was created privileged.
-func podPrivileged(c *runtimeapi.PodSandboxConfig) bool {
-	return c.GetLinux().GetSecurityContext().GetPrivileged()
+// validateContainerInPod checks what needs the pod's record: privilege, and
+// the directory the container's log goes to.
+func validateContainerInPod(req *runtimeapi.CreateContainerRequest, pod *sandbox.Pod) error {
+	// The pod's own record, not the request's sandbox_config, says whether
+	// the sandbox is privileged: containerd and CRI-O refuse a privileged
+	// container in a sandbox that is not.
+	podCfg := pod.PodConfig()
+	if req.GetConfig().GetLinux().GetSecurityContext().GetPrivileged() && !podCfg.GetLinux().GetSecurityContext().GetPrivileged() {
+		return fieldInvalid("config.linux.security_context.privileged", "pod sandbox %s is not privileged", pod.ID)
+	}
+	// sandbox/ joins log_path to the request's sandbox_config log directory
+	// when one is given, else to the pod's.
+	logDir, logDirField := podCfg.GetLogDirectory(), "pod log_directory"
+	if sc := req.GetSandboxConfig(); sc != nil {
+		logDir, logDirField = sc.GetLogDirectory(), "sandbox_config.log_directory"
+		if logDir != "" {
+			if err := validateAbsPath(logDirField, logDir); err != nil {
+				return err
+			}
+		}
+	}
+	// Joined to "" the log would land in cocoond's working directory.
+	if req.GetConfig().GetLogPath() != "" && logDir == "" {
+		return fieldInvalid("config.log_path", "is set but the %s is empty", logDirField)
+	}
+	return nil
 }
