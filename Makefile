@@ -22,7 +22,7 @@ SOCKET      := /run/cocoon/cocoon.sock
 GUEST_DIR   ?= /var/lib/cocoon/guest
 TEST_GUEST  := $(CURDIR)/_output/guest
 
-.PHONY: all build guest deps check-deps tools run registry registry-down stop test test-unit verify-generate test-integration test-critest conformance bench generate fmt vet clean
+.PHONY: all build guest deps check-deps tools run registry registry-down stop test test-unit fuzz verify-generate test-integration test-critest conformance bench generate fmt vet clean
 
 all: build
 
@@ -93,12 +93,26 @@ stop:
 	@if [ -f $(RUN_PID) ]; then kill -TERM $$(cat $(RUN_PID)) 2>/dev/null || true; rm -f $(RUN_PID); fi
 
 ## test: everything CI runs (unit, integration as root, critest)
-test: deps check-deps build tools test-unit test-integration test-critest
+test: deps check-deps build tools test-unit fuzz test-integration test-critest
 
 # The agent links libcontainer's C nsenter, so tests build with cgo; cocoond itself stays CGO_ENABLED=0.
 test-unit: verify-generate
 	CGO_ENABLED=1 $(GO) vet ./...
 	CGO_ENABLED=1 $(GO) test -count=1 ./...
+
+## fuzz: each fuzz target for FUZZTIME, one at a time (go test runs one -fuzz target per call).
+## Crashers land in <pkg>/testdata/fuzz/<Target>/ and then run as seeds in test-unit.
+FUZZTIME         ?= 10s
+# Minimizing each new interesting input may take up to 60 s by default and its
+# executions are not counted: on a short FUZZTIME it would take the whole budget.
+FUZZMINIMIZETIME ?= 1s
+FUZZ_TARGETS := ./cri:FuzzValidate ./sandbox/ocispec:FuzzBuild ./sandbox:FuzzLogWriter ./config:FuzzLoad ./agent:FuzzAgentRequests
+fuzz:
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; name=$${t##*:}; \
+		echo "fuzz $$name in $$pkg for $(FUZZTIME)"; \
+		CGO_ENABLED=1 $(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZETIME) $$pkg; \
+	done
 
 ## verify-generate: the committed generated code and docs/CONFIG.md are what `make generate` produces
 verify-generate:

@@ -8,8 +8,18 @@ import (
 
 // CreateContainer creates a container in a running pod; it does not run it.
 func (s *Server) CreateContainer(ctx context.Context, req *runtimeapi.CreateContainerRequest) (*runtimeapi.CreateContainerResponse, error) {
-	if req.GetPodSandboxId() == "" || req.GetConfig() == nil {
-		return nil, invalid("pod sandbox id and container config are required")
+	if req.GetPodSandboxId() == "" {
+		return nil, fieldInvalid("pod_sandbox_id", "is required")
+	}
+	if err := validateContainerConfig("config", req.GetConfig()); err != nil {
+		return nil, err
+	}
+	pod, err := s.pods.Pod(req.GetPodSandboxId())
+	if err != nil {
+		return nil, err
+	}
+	if err := validateContainerInPod(req, &pod); err != nil {
+		return nil, err
 	}
 	id, err := s.pods.CreateContainer(ctx, req.GetPodSandboxId(), req.GetConfig(), req.GetSandboxConfig())
 	if err != nil {

@@ -11,6 +11,9 @@ func (s *Server) UpdateContainerResources(ctx context.Context, req *runtimeapi.U
 	if req.GetContainerId() == "" {
 		return nil, invalid("container id is empty")
 	}
+	if err := validateResources("linux", req.GetLinux()); err != nil {
+		return nil, err
+	}
 	if err := s.pods.UpdateContainerResources(ctx, req.GetContainerId(), req.GetLinux()); err != nil {
 		return nil, err
 	}

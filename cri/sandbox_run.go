@@ -8,8 +8,8 @@ import (
 
 // RunPodSandbox boots the pod's VM on the pod network.
 func (s *Server) RunPodSandbox(ctx context.Context, req *runtimeapi.RunPodSandboxRequest) (*runtimeapi.RunPodSandboxResponse, error) {
-	if req.GetConfig() == nil {
-		return nil, invalid("pod sandbox config is missing")
+	if err := validatePodSandboxConfig("config", req.GetConfig()); err != nil {
+		return nil, err
 	}
 	id, err := s.pods.RunPod(ctx, req.GetConfig(), req.GetRuntimeHandler())
 	if err != nil {

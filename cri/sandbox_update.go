@@ -11,6 +11,12 @@ func (s *Server) UpdatePodSandboxResources(ctx context.Context, req *runtimeapi.
 	if req.GetPodSandboxId() == "" {
 		return nil, invalid("pod sandbox id is empty")
 	}
+	if err := validateResources("overhead", req.GetOverhead()); err != nil {
+		return nil, err
+	}
+	if err := validateResources("resources", req.GetResources()); err != nil {
+		return nil, err
+	}
 	if err := s.pods.UpdatePodResources(ctx, req.GetPodSandboxId(), req.GetResources()); err != nil {
 		return nil, err
 	}

@@ -105,7 +105,14 @@ func (o *output) copyStream(ctx context.Context, a agentapi.AgentClient, contain
 				if i < 0 {
 					break
 				}
-				o.writeRecord(name, "F", pending[:i])
+				// A line that arrived with its newline can still be longer
+				// than maxLogLine: its head goes out as partial records too.
+				line := pending[:i]
+				for len(line) > maxLogLine {
+					o.writeRecord(name, "P", line[:maxLogLine])
+					line = line[maxLogLine:]
+				}
+				o.writeRecord(name, "F", line)
 				pending = pending[i+1:]
 			}
 			for len(pending) >= maxLogLine {
