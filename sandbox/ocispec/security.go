@@ -2,12 +2,15 @@ package ocispec
 
 import (
 	"encoding/json"
+	"fmt"
+	"io"
 	"os"
 	"runtime"
 	"slices"
 	"strings"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
@@ -156,7 +159,7 @@ func loadSeccomp(path string, caps []string) (*specs.LinuxSeccomp, error) {
 	if path == "" || !strings.HasPrefix(path, "/") {
 		return nil, invalid("localhost seccomp profile %q is not an absolute path", path)
 	}
-	data, err := os.ReadFile(path)
+	data, err := readProfile(path)
 	if err != nil {
 		return nil, invalid("seccomp profile: %v", err)
 	}
@@ -220,4 +223,36 @@ func (f localFilter) excludes(caps []string) bool {
 		}
 	}
 	return false
+}
+
+// maxProfileSize bounds a localhost seccomp profile: real ones are tens of
+// KiB, and the path comes from the request.
+const maxProfileSize = 4 << 20
+
+// readProfile reads a regular file of at most maxProfileSize bytes, never
+// blocking on a FIFO or reading a device without end.
+func readProfile(path string) ([]byte, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s is not a regular file", path)
+	}
+	if st.Size() > maxProfileSize {
+		return nil, fmt.Errorf("%s is %d bytes, more than %d", path, st.Size(), maxProfileSize)
+	}
+	data, err := io.ReadAll(io.LimitReader(f, maxProfileSize+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(data) > maxProfileSize {
+		return nil, fmt.Errorf("%s grew past %d bytes", path, maxProfileSize)
+	}
+	return data, nil
 }
