@@ -28,7 +28,9 @@ func vmPaths(runDir string) paths {
 	return paths{
 		qmp:     filepath.Join(runDir, "qmp.sock"),
 		agent:   filepath.Join(runDir, "agent.sock"),
-		console: vm.ConsoleLog(runDir),
+		// QEMU writes the serial console into a FIFO cocoond copies into a
+		// capped console.log (vm.OpenConsole), never straight to a file.
+		console: vm.ConsolePipe(runDir),
 	}
 }
 
