@@ -82,7 +82,10 @@ func TestExecSyncHostileOutput(t *testing.T) {
 			var res *ExecResult
 			var err error
 			done := make(chan struct{})
-			go func() { defer close(done); res, err = m.ExecSync(context.Background(), id, []string{"probe"}, tt.timeout) }()
+			go func() {
+				defer close(done)
+				res, err = m.ExecSync(context.Background(), id, []string{"probe"}, tt.timeout)
+			}()
 			select {
 			case <-done:
 			case <-time.After(tt.within):

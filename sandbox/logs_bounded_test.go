@@ -112,7 +112,9 @@ func (n noNewline) ReadOutput(ctx context.Context, req *agentapi.ReadOutputReque
 	return noNewlineStream{s}, err
 }
 
-type noNewlineStream struct{ agentapi.Agent_ReadOutputClient }
+type noNewlineStream struct {
+	agentapi.Agent_ReadOutputClient
+}
 
 func (s noNewlineStream) Recv() (*agentapi.OutputChunk, error) {
 	c, err := s.Agent_ReadOutputClient.Recv()
@@ -163,4 +165,3 @@ func TestPodEndEndsLongPolls(t *testing.T) {
 		t.Fatal("waitExit outlived the pod")
 	}
 }
-

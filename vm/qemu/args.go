@@ -28,9 +28,8 @@ func vmPaths(runDir string) paths {
 	return paths{
 		qmp:     filepath.Join(runDir, "qmp.sock"),
 		agent:   filepath.Join(runDir, "agent.sock"),
-		// QEMU writes the serial console into a FIFO cocoond copies into a
-		// capped console.log (vm.OpenConsole), never straight to a file.
-		console: vm.ConsolePipe(runDir),
+		console: vm.ConsolePipe(runDir), // a FIFO cocoond copies into a capped console.log
+
 	}
 }
 
