@@ -29,7 +29,6 @@ func vmPaths(runDir string) paths {
 		qmp:     filepath.Join(runDir, "qmp.sock"),
 		agent:   filepath.Join(runDir, "agent.sock"),
 		console: vm.ConsolePipe(runDir), // a FIFO cocoond copies into a capped console.log
-
 	}
 }
 
