@@ -15,10 +15,18 @@ func (s *Server) PodSandboxStats(ctx context.Context, req *runtimeapi.PodSandbox
 	if err != nil {
 		return nil, err
 	}
-	return &runtimeapi.PodSandboxStatsResponse{Stats: s.podStats(ctx, &p)}, nil
+	ctx, cancel := context.WithTimeout(ctx, podStatsTimeout)
+	defer cancel()
+	st, err := s.podStats(ctx, &p)
+	if err != nil {
+		return nil, err
+	}
+	return &runtimeapi.PodSandboxStatsResponse{Stats: st}, nil
 }
 
-func (s *Server) podStats(ctx context.Context, p *sandbox.Pod) *runtimeapi.PodSandboxStats {
+// podStats sums the pod's containers; an agent that does not answer fails it
+// (zeros would read as real usage).
+func (s *Server) podStats(ctx context.Context, p *sandbox.Pod) (*runtimeapi.PodSandboxStats, error) {
 	cfg := p.PodConfig()
 	ts := time.Now().UnixNano()
 	linux := &runtimeapi.LinuxPodSandboxStats{
@@ -28,8 +36,11 @@ func (s *Server) podStats(ctx context.Context, p *sandbox.Pod) *runtimeapi.PodSa
 	}
 	for _, c := range s.podContainers(p.ID, nil) {
 		st, err := s.pods.ContainerStats(ctx, c.ID)
+		if agentSilent(err) {
+			return nil, err
+		}
 		if err != nil {
-			continue
+			continue // a container going away while summed is not an error
 		}
 		cs := s.toCRIStats(&c, st)
 		linux.Containers = append(linux.Containers, cs)
@@ -45,5 +56,5 @@ func (s *Server) podStats(ctx context.Context, p *sandbox.Pod) *runtimeapi.PodSa
 	return &runtimeapi.PodSandboxStats{
 		Attributes: &runtimeapi.PodSandboxAttributes{Id: p.ID, Metadata: cfg.GetMetadata(), Labels: cfg.GetLabels(), Annotations: cfg.GetAnnotations()},
 		Linux:      linux,
-	}
+	}, nil
 }

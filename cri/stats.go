@@ -1,10 +1,65 @@
 package cri
 
 import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/cocoon-runtime/cocoon/errdefs"
 	"github.com/cocoon-runtime/cocoon/sandbox"
 )
+
+const (
+	// podStatsTimeout is how long one pod's agent has to answer for all its
+	// containers in a stats listing; a pod that has not answered by then is
+	// left out (with a log line) and the others are answered.
+	podStatsTimeout = 5 * time.Second
+	// statsParallel bounds the pods queried at once.
+	statsParallel = 8
+)
+
+// eachPodStats runs query once per pod, up to statsParallel at once, each
+// with a deadline of its own, and returns the answers in the pods' order;
+// a pod whose query failed has ok false.
+func eachPodStats[T any](ctx context.Context, podIDs []string, query func(ctx context.Context, podID string) (T, error), onErr func(podID string, err error)) (out []T, ok []bool) {
+	out, ok = make([]T, len(podIDs)), make([]bool, len(podIDs))
+	slots := make(chan struct{}, statsParallel)
+	var wg sync.WaitGroup
+	for i, id := range podIDs {
+		wg.Go(func() {
+			select {
+			case slots <- struct{}{}:
+			case <-ctx.Done():
+				onErr(id, ctx.Err())
+				return
+			}
+			defer func() { <-slots }()
+			pctx, cancel := context.WithTimeout(ctx, podStatsTimeout)
+			defer cancel()
+			v, err := query(pctx, id)
+			if err != nil {
+				onErr(id, err)
+				return
+			}
+			out[i], ok[i] = v, true
+		})
+	}
+	wg.Wait()
+	return out, ok
+}
+
+// agentSilent tells a stats error of the pod's agent (unavailable, too slow)
+// from a container that went away while listed.
+func agentSilent(err error) bool {
+	return errors.Is(err, errdefs.ErrUnavailable) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled)
+}
+
+func (s *Server) logStatsSkipped(podID string, err error) {
+	s.log.WithField("pod", podID).WithError(err).Warn("pod left out of the stats: its agent did not answer in time")
+}
 
 func u64(v uint64) *runtimeapi.UInt64Value { return &runtimeapi.UInt64Value{Value: v} }
 

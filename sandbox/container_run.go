@@ -11,6 +11,8 @@ import (
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	agentapi "github.com/cocoon-runtime/cocoon/api/agent"
 	"github.com/cocoon-runtime/cocoon/errdefs"
@@ -46,7 +48,8 @@ func (m *Manager) StartContainer(ctx context.Context, id string) error {
 
 // waitExit records the container's exit once its output has drained.
 func (m *Manager) waitExit(rt *podRuntime, id string) {
-	res, err := rt.agent.WaitProcess(context.Background(), &agentapi.ProcessRequest{ContainerId: id})
+	// A long poll: it lasts as long as the container, and the pod's end ends it.
+	res, err := rt.agent.WaitProcess(rt.context(), &agentapi.ProcessRequest{ContainerId: id})
 	if err != nil {
 		return // the pod went away; StopPod or watchVM record the end
 	}
@@ -189,7 +192,13 @@ type ExecResult struct {
 	ExitCode       int32
 }
 
-// ExecSync runs cmd in the container and collects its output; a timeout kills it.
+// maxExecSyncOutput caps each output stream ExecSync returns, as containerd
+// and CRI-O do since CVE-2022-31030 / CVE-2022-1708: a probe printing without
+// end must not grow cocoond's heap.
+const maxExecSyncOutput = 16 << 20
+
+// ExecSync runs cmd in the container and collects its output, at most
+// maxExecSyncOutput per stream; a timeout kills it.
 func (m *Manager) ExecSync(ctx context.Context, id string, cmd []string, timeout time.Duration) (*ExecResult, error) {
 	c, rt, base, err := m.execTarget(id)
 	if err != nil {
@@ -198,49 +207,29 @@ func (m *Manager) ExecSync(ctx context.Context, id string, cmd []string, timeout
 	if len(cmd) == 0 {
 		return nil, fmt.Errorf("%w: empty command", errdefs.ErrInvalidArgument)
 	}
-	execID := newID()[:16]
-	proc, _ := json.Marshal(ocispec.ExecProcess(base, cmd, false))
-	if _, err := rt.agent.ExecProcess(ctx, &agentapi.ExecProcessRequest{ContainerId: c.ID, ExecId: execID, Process: proc}); err != nil {
-		return nil, fmt.Errorf("agent ExecProcess: %w", err)
-	}
-	res := &ExecResult{}
-	streams := map[agentapi.ReadOutputRequest_Stream]*[]byte{agentapi.ReadOutputRequest_STDOUT: &res.Stdout, agentapi.ReadOutputRequest_STDERR: &res.Stderr}
-	done := make(chan struct{}, len(streams))
-	for which, buf := range streams {
-		stream, err := rt.agent.ReadOutput(context.Background(), &agentapi.ReadOutputRequest{ContainerId: c.ID, ExecId: execID, Stream: which})
-		if err != nil {
-			return nil, err
-		}
-		go func() {
-			defer func() { done <- struct{}{} }()
-			for {
-				chunk, err := stream.Recv()
-				if err != nil {
-					return
-				}
-				*buf = append(*buf, chunk.Data...)
-			}
-		}()
-	}
 	wctx := ctx
 	if timeout > 0 {
 		var cancel context.CancelFunc
 		wctx, cancel = context.WithTimeout(ctx, timeout)
 		defer cancel()
 	}
-	wait, err := rt.agent.WaitProcess(wctx, &agentapi.ProcessRequest{ContainerId: c.ID, ExecId: execID})
+	execID := newID()[:16]
+	proc, _ := json.Marshal(ocispec.ExecProcess(base, cmd, false))
+	req := &agentapi.ExecProcessRequest{ContainerId: c.ID, ExecId: execID, Process: proc}
+	if _, err := rt.agent.ExecProcess(wctx, req); err != nil {
+		return nil, fmt.Errorf("agent ExecProcess: %w", err)
+	}
+	log := m.opts.Log.WithField("container", c.ID).WithField("exec", execID)
+	stdout := newCappedBuffer(maxExecSyncOutput, func() { log.Warnf("exec stdout over %d bytes: the rest is discarded", maxExecSyncOutput) })
+	stderr := newCappedBuffer(maxExecSyncOutput, func() { log.Warnf("exec stderr over %d bytes: the rest is discarded", maxExecSyncOutput) })
+	code, err := m.streamProcess(wctx, rt, req, nil, stdout, stderr, nil)
 	if err != nil {
-		_, _ = rt.agent.SignalProcess(context.Background(), &agentapi.SignalProcessRequest{ContainerId: c.ID, ExecId: execID, Signal: uint32(unix.SIGKILL)})
-		if wctx.Err() != nil {
+		if timeout > 0 && ctx.Err() == nil && (wctx.Err() != nil || status.Code(err) == codes.DeadlineExceeded) {
 			return nil, fmt.Errorf("exec in %s: %w after %v", c.ID, context.DeadlineExceeded, timeout)
 		}
 		return nil, err
 	}
-	for range streams {
-		<-done
-	}
-	res.ExitCode = wait.GetExitCode()
-	return res, nil
+	return &ExecResult{Stdout: stdout.take(), Stderr: stderr.take(), ExitCode: code}, nil
 }
 
 // execTarget finds a running container, its pod runtime and its OCI spec.

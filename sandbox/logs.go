@@ -21,18 +21,30 @@ import (
 // split into partial (P) records, as kubelet expects.
 const maxLogLine = 16 << 10
 
+// maxAttachQueue bounds the output queued for one attached client: a client
+// that reads slower than the guest writes loses output past it, rather than
+// cocoond holding the guest's output for it (a chunk from the agent may be up
+// to ttRPC's 4 MiB message limit, so a count of chunks alone bounds nothing).
+const maxAttachQueue = 1 << 20
+
 // output copies a container's stdout and stderr from the agent into its CRI
 // log file, and fans them out to attached clients.
 type output struct {
 	path string
 	mu   sync.Mutex
 	file *os.File
-	subs map[chan []byte]string // attached readers → stream they want ("" both)
+	subs map[*subscription]struct{} // attached readers
 	done sync.WaitGroup
+
+	// ctx ends the output streams when the output is closed (container
+	// removed, pod stopped), whatever context the caller read them on.
+	ctx    context.Context
+	cancel context.CancelFunc
 }
 
 func newOutput(path string) (*output, error) {
-	o := &output{path: path, subs: map[chan []byte]string{}}
+	o := &output{path: path, subs: map[*subscription]struct{}{}}
+	o.ctx, o.cancel = context.WithCancel(context.Background())
 	if path != "" {
 		if err := o.reopen(); err != nil {
 			return nil, err
@@ -60,13 +72,18 @@ func (o *output) reopen() error {
 	return nil
 }
 
-// copyStream reads one stream from the agent until EOF.
+// copyStream reads one stream from the agent until EOF, ctx ends or the
+// output is closed.
 func (o *output) copyStream(ctx context.Context, a agentapi.AgentClient, containerID string, which agentapi.ReadOutputRequest_Stream, log *logrus.Entry) error {
+	ctx, cancel := context.WithCancel(ctx)
+	stopOnClose := context.AfterFunc(o.ctx, cancel)
 	open := func() (agentapi.Agent_ReadOutputClient, error) {
 		return a.ReadOutput(ctx, &agentapi.ReadOutputRequest{ContainerId: containerID, Stream: which})
 	}
 	stream, err := open()
 	if err != nil {
+		stopOnClose()
+		cancel()
 		return err
 	}
 	name := "stdout"
@@ -76,6 +93,8 @@ func (o *output) copyStream(ctx context.Context, a agentapi.AgentClient, contain
 	o.done.Add(1)
 	go func() {
 		defer o.done.Done()
+		defer cancel()
+		defer stopOnClose()
 		var pending []byte
 		// After a cocoond restart the agent may still hold the stream for the
 		// reader of the dead connection for up to half a second: retry then.
@@ -144,34 +163,64 @@ func (o *output) writeRecord(stream, tag string, text []byte) {
 	_, _ = o.file.Write(line)
 }
 
+// subscription is one attached client's share of a stream's output.
+type subscription struct {
+	o      *output
+	stream string // "stdout" or "stderr"
+	ch     chan []byte
+	queued int // bytes in ch, under o.mu
+	lost   int // bytes dropped because the client lagged, under o.mu
+}
+
 func (o *output) fanOut(stream string, data []byte) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	for ch, want := range o.subs {
-		if want != "" && want != stream {
+	for s := range o.subs {
+		if s.stream != stream {
+			continue
+		}
+		// A slow attached client loses output rather than stalling the log or
+		// making cocoond hold the guest's output for it.
+		if s.queued+len(data) > maxAttachQueue {
+			s.lost += len(data)
 			continue
 		}
 		select {
-		case ch <- append([]byte(nil), data...):
-		default: // a slow attached client loses output rather than stalling the log
+		case s.ch <- append([]byte(nil), data...):
+			s.queued += len(data)
+		default:
+			s.lost += len(data)
 		}
 	}
 }
 
-// subscribe returns a channel of stream's output ("stdout" or "stderr") from
-// now on, and the function that ends the subscription.
-func (o *output) subscribe(stream string) (chan []byte, func()) {
-	ch := make(chan []byte, 256)
+// subscribe returns stream's output ("stdout" or "stderr") from now on.
+func (o *output) subscribe(stream string) *subscription {
+	s := &subscription{o: o, stream: stream, ch: make(chan []byte, 256)}
 	o.mu.Lock()
-	o.subs[ch] = stream
+	o.subs[s] = struct{}{}
 	o.mu.Unlock()
-	return ch, func() {
-		o.mu.Lock()
-		if _, ok := o.subs[ch]; ok {
-			delete(o.subs, ch)
-			close(ch)
-		}
-		o.mu.Unlock()
+	return s
+}
+
+// next returns the next chunk of output; false once cancelled.
+func (s *subscription) next() ([]byte, bool) {
+	data, ok := <-s.ch
+	if ok {
+		s.o.mu.Lock()
+		s.queued -= len(data)
+		s.o.mu.Unlock()
+	}
+	return data, ok
+}
+
+// cancel ends the subscription.
+func (s *subscription) cancel() {
+	s.o.mu.Lock()
+	defer s.o.mu.Unlock()
+	if _, ok := s.o.subs[s]; ok {
+		delete(s.o.subs, s)
+		close(s.ch)
 	}
 }
 
@@ -193,6 +242,7 @@ func (o *output) wait(timeout time.Duration) {
 }
 
 func (o *output) close() {
+	o.cancel()
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	if o.file != nil {
@@ -201,7 +251,11 @@ func (o *output) close() {
 	}
 }
 
+// closeOutputs closes every container's output and ends the pod runtime's
+// lifetime context (the pod stops): every stream and long poll on its agent
+// ends with it.
 func (rt *podRuntime) closeOutputs() {
+	rt.end()
 	rt.mu.Lock()
 	defer rt.mu.Unlock()
 	for id, o := range rt.outputs {

@@ -85,6 +85,8 @@ type podRuntime struct {
 
 	mu      sync.Mutex
 	outputs map[string]*output // container id → its log writer
+
+	life lifetime // ends when the pod stops or its VM dies
 }
 
 // New loads the persisted pods and containers.

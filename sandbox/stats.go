@@ -68,15 +68,55 @@ func (m *Manager) ContainerStats(ctx context.Context, id string) (*Stats, error)
 	if err != nil {
 		return st, nil
 	}
-	s, err := rt.agent.StatsContainer(ctx, &agentapi.ContainerRequest{ContainerId: c.ID})
+	// A short call: a silent agent costs its caller agentCallTimeout at most.
+	cctx, cancel := rt.shortCall(ctx)
+	defer cancel()
+	s, err := rt.agent.StatsContainer(cctx, &agentapi.ContainerRequest{ContainerId: c.ID})
 	if err != nil {
 		return nil, fmt.Errorf("%w: stats of %s: %v", errdefs.ErrUnavailable, c.ID, err)
 	}
+	if err := checkStats(s); err != nil {
+		return nil, fmt.Errorf("%w: stats of %s: %v", errdefs.ErrUnavailable, c.ID, err)
+	}
 	st.Timestamp = time.Unix(0, s.GetTimestampNs())
+	if d := time.Since(st.Timestamp); d > maxStatsClockSkew || d < -maxStatsClockSkew {
+		// The guest's clock is the guest's: kubelet rates usage over these
+		// timestamps, so one far off the host's is replaced by the host's.
+		st.Timestamp = time.Now()
+	}
 	st.CPUUsageNs = s.GetCpuUsageNs()
 	st.CPUNanoCores = m.cpu.rate(c.ID, st.Timestamp, st.CPUUsageNs)
 	st.MemoryUsage, st.MemoryWorkingSet, st.MemoryRSS = s.GetMemoryUsageBytes(), s.GetMemoryWorkingSetBytes(), s.GetMemoryRssBytes()
 	st.MemoryLimit, st.PageFaults, st.MajorPageFaults = s.GetMemoryLimitBytes(), s.GetMemoryPageFaults(), s.GetMemoryMajorPageFaults()
 	st.Processes = s.GetPidsCurrent()
 	return st, nil
+}
+
+// Bounds of a plausible stats reply. The ttRPC client already refuses a
+// message over 4 MiB (ttrpc's fixed limit); these refuse numbers no guest of
+// ours can have, which a hostile agent would send to skew kubelet's
+// eviction and autoscaling decisions.
+const (
+	maxStatsBytes     = 1 << 50 // 1 PiB: no pod VM has that much memory
+	maxStatsPids      = 1 << 22 // Linux's PID_MAX_LIMIT
+	maxStatsClockSkew = time.Minute
+)
+
+// checkStats refuses a stats reply with absurd values. The memory limit is
+// not checked: "no limit" reads as a huge number.
+func checkStats(s *agentapi.ContainerStats) error {
+	for name, v := range map[string]uint64{
+		"memory usage": s.GetMemoryUsageBytes(), "memory working set": s.GetMemoryWorkingSetBytes(), "memory rss": s.GetMemoryRssBytes(),
+	} {
+		if v > maxStatsBytes {
+			return fmt.Errorf("implausible %s %d bytes", name, v)
+		}
+	}
+	if s.GetMemoryWorkingSetBytes() > s.GetMemoryUsageBytes() && s.GetMemoryUsageBytes() != 0 {
+		return fmt.Errorf("implausible working set %d over usage %d", s.GetMemoryWorkingSetBytes(), s.GetMemoryUsageBytes())
+	}
+	if s.GetPidsCurrent() > maxStatsPids {
+		return fmt.Errorf("implausible process count %d", s.GetPidsCurrent())
+	}
+	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -36,42 +37,56 @@ func (m *Manager) Exec(ctx context.Context, id string, cmd []string, stdin io.Re
 	return m.streamProcess(ctx, rt, req, stdin, stdout, stderr, resize)
 }
 
+// execDrainTimeout bounds the wait for an exec's output once the process has
+// exited (containerd's drain_exec_sync_io_timeout): a job it left running,
+// such as `sh -c 'sleep 1d &'`, keeps stdout open and must not hold the call.
+const execDrainTimeout = 2 * time.Second
+
 // streamProcess connects a started exec to the caller's stdio and returns its
-// exit code once it ended and its output drained. A caller that goes away
-// takes the process with it (as containerd does for an abandoned exec).
-func (m *Manager) streamProcess(ctx context.Context, rt *podRuntime, req *agentapi.ExecProcessRequest, stdin io.Reader, stdout, stderr io.WriteCloser, resize <-chan TermSize) (int32, error) {
+// exit code once it ended and its output drained (at most execDrainTimeout
+// after the exit). A caller that goes away takes the process with it (as
+// containerd does for an abandoned exec). Nothing it starts outlives it: the
+// output streams, stdin and resizes run on a context cancelled on return.
+func (m *Manager) streamProcess(ctx context.Context, rt *podRuntime, req *agentapi.ExecProcessRequest, stdin io.Reader, stdout, stderr io.Writer, resize <-chan TermSize) (int32, error) {
 	cid, execID := req.GetContainerId(), req.GetExecId()
-	drained := m.pipeOutputs(rt, cid, execID, stdout, stderr, req.GetTty())
-	go feedStdin(rt.agent, cid, execID, stdin, true)
-	go forwardResize(ctx, rt.agent, cid, execID, resize)
-	res, err := rt.agent.WaitProcess(ctx, &agentapi.ProcessRequest{ContainerId: cid, ExecId: execID})
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	defer context.AfterFunc(rt.context(), cancel)()
+	drained := pipeOutputs(sctx, rt.agent, cid, execID, stdout, stderr, req.GetTty())
+	go feedStdin(sctx, rt, cid, execID, stdin, true)
+	go forwardResize(sctx, rt.agent, cid, execID, resize)
+	res, err := rt.agent.WaitProcess(sctx, &agentapi.ProcessRequest{ContainerId: cid, ExecId: execID})
 	if err != nil {
-		if ctx.Err() != nil {
-			endAbandoned(rt.agent, cid, execID)
-		}
+		// The caller left, its deadline passed (which the agent may report
+		// a hair before the local timer fires) or the pod ended: the
+		// process goes with the session.
+		endAbandoned(rt, cid, execID)
 		return 0, err
 	}
-	// A job the process left running may hold its terminal open: the
-	// caller leaving ends the wait for the rest of the output.
 	select {
 	case <-drained:
 	case <-ctx.Done():
+	case <-time.After(execDrainTimeout):
+		m.opts.Log.WithField("container", cid).WithField("exec", execID).
+			Warnf("exec output still open %v after the process exited (a job it left running?): not waiting for it", execDrainTimeout)
 	}
 	return res.GetExitCode(), nil
 }
 
 // endAbandoned kills a process whose caller went away and waits for it, so
 // neither it nor the agent's record of it outlives the session.
-func endAbandoned(a agentapi.AgentClient, cid, execID string) {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+func endAbandoned(rt *podRuntime, cid, execID string) {
+	ctx, cancel := rt.shortCall(context.Background())
 	defer cancel()
-	_, _ = a.SignalProcess(ctx, &agentapi.SignalProcessRequest{ContainerId: cid, ExecId: execID, Signal: uint32(unix.SIGKILL)})
-	_, _ = a.WaitProcess(ctx, &agentapi.ProcessRequest{ContainerId: cid, ExecId: execID})
+	_, _ = rt.agent.SignalProcess(ctx, &agentapi.SignalProcessRequest{ContainerId: cid, ExecId: execID, Signal: uint32(unix.SIGKILL)})
+	_, _ = rt.agent.WaitProcess(ctx, &agentapi.ProcessRequest{ContainerId: cid, ExecId: execID})
 }
 
-// pipeOutputs copies an exec's output streams to the writers; the returned
-// channel closes when both reached EOF.
-func (m *Manager) pipeOutputs(rt *podRuntime, cid, execID string, stdout, stderr io.WriteCloser, tty bool) <-chan struct{} {
+// pipeOutputs copies an exec's output streams to the writers (nil discards)
+// until EOF or ctx ends; the returned channel closes when both ended. It
+// reads whatever the writers do with the data: a stream left unread would
+// stall the agent connection (ttRPC has one receive loop per connection).
+func pipeOutputs(ctx context.Context, a agentapi.AgentClient, cid, execID string, stdout, stderr io.Writer, tty bool) <-chan struct{} {
 	type target struct {
 		which agentapi.ReadOutputRequest_Stream
 		w     io.Writer
@@ -81,11 +96,10 @@ func (m *Manager) pipeOutputs(rt *podRuntime, cid, execID string, stdout, stderr
 		targets = append(targets, target{agentapi.ReadOutputRequest_STDERR, stderr})
 	}
 	done := make(chan struct{})
-	remaining := make(chan struct{}, len(targets))
+	var wg sync.WaitGroup
 	for _, t := range targets {
-		go func() {
-			defer func() { remaining <- struct{}{} }()
-			stream, err := rt.agent.ReadOutput(context.Background(), &agentapi.ReadOutputRequest{ContainerId: cid, ExecId: execID, Stream: t.which})
+		wg.Go(func() {
+			stream, err := a.ReadOutput(ctx, &agentapi.ReadOutputRequest{ContainerId: cid, ExecId: execID, Stream: t.which})
 			if err != nil {
 				return
 			}
@@ -98,20 +112,16 @@ func (m *Manager) pipeOutputs(rt *podRuntime, cid, execID string, stdout, stderr
 					_, _ = t.w.Write(chunk.GetData())
 				}
 			}
-		}()
+		})
 	}
-	go func() {
-		for range targets {
-			<-remaining
-		}
-		close(done)
-	}()
+	go func() { wg.Wait(); close(done) }()
 	return done
 }
 
-// feedStdin copies the caller's stdin to the process; EOF closes the
-// process's stdin when closeOnEOF (exec, or attach with stdin_once).
-func feedStdin(a agentapi.AgentClient, cid, execID string, in io.Reader, closeOnEOF bool) {
+// feedStdin copies the caller's stdin to the process until EOF or ctx ends;
+// EOF closes the process's stdin when closeOnEOF (exec, or attach with
+// stdin_once).
+func feedStdin(ctx context.Context, rt *podRuntime, cid, execID string, in io.Reader, closeOnEOF bool) {
 	if in == nil {
 		return
 	}
@@ -119,13 +129,17 @@ func feedStdin(a agentapi.AgentClient, cid, execID string, in io.Reader, closeOn
 	for {
 		n, err := in.Read(buf)
 		if n > 0 {
-			if _, werr := a.WriteStdin(context.Background(), &agentapi.WriteStdinRequest{ContainerId: cid, ExecId: execID, Data: append([]byte(nil), buf[:n]...)}); werr != nil {
+			// No per-call deadline: a process that reads its stdin slowly
+			// holds the write, and the session's end ends it.
+			if _, werr := rt.agent.WriteStdin(ctx, &agentapi.WriteStdinRequest{ContainerId: cid, ExecId: execID, Data: append([]byte(nil), buf[:n]...)}); werr != nil {
 				return
 			}
 		}
 		if err != nil {
 			if closeOnEOF {
-				_, _ = a.CloseStdin(context.Background(), &agentapi.ProcessRequest{ContainerId: cid, ExecId: execID})
+				cctx, cancel := rt.shortCall(ctx)
+				_, _ = rt.agent.CloseStdin(cctx, &agentapi.ProcessRequest{ContainerId: cid, ExecId: execID})
+				cancel()
 			}
 			return
 		}
@@ -154,30 +168,32 @@ func (m *Manager) Attach(ctx context.Context, id string, stdin io.Reader, stdout
 		return err
 	}
 	cfg := c.ContainerConfig()
+	// stdin and resizes end with the attach, not with the container.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	defer context.AfterFunc(rt.context(), cancel)()
 	subs := []struct {
 		stream string
 		w      io.Writer
 	}{{"stdout", stdout}, {"stderr", stderr}}
-	var unsubscribe []func()
 	for _, s := range subs {
 		if s.w == nil {
 			continue
 		}
-		ch, cancel := out.subscribe(s.stream)
-		unsubscribe = append(unsubscribe, cancel)
+		sub := out.subscribe(s.stream)
+		defer sub.cancel()
 		go func() {
-			for data := range ch {
+			for {
+				data, ok := sub.next()
+				if !ok {
+					return
+				}
 				_, _ = s.w.Write(data)
 			}
 		}()
 	}
-	defer func() {
-		for _, u := range unsubscribe {
-			u()
-		}
-	}()
 	if stdin != nil && cfg.GetStdin() {
-		go feedStdin(rt.agent, c.ID, "", stdin, cfg.GetStdinOnce())
+		go feedStdin(ctx, rt, c.ID, "", stdin, cfg.GetStdinOnce())
 	}
 	go forwardResize(ctx, rt.agent, c.ID, "", resize)
 	select {

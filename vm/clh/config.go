@@ -132,8 +132,9 @@ func vmConfig(spec *vm.Spec) clhapi.VmConfig {
 		Cpus:    &clhapi.CpusConfig{BootVcpus: int(spec.VCPUs), MaxVcpus: int(maxVCPUs)},
 		Memory:  &mem,
 		Rng:     &clhapi.RngConfig{Src: "/dev/urandom"},
-		// We are a daemon: never Tty. Serial (ttyS0) to a file, no virtio-console.
-		Serial:  &clhapi.ConsoleConfig{Mode: clhapi.File, File: ptr(vm.ConsoleLog(spec.RunDir))},
+		// We are a daemon: never Tty. Serial (ttyS0) to the console FIFO,
+		// which cocoond copies into a capped console.log; no virtio-console.
+		Serial:  &clhapi.ConsoleConfig{Mode: clhapi.File, File: ptr(vm.ConsolePipe(spec.RunDir))},
 		Console: &clhapi.ConsoleConfig{Mode: clhapi.Off},
 		Vsock:   &clhapi.VsockConfig{Cid: guestCID, Socket: vsockSocket(spec.RunDir)},
 	}

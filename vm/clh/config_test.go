@@ -22,7 +22,7 @@ func TestVMConfig(t *testing.T) {
 			spec: vm.Spec{ID: "a", RunDir: "/run/a", Kernel: "/k", VCPUs: 1, MemoryMiB: 128},
 			want: `{"console":{"mode":"Off"},"cpus":{"boot_vcpus":1,"max_vcpus":1},"memory":{"size":134217728},` +
 				`"payload":{"cmdline":"console=ttyS0 quiet panic=1 ` + vm.FastBootKernelArgs + `","kernel":"/k"},"rng":{"src":"/dev/urandom"},` +
-				`"serial":{"file":"/run/a/console.log","mode":"File"},"vsock":{"cid":3,"socket":"/run/a/vsock.sock"}}`,
+				`"serial":{"file":"/run/a/console.pipe","mode":"File"},"vsock":{"cid":3,"socket":"/run/a/vsock.sock"}}`,
 		},
 		{
 			name: "everything: hotplug limits, share, disk; NICs left to add-net",
@@ -38,7 +38,7 @@ func TestVMConfig(t *testing.T) {
 				`"fs":[{"id":"fs-rootfs","num_queues":1,"queue_size":1024,"socket":"/run/b/virtiofs-rootfs.sock","tag":"rootfs"}],` +
 				`"memory":{"hotplug_size":805306368,"shared":true,"size":268435456},` +
 				`"payload":{"cmdline":"console=ttyS0 quiet panic=1 ` + vm.FastBootKernelArgs + ` memhp_default_state=online cocoon.log=debug","initramfs":"/i","kernel":"/k"},` +
-				`"rng":{"src":"/dev/urandom"},"serial":{"file":"/run/b/console.log","mode":"File"},"vsock":{"cid":3,"socket":"/run/b/vsock.sock"}}`,
+				`"rng":{"src":"/dev/urandom"},"serial":{"file":"/run/b/console.pipe","mode":"File"},"vsock":{"cid":3,"socket":"/run/b/vsock.sock"}}`,
 		},
 	} {
 		t.Run(tt.name, func(t *testing.T) {

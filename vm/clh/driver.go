@@ -126,6 +126,14 @@ func (d *Driver) launch(spec *vm.Spec) (*VMM, []vm.Step, error) {
 	var listener *net.UnixListener
 	steps := []vm.Step{{Name: "run dir", Run: func(context.Context) (func() error, error) {
 		return makeRunDir(spec.RunDir)
+	}}, {Name: "console", Run: func(context.Context) (func() error, error) {
+		// CH opens the serial "file", a FIFO we copy into a capped log, at
+		// vm.create or vm.restore: the reader must be there first.
+		c, err := vm.OpenConsole(spec.RunDir, true, v.log)
+		if err != nil {
+			return nil, err
+		}
+		return c.Close, nil
 	}}}
 	for _, sh := range spec.Shares {
 		steps = append(steps, vm.Step{Name: "virtiofsd " + sh.Tag, Run: func(ctx context.Context) (func() error, error) {
@@ -293,6 +301,11 @@ func (d *Driver) adopt(ctx context.Context, st *vm.State) (*VMM, error) {
 			hot = *m.HotplugSize
 		}
 		v.maxMemMiB = uint64((m.Size + hot) / mib)
+	}
+	if c, err := vm.OpenConsole(runDir, false, v.log); err == nil {
+		v.cleanup.Push("console", c.Close)
+	} else {
+		v.log.WithError(err).Warn("guest console not copied: its output is dropped")
 	}
 	v.superviseHelpers()
 	v.log.WithFields(logrus.Fields{"pid": st.Pid, "state": info.State}).Info("adopted VM")

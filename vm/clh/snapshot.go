@@ -136,7 +136,7 @@ func rewriteConfig(data []byte, spec *vm.Spec) ([]byte, error) {
 	}
 	for _, key := range []string{"serial", "console"} {
 		if c, ok := cfg[key].(map[string]any); ok && c["mode"] == string(clhapi.File) {
-			c["file"] = vm.ConsoleLog(spec.RunDir)
+			c["file"] = vm.ConsolePipe(spec.RunDir)
 		}
 	}
 	for _, item := range objects(cfg["fs"]) {

@@ -99,7 +99,7 @@ func TestRewriteConfig(t *testing.T) {
 	var got, want map[string]any
 	_ = json.Unmarshal(out, &got)
 	_ = json.Unmarshal([]byte(`{"memory":{"size":9007199254740993},"vsock":{"cid":3,"socket":"/run/new/vsock.sock"},
-		"serial":{"mode":"File","file":"/run/new/console.log"},"console":{"mode":"Off"},
+		"serial":{"mode":"File","file":"/run/new/console.pipe"},"console":{"mode":"Off"},
 		"fs":[{"tag":"rootfs","socket":"/run/new/virtiofs-rootfs.sock"}],"net":[{"id":"net0","fds":[-1]}],"extra":[1]}`), &want)
 	if !reflect.DeepEqual(got, want) || !strings.Contains(string(out), "9007199254740993") {
 		t.Errorf("rewritten config %s", out)

@@ -42,7 +42,7 @@ func vmPaths(runDir string) paths {
 	return paths{
 		qmp:     filepath.Join(runDir, "qmp.sock"),
 		agent:   filepath.Join(runDir, "agent.sock"),
-		console: vm.ConsoleLog(runDir),
+		console: vm.ConsolePipe(runDir), // a FIFO cocoond copies into a capped console.log
 	}
 }
 

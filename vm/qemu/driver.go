@@ -119,6 +119,13 @@ func (d *Driver) Create(ctx context.Context, spec *vm.Spec) (vm.VMM, error) {
 			v.helpers = started
 			return undo, nil
 		}},
+		{Name: "console", Run: func(context.Context) (func() error, error) {
+			c, err := vm.OpenConsole(spec.RunDir, true, log)
+			if err != nil {
+				return nil, err
+			}
+			return c.Close, nil
+		}},
 		{Name: "qemu", Run: func(context.Context) (func() error, error) {
 			logFile, err := os.OpenFile(filepath.Join(spec.RunDir, "qemu.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 			if err != nil {
@@ -250,6 +257,11 @@ func (d *Driver) Adopt(ctx context.Context, st *vm.State) (vm.VMM, error) {
 	}
 	v.qmp = q
 	v.cleanup.Push("qmp", q.Close)
+	if c, err := vm.OpenConsole(st.RunDir, false, v.log); err == nil {
+		v.cleanup.Push("console", c.Close)
+	} else {
+		v.log.WithError(err).Warn("guest console not copied: its output is dropped")
+	}
 	go v.supervise()
 	return v, nil
 }
