@@ -20,7 +20,7 @@ import (
 // TestSerialToConsolePipe: QEMU writes the serial console into the FIFO
 // cocoond copies with a cap, never into a file of its own.
 func TestSerialToConsolePipe(t *testing.T) {
-	args := commandLine(&vm.Spec{ID: "x", RunDir: "/run/x", VCPUs: 1, MemoryMiB: 128}, "tcg", nil, 0)
+	args := commandLine(&vm.Spec{ID: "x", RunDir: "/run/x", VCPUs: 1, MemoryMiB: 128}, "tcg", nil, 0, "", false)
 	i := slices.Index(args, "-serial")
 	if i < 0 || args[i+1] != "file:/run/x/console.pipe" {
 		t.Fatalf("serial %v, want file:/run/x/console.pipe", args[i:i+2])
