@@ -3,8 +3,6 @@ package sandbox
 import (
 	"context"
 	"errors"
-	"os"
-	"path/filepath"
 	"runtime"
 	"sync"
 	"testing"
@@ -24,17 +22,8 @@ func hostilePod(t *testing.T, m *Manager, prefix string, h *agenttest.Hostile) (
 	t.Helper()
 	podID, ctrID := pad(prefix+"p"), pad(prefix+"c")
 	addPod(t, m, podID, "pod-"+prefix, "default", StateReady)
-	share := filepath.Join(t.TempDir(), "share")
-	if _, err := m.pods.update(podID, func(p *Pod) error { p.ShareDir = share; return nil }); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.MkdirAll(filepath.Join(share, ctrID), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(share, ctrID, "config.json"), []byte(`{"ociVersion":"1.0.2","process":{"cwd":"/","user":{"uid":0,"gid":0}}}`), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := m.containers.add(Container{ID: ctrID, PodID: podID, Name: "c-" + prefix, State: StateRunning}); err != nil {
+	spec := []byte(`{"ociVersion":"1.0.2","process":{"cwd":"/","user":{"uid":0,"gid":0}}}`)
+	if err := m.containers.add(Container{ID: ctrID, PodID: podID, Name: "c-" + prefix, State: StateRunning, Spec: spec}); err != nil {
 		t.Fatal(err)
 	}
 	rt := &podRuntime{agent: agenttest.ServeAgent(t, h), outputs: map[string]*output{}}
@@ -164,7 +153,8 @@ func TestCappedBuffer(t *testing.T) {
 	}
 }
 
-// fakeImages answers the image calls stats make: no layer size.
+// fakeImages answers the image calls stats and container removal make: no
+// image, no layer size, and storage calls that succeed.
 type fakeImages struct{}
 
 func (fakeImages) Status(context.Context, string) (*image.Image, error) {
@@ -175,6 +165,8 @@ func (fakeImages) Store() storage.Store { return fakeStore{} }
 type fakeStore struct{ storage.Store }
 
 func (fakeStore) ContainerSize(string) (int64, error) { return 0, nil }
+func (fakeStore) Unmount(string, bool) (bool, error)  { return false, nil }
+func (fakeStore) DeleteContainer(string) error        { return nil }
 
 // TestStatsSilentAgent: one agent that never answers stats costs its caller
 // at most the caller's deadline, and the other pods' stats are answered

@@ -13,13 +13,11 @@ import (
 
 	"github.com/containerd/ttrpc"
 	"github.com/opencontainers/runtime-spec/specs-go"
-	"go.podman.io/storage"
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/types/known/emptypb"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	agentapi "github.com/cocoon-runtime/cocoon/api/agent"
-	"github.com/cocoon-runtime/cocoon/image"
 	"github.com/cocoon-runtime/cocoon/vm"
 )
 
@@ -253,19 +251,6 @@ func TestWritePodFilesRefusesPlantedPaths(t *testing.T) {
 		})
 	}
 }
-
-// fakeImages hands out a store whose container calls succeed.
-type fakeImages struct{}
-
-func (fakeImages) Status(context.Context, string) (*image.Image, error) {
-	return nil, errors.New("unused")
-}
-func (fakeImages) Store() storage.Store { return fakeStore{} }
-
-type fakeStore struct{ storage.Store }
-
-func (fakeStore) Unmount(string, bool) (bool, error) { return false, nil }
-func (fakeStore) DeleteContainer(string) error       { return nil }
 
 // fakeExecAgent runs every exec with no output and exit code 0, and keeps
 // the process it was asked to run.
