@@ -86,6 +86,12 @@ func (d *Driver) Create(ctx context.Context, spec *vm.Spec) (vm.VMM, error) {
 			}
 			return func() error { return os.RemoveAll(spec.RunDir) }, nil
 		}},
+		// The record exists before the processes it names, and is rewritten
+		// as each starts: a cocoond killed in between leaves a run dir whose
+		// processes a restart finds (vm.RemoveOrphans).
+		{Name: "record", Run: func(context.Context) (func() error, error) {
+			return nil, vm.SaveState(v.State())
+		}},
 		{Name: "virtiofsd", Run: func(ctx context.Context) (func() error, error) {
 			var started []*vm.Watched
 			undo := func() error {
@@ -104,7 +110,7 @@ func (d *Driver) Create(ctx context.Context, spec *vm.Spec) (vm.VMM, error) {
 				vfsSockets = append(vfsSockets, sock)
 			}
 			v.helpers = started
-			return undo, nil
+			return undo, vm.SaveState(v.State())
 		}},
 		{Name: "qemu", Run: func(context.Context) (func() error, error) {
 			logFile, err := os.OpenFile(filepath.Join(spec.RunDir, "qemu.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
@@ -121,8 +127,10 @@ func (d *Driver) Create(ctx context.Context, spec *vm.Spec) (vm.VMM, error) {
 			if err != nil {
 				return nil, err
 			}
+			v.mu.Lock()
 			v.proc = w
-			return func() error { return w.Terminate(time.Second) }, nil
+			v.mu.Unlock()
+			return func() error { return w.Terminate(time.Second) }, vm.SaveState(v.State())
 		}},
 		{Name: "qmp", Run: func(ctx context.Context) (func() error, error) {
 			q, err := v.connectQMP(ctx)
@@ -134,7 +142,7 @@ func (d *Driver) Create(ctx context.Context, spec *vm.Spec) (vm.VMM, error) {
 			return q.Close, nil
 		}},
 	}
-	cleanup, err := vm.RunSteps(ctx, log, steps)
+	cleanup, err := vm.RunSteps(vm.WithPipeline(ctx, "qemu-create"), log, steps)
 	if err != nil {
 		return nil, fmt.Errorf("qemu: create %s: %w", spec.ID, err)
 	}
