@@ -149,10 +149,15 @@ func (m *Manager) RemovePod(ctx context.Context, id string) error {
 		return err
 	}
 	for _, c := range m.containers.list() {
-		if c.PodID == pod.ID {
-			if err := m.RemoveContainer(ctx, c.ID); err != nil {
-				return err
-			}
+		if c.PodID != pod.ID {
+			continue
+		}
+		remove := func() error { return m.RemoveContainer(ctx, c.ID) }
+		if c.State == StateCreating {
+			remove = func() error { return m.reclaimContainer(ctx, c) }
+		}
+		if err := remove(); err != nil {
+			return err
 		}
 	}
 	vm.CrashPoint("remove-pod/containers-removed")

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/moby/sys/mountinfo"
+	"go.podman.io/storage"
 
 	agentapi "github.com/cocoon-runtime/cocoon/api/agent"
 	"github.com/cocoon-runtime/cocoon/vm"
@@ -58,7 +59,7 @@ func (m *Manager) Recover(ctx context.Context) error {
 			continue
 		}
 		m.opts.Log.WithFields(map[string]any{"pod": c.PodID, "container": c.ID}).Warn("reclaiming a container whose CreateContainer was cut short")
-		if err := m.RemoveContainer(ctx, c.ID); err != nil {
+		if err := m.reclaimContainer(ctx, c); err != nil {
 			errs = append(errs, fmt.Errorf("container %s cut short: %w", c.ID, err))
 		}
 	}
@@ -129,6 +130,60 @@ func (m *Manager) recoverPod(ctx context.Context, p Pod) (err error) {
 	}
 	go m.watchVM(p.ID, rt)
 	log.Info("pod re-adopted")
+	return nil
+}
+
+// reclaimContainer removes a container whose CreateContainer was cut short:
+// whatever of it exists (in the guest, in the share, in storage) and its
+// record. Each part may never have been made.
+func (m *Manager) reclaimContainer(ctx context.Context, c Container) error {
+	if rt, err := m.runtime(c.PodID); err == nil {
+		// The agent treats an unknown container as removed.
+		if _, err := rt.agent.RemoveContainer(ctx, &agentapi.RemoveContainerRequest{ContainerId: c.ID, Force: true}); err != nil {
+			return fmt.Errorf("agent RemoveContainer: %w", err)
+		}
+		rt.mu.Lock()
+		if o := rt.outputs[c.ID]; o != nil {
+			o.close()
+			delete(rt.outputs, c.ID)
+		}
+		rt.mu.Unlock()
+	}
+	pod, _ := m.pods.get(c.PodID)
+	sm, err := m.shareMounterFor(&pod)
+	if err != nil {
+		return err
+	}
+	if pod.ShareDir != "" {
+		if err := unbindAll(sm, &c, filepath.Join(pod.ShareDir, c.ID)); err != nil {
+			return err
+		}
+	}
+	if m.opts.Images != nil {
+		if err := removeStorageContainer(m.opts.Images.Store(), c.ID); err != nil {
+			return err
+		}
+	}
+	m.ctrNames.release(c.Name)
+	return m.containers.remove(c.ID)
+}
+
+// removeStorageContainer unmounts and deletes a storage container; one that
+// does not exist (or whose layer is gone) is removed already.
+func removeStorageContainer(store storage.Store, id string) error {
+	gone := func(err error) bool {
+		return errors.Is(err, storage.ErrContainerUnknown) || errors.Is(err, storage.ErrLayerUnknown) ||
+			errors.Is(err, storage.ErrNotAContainer) || isUnknownContainer(err)
+	}
+	if _, err := store.Container(id); gone(err) {
+		return nil
+	}
+	if _, err := store.Unmount(id, true); err != nil && !gone(err) {
+		return fmt.Errorf("unmount rootfs %s: %w", id, err)
+	}
+	if err := store.DeleteContainer(id); err != nil && !gone(err) {
+		return fmt.Errorf("delete rootfs %s: %w", id, err)
+	}
 	return nil
 }
 
@@ -240,12 +295,8 @@ func (m *Manager) removeStrayStorage(context.Context) error {
 			continue
 		}
 		m.opts.Log.WithField("container", sc.ID).Warn("deleting a storage container no container claims")
-		if _, err := store.Unmount(sc.ID, true); err != nil && !isUnknownContainer(err) {
-			errs = append(errs, fmt.Errorf("unmount stray rootfs %s: %w", sc.ID, err))
-			continue
-		}
-		if err := store.DeleteContainer(sc.ID); err != nil && !isUnknownContainer(err) {
-			errs = append(errs, fmt.Errorf("delete stray rootfs %s: %w", sc.ID, err))
+		if err := removeStorageContainer(store, sc.ID); err != nil {
+			errs = append(errs, fmt.Errorf("stray storage container: %w", err))
 		}
 	}
 	return errors.Join(errs...)
