@@ -32,7 +32,9 @@ func (m *Manager) StopPod(ctx context.Context, id string) error {
 	delete(m.live, id)
 	m.mu.Unlock()
 
-	if pod.State != StateNotReady || pod.CleanupPending == "" {
+	// A pod already stopped (nothing recorded to tear down) needs no mark.
+	hasWork := rt != nil || pod.State != StateNotReady || pod.NetnsPath != "" || pod.VM != nil
+	if hasWork && pod.CleanupPending == "" {
 		if _, err := m.pods.update(id, func(p *Pod) error {
 			p.State, p.CleanupPending = StateNotReady, "stopping"
 			return nil
