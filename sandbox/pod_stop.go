@@ -154,12 +154,14 @@ func (m *Manager) RemovePod(ctx context.Context, id string) error {
 		if c.PodID != pod.ID {
 			continue
 		}
-		remove := func() error { return m.RemoveContainer(ctx, c.ID) }
-		if c.State == StateCreating {
-			remove = func() error { return m.reclaimContainer(ctx, c) }
-		}
-		if err := remove(); err != nil {
+		// The pod is stopped: nothing of its containers runs. reclaimContainer
+		// also takes a removal cut short by a crash (storage gone, record
+		// left) in its stride.
+		if err := m.reclaimContainer(ctx, c); err != nil {
 			return err
+		}
+		if c.State != StateCreating {
+			m.events.publish(EventDeleted, c.ID, c.PodID)
 		}
 	}
 	vm.CrashPoint("remove-pod/containers-removed")
