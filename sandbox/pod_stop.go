@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"time"
 
 	agentapi "github.com/cocoon-runtime/cocoon/api/agent"
@@ -130,6 +131,12 @@ func (m *Manager) removeVMOf(ctx context.Context, pod *Pod) error {
 			return nil
 		}
 		st = &vm.State{ID: pod.ID, RunDir: runDir}
+	}
+	if filepath.Dir(filepath.Clean(st.RunDir)) != filepath.Clean(m.opts.VMDir) {
+		// A record never sends the removal outside the VM dir.
+		cp := *st
+		cp.RunDir = runDir
+		st = &cp
 	}
 	if _, err := os.Stat(st.RunDir); errors.Is(err, os.ErrNotExist) && st.Pid != 0 && !(vm.Process{Pid: st.Pid, StartTime: st.StartTime}).Alive() {
 		return nil // stopped and removed already

@@ -182,6 +182,11 @@ func RemoveDead(st *State) error {
 // dir (the VMM's sockets, virtiofsd's --socket-path) and waits for them to
 // go. It finds processes a crash kept out of the record.
 func KillReferencing(procDir, dir string) error {
+	// A run dir is absolute and deep; anything else (a damaged record) would
+	// match unrelated processes.
+	if clean := filepath.Clean(dir); !filepath.IsAbs(clean) || strings.Count(clean, "/") < 2 {
+		return fmt.Errorf("refusing to kill processes naming %q: not a VM run dir", dir)
+	}
 	pids := ProcessesReferencing(procDir, dir)
 	for _, p := range pids {
 		_ = unix.Kill(p.Pid, unix.SIGKILL)

@@ -157,3 +157,11 @@ func TestMentions(t *testing.T) {
 		}
 	}
 }
+
+func TestKillReferencingRefusesShallowDirs(t *testing.T) {
+	for _, dir := range []string{"/", "", "run/vm/x", "/run"} {
+		if err := KillReferencing("/proc", dir); err == nil {
+			t.Errorf("KillReferencing(%q) went ahead", dir)
+		}
+	}
+}
