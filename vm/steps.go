@@ -23,6 +23,15 @@ func SetCrashPoint(point string) { crashAt.Store(&point) }
 // killSelf is what an armed crash point does; tests replace it.
 var killSelf = func() { _ = syscall.Kill(syscall.Getpid(), syscall.SIGKILL) }
 
+// SetCrashAction replaces what an armed crash point does (SIGKILL of the
+// process) and returns a restore func: tests of other packages look at the
+// state a crash there would leave without dying.
+func SetCrashAction(fn func()) (restore func()) {
+	old := killSelf
+	killSelf = fn
+	return func() { killSelf = old }
+}
+
 // CrashPoint SIGKILLs the process when point is the armed crash point. The
 // step runner calls it after every step ("<pipeline>/<step>"); code that runs
 // no steps (pod stop and removal) calls it at its own named points.
