@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/cocoon-runtime/cocoon/api/agent/agenttest"
 	"github.com/cocoon-runtime/cocoon/vm"
 )
 
@@ -189,5 +190,56 @@ func TestStorageMarker(t *testing.T) {
 		if got := madeByCocoond(meta); got != want {
 			t.Errorf("madeByCocoond(%q) = %v", meta, got)
 		}
+	}
+}
+
+// adoptingDriver re-adopts VMs as fakeVMMs with a healthy agent.
+type adoptingDriver struct {
+	fakeDriver
+	adopted []*fakeVMM
+}
+
+func (d *adoptingDriver) Adopt(_ context.Context, st *vm.State) (vm.VMM, error) {
+	v := &fakeVMM{spec: &vm.Spec{ID: st.ID, RunDir: st.RunDir}, agentSock: d.agentSock, done: make(chan struct{})}
+	d.adopted = append(d.adopted, v)
+	return v, nil
+}
+
+// TestRecoverStopsWhatItAdoptedOnError: re-adopting a pod fails after its
+// VM was adopted and its agent reached (a container's log cannot be
+// opened); the VM must not be left running unwatched.
+func TestRecoverStopsWhatItAdoptedOnError(t *testing.T) {
+	d := &adoptingDriver{}
+	d.agentSock = agenttest.ServeHealth(t, agenttest.Healthy{})
+	m := testManager(t, &fakeNetwork{}, &d.fakeDriver)
+	m.opts.Drivers["fake"] = d
+	id := pad("ab")
+	addPod(t, m, id, "p", "ns", StateReady)
+	if _, err := m.pods.update(id, func(p *Pod) error {
+		p.VM = &vm.State{Driver: "fake", ID: id, RunDir: m.vmRunDir(id), Pid: 1}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	blocker := filepath.Join(t.TempDir(), "file")
+	if err := os.WriteFile(blocker, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.containers.add(Container{ID: pad("c1"), PodID: id, Name: "c", State: StateRunning,
+		LogPath: filepath.Join(blocker, "c.log")}); err != nil { // a log path below a file cannot be opened
+		t.Fatal(err)
+	}
+	_ = m.Recover(context.Background())
+	if len(d.adopted) == 0 {
+		t.Fatal("the VM was not adopted")
+	}
+	if !d.adopted[0].stopped {
+		t.Error("the adopted VM was left running after the pod could not be recovered")
+	}
+	if p, _ := m.Pod(id); p.State != StateNotReady {
+		t.Errorf("pod %s after a failed recovery, want NOTREADY", p.State)
+	}
+	if _, err := m.runtime(id); err == nil {
+		t.Error("a pod that could not be recovered is live")
 	}
 }
