@@ -164,7 +164,7 @@ func (m *Manager) undo(ctx context.Context, st *state, cause error) error {
 func (m *Manager) Teardown(ctx context.Context, id string) error {
 	unlock := m.locks.lock(id)
 	defer unlock()
-	st, err := loadState(m.opts.StateDir, id)
+	st, err := m.loadState(id)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
@@ -220,7 +220,7 @@ func alreadyGone(err error) bool {
 func (m *Manager) Check(ctx context.Context, id string) error {
 	unlock := m.locks.lock(id)
 	defer unlock()
-	st, err := loadState(m.opts.StateDir, id)
+	st, err := m.loadState(id)
 	if errors.Is(err, os.ErrNotExist) || (err == nil && st.Result == nil) {
 		return fmt.Errorf("%w: pod %s has no network", errdefs.ErrNotFound, id)
 	}
@@ -248,7 +248,7 @@ func (m *Manager) Attached() ([]string, error) {
 	}
 	var ids []string
 	for _, e := range entries {
-		if id, ok := strings.CutSuffix(e.Name(), ".json"); ok && !e.IsDir() {
+		if id, ok := strings.CutSuffix(e.Name(), ".json"); ok { // a directory in a record's place too: Teardown moves it aside
 			ids = append(ids, id)
 		}
 	}
@@ -258,7 +258,7 @@ func (m *Manager) Attached() ([]string, error) {
 // Result returns what Setup returned, from the record (after a restart
 // too); a pod without one is ErrNotFound.
 func (m *Manager) Result(id string) (*Result, error) {
-	st, err := loadState(m.opts.StateDir, id)
+	st, err := m.loadState(id)
 	if errors.Is(err, os.ErrNotExist) || (err == nil && st.Result == nil) {
 		return nil, fmt.Errorf("%w: pod %s has no network", errdefs.ErrNotFound, id)
 	}

@@ -9,6 +9,8 @@ import (
 	"sync"
 
 	"github.com/containernetworking/cni/libcni"
+
+	"github.com/cocoon-runtime/cocoon/internal/atomicfile"
 )
 
 // stateVersion changes when the record's meaning changes; a newer cocoond
@@ -58,24 +60,37 @@ func (s *state) list() (*libcni.NetworkConfigList, error) {
 
 func statePath(dir, id string) string { return filepath.Join(dir, id+".json") }
 
-// loadState returns the record, or an error wrapping os.ErrNotExist.
-func loadState(dir, id string) (*state, error) {
-	data, err := os.ReadFile(statePath(dir, id))
+// loadState returns the record, or an error wrapping os.ErrNotExist. A
+// record that cannot be read (truncated, empty, a newer version, a directory
+// in its place) is moved aside with a loud log line and reads as absent: one
+// bad file must not stop the daemon, though what it held (the IP lease) can
+// then only be released by hand.
+func (m *Manager) loadState(id string) (*state, error) {
+	var s state
+	err := atomicfile.Load(statePath(m.opts.StateDir, id), func(data []byte) error {
+		if err := json.Unmarshal(data, &s); err != nil {
+			return err
+		}
+		if s.Version > stateVersion {
+			return fmt.Errorf("network state has version %d, this cocoond reads up to %d", s.Version, stateVersion)
+		}
+		if s.ID != id {
+			return fmt.Errorf("network state of %q in the file of %q", s.ID, id)
+		}
+		return nil
+	}, m.opts.Log.WithField("pod", id))
+	if errors.Is(err, atomicfile.ErrMovedAside) {
+		return nil, fmt.Errorf("network state of %s: %w: %w", id, os.ErrNotExist, err)
+	}
 	if err != nil {
 		return nil, err
-	}
-	var s state
-	if err := json.Unmarshal(data, &s); err != nil {
-		return nil, fmt.Errorf("network state of %s: %w", id, err)
-	}
-	if s.Version > stateVersion {
-		return nil, fmt.Errorf("network state of %s has version %d, this cocoond reads up to %d", id, s.Version, stateVersion)
 	}
 	return &s, nil
 }
 
-// save writes the record atomically (temp file, fsync, rename), so a crash
-// leaves the old record or the new one, never half of one.
+// save writes the record atomically and durably (temp file, fsync, rename,
+// fsync of the directory), so a crash leaves the old record or the new one,
+// never half of one.
 func (s *state) save(dir string) error {
 	s.Version = stateVersion
 	data, err := json.MarshalIndent(s, "", "  ")
@@ -85,22 +100,7 @@ func (s *state) save(dir string) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(dir, "."+s.ID+".*")
-	if err != nil {
-		return err
-	}
-	_, err = tmp.Write(data)
-	if err == nil {
-		err = tmp.Sync()
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), statePath(dir, s.ID))
-	}
-	if err != nil {
-		_ = os.Remove(tmp.Name())
+	if err := atomicfile.WriteFile(statePath(dir, s.ID), data, 0o600); err != nil {
 		return fmt.Errorf("saving network state of %s: %w", s.ID, err)
 	}
 	return nil
@@ -110,7 +110,7 @@ func removeState(dir, id string) error {
 	if err := os.Remove(statePath(dir, id)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
-	return nil
+	return atomicfile.SyncDir(dir)
 }
 
 // keyedMutex serializes operations on one pod without making pods wait for

@@ -62,7 +62,7 @@ func (m *Manager) CreateContainer(ctx context.Context, podID string, cfg *runtim
 	}
 	c := Container{
 		ID: id, PodID: pod.ID, Name: name, Config: raw, ImageID: img.ID,
-		ImageRef: cfg.GetImage().GetUserSpecifiedImage(), State: StateCreated, CreatedAt: time.Now().UnixNano(),
+		ImageRef: cfg.GetImage().GetUserSpecifiedImage(), State: StateCreating, CreatedAt: time.Now().UnixNano(),
 	}
 	if c.ImageRef == "" {
 		c.ImageRef = cfg.GetImage().GetImage()
@@ -82,8 +82,15 @@ func (m *Manager) CreateContainer(ctx context.Context, podID string, cfg *runtim
 		{Name: "reserve-name", Run: func(context.Context) (func() error, error) {
 			return func() error { m.ctrNames.release(name); return nil }, nil
 		}},
+		{Name: "record", Run: func(context.Context) (func() error, error) {
+			// Before the storage container it names; see recordProgress.
+			if err := m.containers.add(c); err != nil {
+				return nil, err
+			}
+			return func() error { return m.containers.remove(id) }, nil
+		}},
 		{Name: "rootfs", Run: func(context.Context) (func() error, error) {
-			if _, err := store.CreateContainer(id, nil, strings.TrimPrefix(img.ID, "sha256:"), "", "", nil); err != nil {
+			if _, err := store.CreateContainer(id, nil, strings.TrimPrefix(img.ID, "sha256:"), "", storageMetadata(pod.ID), nil); err != nil {
 				return nil, fmt.Errorf("storage container: %w", err)
 			}
 			undo := func() error { return store.DeleteContainer(id) }
@@ -168,10 +175,13 @@ func (m *Manager) CreateContainer(ctx context.Context, podID string, cfg *runtim
 			return nil, nil
 		}},
 		{Name: "persist", Run: func(context.Context) (func() error, error) {
-			return nil, m.containers.add(c)
+			c.State = StateCreated
+			_, err := m.containers.update(id, func(r *Container) error { *r = c; return nil })
+			return nil, err
 		}},
 	}
-	if _, err := vm.RunSteps(ctx, log, steps); err != nil {
+	recordProgress(m.containers, &c, steps)
+	if _, err := vm.RunSteps(vm.WithPipeline(ctx, "create-container"), log, steps); err != nil {
 		return "", err
 	}
 	rt.mu.Lock()

@@ -103,8 +103,10 @@ func New(opts Options, podCIDR func() string) (*Manager, error) {
 	if m.podCIDR == nil {
 		m.podCIDR = func() string { return "" }
 	}
-	for _, s := range []interface{ load() error }{m.pods, m.containers} {
-		if err := s.load(); err != nil {
+	for _, s := range []interface {
+		load(*logrus.Entry) error
+	}{m.pods, m.containers} {
+		if err := s.load(opts.Log); err != nil {
 			return nil, err
 		}
 	}
@@ -173,8 +175,18 @@ func (m *Manager) Container(id string) (Container, error) {
 	return c, nil
 }
 
-// Containers lists every container.
-func (m *Manager) Containers() []Container { return m.containers.list() }
+// Containers lists every container, but not those still being created
+// (their records exist only so a crash cannot leak what they name).
+func (m *Manager) Containers() []Container {
+	all := m.containers.list()
+	out := all[:0]
+	for _, c := range all {
+		if c.State != StateCreating {
+			out = append(out, c)
+		}
+	}
+	return out
+}
 
 func mkdirs(dirs ...string) error {
 	for _, d := range dirs {

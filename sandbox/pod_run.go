@@ -71,11 +71,11 @@ func (m *Manager) RunPod(ctx context.Context, cfg *runtimeapi.PodSandboxConfig, 
 		return "", err
 	}
 	pod := Pod{
-		ID: id, Name: name, Config: raw, Handler: handler, State: StateReady,
+		ID: id, Name: name, Config: raw, Handler: handler, State: StateCreating,
 		CreatedAt: time.Now().UnixNano(),
 		RunDir:    filepath.Join(m.opts.RunDir, id),
 	}
-	pod.ShareDir = filepath.Join(pod.RunDir, "shared")
+	pod.ShareDir = filepath.Join(pod.RunDir, shareDirName)
 	log := m.opts.Log.WithFields(logrus.Fields{"pod": id, "name": name})
 	rt := &podRuntime{outputs: map[string]*output{}}
 	var net *PodNetwork
@@ -83,11 +83,38 @@ func (m *Manager) RunPod(ctx context.Context, cfg *runtimeapi.PodSandboxConfig, 
 	var bootStart time.Time
 	booted := false
 
-	bootCtx, cancel := context.WithTimeout(ctx, h.BootTimeout.Std())
+	bootCtx, cancel := context.WithTimeout(vm.WithPipeline(ctx, "run-pod"), h.BootTimeout.Std())
 	defer cancel()
+	// undoFailed is set when an undo fails: the record then stays, marked,
+	// so a Stop/Remove or a restart finishes the cleanup.
+	var undoFailed error
+	tracked := func(fn func() error) func() error {
+		return func() error {
+			err := fn()
+			if err != nil {
+				undoFailed = errors.Join(undoFailed, err)
+			}
+			return err
+		}
+	}
 	steps := []vm.Step{
 		{Name: "reserve-name", Run: func(context.Context) (func() error, error) {
 			return func() error { m.podNames.release(name); return nil }, nil
+		}},
+		{Name: "record", Run: func(context.Context) (func() error, error) {
+			if err := m.pods.add(pod); err != nil {
+				return nil, err
+			}
+			return func() error {
+				if undoFailed != nil {
+					_, err := m.pods.update(id, func(p *Pod) error {
+						p.State, p.CleanupPending = StateNotReady, fmt.Sprintf("run failed and its undo too: %v", undoFailed)
+						return nil
+					})
+					return err
+				}
+				return m.pods.remove(id)
+			}, nil
 		}},
 		{Name: "dirs", Run: func(context.Context) (func() error, error) {
 			undo := func() error { return removePodDirs(pod.RunDir, pod.ShareDir) }
@@ -107,7 +134,11 @@ func (m *Manager) RunPod(ctx context.Context, cfg *runtimeapi.PodSandboxConfig, 
 			}
 			net = n
 			pod.NetnsPath, pod.IPs = n.NetnsPath, n.IPs
-			return func() error { n.Tap.Close(); return m.opts.Network.Detach(context.Background(), id, n.NetnsPath) }, nil
+			undo := tracked(func() error { n.Tap.Close(); return m.opts.Network.Detach(context.Background(), id, n.NetnsPath) })
+			if _, err := m.pods.update(id, func(p *Pod) error { p.NetnsPath, p.IPs = n.NetnsPath, n.IPs; return nil }); err != nil {
+				return undo, err
+			}
+			return undo, nil
 		}},
 		// Written before the VM exists: the guest never had a chance to
 		// plant anything where they go.
@@ -124,7 +155,7 @@ func (m *Manager) RunPod(ctx context.Context, cfg *runtimeapi.PodSandboxConfig, 
 			vcpus, mem := fitResources(h.VCPUs, h.MemoryMiB, h, cfg.GetLinux().GetResources())
 			bootStart = time.Now()
 			v, err := driver.Create(ctx, &vm.Spec{
-				ID: id, RunDir: filepath.Join(m.opts.VMDir, id[:16]),
+				ID: id, RunDir: m.vmRunDir(id),
 				Kernel: g.KernelPath(), Initramfs: g.InitramfsPath(), KernelArgs: h.KernelArgs,
 				VCPUs: vcpus, MaxVCPUs: h.MaxVCPUs, MemoryMiB: mem, MaxMemoryMiB: h.MaxMemoryMiB,
 				Shares: []vm.Share{{Tag: shareTag, Source: pod.ShareDir}},
@@ -135,7 +166,7 @@ func (m *Manager) RunPod(ctx context.Context, cfg *runtimeapi.PodSandboxConfig, 
 				return nil, err
 			}
 			rt.vmm = v
-			return func() error { return v.Stop(context.Background()) }, nil
+			return tracked(func() error { return v.Stop(context.Background()) }), nil
 		}},
 		{Name: "vm-start", Run: func(ctx context.Context) (func() error, error) {
 			return nil, rt.vmm.Start(ctx)
@@ -171,10 +202,9 @@ func (m *Manager) RunPod(ctx context.Context, cfg *runtimeapi.PodSandboxConfig, 
 			if err := vm.SaveState(pod.VM); err != nil {
 				return nil, err
 			}
-			if err := m.pods.add(pod); err != nil {
-				return nil, err
-			}
-			return func() error { return m.pods.remove(id) }, nil
+			pod.State = StateReady
+			_, err := m.pods.update(id, func(p *Pod) error { *p = pod; return nil })
+			return nil, err
 		}},
 	}
 	if _, err := vm.RunSteps(bootCtx, log, steps); err != nil {
@@ -194,6 +224,12 @@ func (m *Manager) RunPod(ctx context.Context, cfg *runtimeapi.PodSandboxConfig, 
 	m.events.publish(EventStarted, id, id)
 	log.WithField("ips", pod.IPs).Info("pod running")
 	return id, nil
+}
+
+// vmRunDir is the run dir of a pod's VM: a short name, since unix socket
+// paths must fit in 108 bytes.
+func (m *Manager) vmRunDir(podID string) string {
+	return filepath.Join(m.opts.VMDir, podID[:min(16, len(podID))])
 }
 
 // podHostname is the pod's hostname; as with containerd, a pod that sets none

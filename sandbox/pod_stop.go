@@ -4,14 +4,20 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"time"
 
 	agentapi "github.com/cocoon-runtime/cocoon/api/agent"
 	"github.com/cocoon-runtime/cocoon/errdefs"
+	"github.com/cocoon-runtime/cocoon/vm"
 )
 
 // StopPod stops every container, shuts the VM down and detaches the network.
-// Stopping a stopped or unknown pod succeeds (kubelet retries).
+// Stopping a stopped or unknown pod succeeds (kubelet retries). The record
+// says a stop is under way (CleanupPending) before anything is torn down and
+// keeps saying so until everything is: a stop that fails, or a cocoond killed
+// in the middle, is finished by the next Stop/Remove or by a restart.
 func (m *Manager) StopPod(ctx context.Context, id string) error {
 	pod, err := m.Pod(id)
 	if errors.Is(err, errdefs.ErrNotFound) {
@@ -26,6 +32,22 @@ func (m *Manager) StopPod(ctx context.Context, id string) error {
 	rt := m.live[id]
 	delete(m.live, id)
 	m.mu.Unlock()
+
+	// A pod already stopped (nothing recorded to tear down) needs no mark.
+	hasWork := rt != nil || pod.State != StateNotReady || pod.NetnsPath != "" || pod.VM != nil
+	if hasWork && pod.CleanupPending == "" {
+		if _, err := m.pods.update(id, func(p *Pod) error {
+			p.State, p.CleanupPending = StateNotReady, "stopping"
+			return nil
+		}); err != nil {
+			m.mu.Lock()
+			if rt != nil {
+				m.live[id] = rt
+			}
+			m.mu.Unlock()
+			return err
+		}
+	}
 
 	var errs []error
 	if rt != nil {
@@ -46,17 +68,33 @@ func (m *Manager) StopPod(ctx context.Context, id string) error {
 		}
 		rt.closeOutputs()
 	}
-	if pod.NetnsPath != "" {
-		if err := m.opts.Network.Detach(ctx, id, pod.NetnsPath); err != nil {
+	// Whatever of the VM is left (its process after a restart that could not
+	// adopt it, a half-made VM of a run cut short, its run dir) goes too.
+	if err := m.removeVMOf(ctx, &pod); err != nil {
+		errs = append(errs, fmt.Errorf("remove VM: %w", err))
+	}
+	vm.CrashPoint("stop-pod/vm-stopped")
+	netnsPath := pod.NetnsPath
+	if netnsPath == "" {
+		// A run cut short before recording it: the network knows.
+		if attached, err := m.opts.Network.Attached(); err == nil {
+			netnsPath = attached[id]
+		}
+	}
+	if netnsPath != "" {
+		if err := m.opts.Network.Detach(ctx, id, netnsPath); err != nil {
 			errs = append(errs, fmt.Errorf("detach network: %w", err))
 		}
 	}
+	vm.CrashPoint("stop-pod/network-detached")
 	if err := errors.Join(errs...); err != nil {
+		_, _ = m.pods.update(id, func(p *Pod) error { p.CleanupPending = err.Error(); return nil })
+		log.WithError(err).Warn("pod stop left work undone; the next stop or a restart retries it")
 		return err
 	}
 	now := time.Now().UnixNano()
 	for _, c := range m.containers.list() {
-		if c.PodID == id && c.State != StateExited {
+		if c.PodID == id && c.State != StateExited && c.State != StateCreating {
 			_, _ = m.containers.update(c.ID, func(c *Container) error {
 				c.State, c.FinishedAt = StateExited, now
 				if c.ExitCode == 0 && c.StartedAt != 0 {
@@ -66,7 +104,10 @@ func (m *Manager) StopPod(ctx context.Context, id string) error {
 			})
 		}
 	}
-	_, err = m.pods.update(id, func(p *Pod) error { p.State, p.NetnsPath = StateNotReady, ""; return nil })
+	_, err = m.pods.update(id, func(p *Pod) error {
+		p.State, p.NetnsPath, p.VM, p.CleanupPending = StateNotReady, "", nil, ""
+		return nil
+	})
 	if err == nil && rt != nil {
 		m.events.publish(EventStopped, id, id)
 	}
@@ -74,6 +115,33 @@ func (m *Manager) StopPod(ctx context.Context, id string) error {
 		log.Info("pod stopped")
 	}
 	return err
+}
+
+// removeVMOf removes what is left of a pod's VM without a live handle on it:
+// through its driver from the pod's record or the VM's own record, or, when
+// neither names a process, from the processes that name its run dir.
+func (m *Manager) removeVMOf(ctx context.Context, pod *Pod) error {
+	runDir := m.vmRunDir(pod.ID)
+	st := pod.VM
+	if st == nil {
+		st, _ = vm.LoadState(runDir, m.opts.Log.WithField("pod", pod.ID))
+	}
+	if st == nil {
+		if _, err := os.Stat(runDir); errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		st = &vm.State{ID: pod.ID, RunDir: runDir}
+	}
+	if filepath.Dir(filepath.Clean(st.RunDir)) != filepath.Clean(m.opts.VMDir) {
+		// A record never sends the removal outside the VM dir.
+		cp := *st
+		cp.RunDir = runDir
+		st = &cp
+	}
+	if _, err := os.Stat(st.RunDir); errors.Is(err, os.ErrNotExist) && st.Pid != 0 && !(vm.Process{Pid: st.Pid, StartTime: st.StartTime}).Alive() {
+		return nil // stopped and removed already
+	}
+	return vm.RemoveVM(ctx, st, m.opts.Drivers[st.Driver])
 }
 
 // RemovePod stops the pod if needed and removes it with its containers.
@@ -90,12 +158,20 @@ func (m *Manager) RemovePod(ctx context.Context, id string) error {
 		return err
 	}
 	for _, c := range m.containers.list() {
-		if c.PodID == pod.ID {
-			if err := m.RemoveContainer(ctx, c.ID); err != nil {
-				return err
-			}
+		if c.PodID != pod.ID {
+			continue
+		}
+		// The pod is stopped: nothing of its containers runs. reclaimContainer
+		// also takes a removal cut short by a crash (storage gone, record
+		// left) in its stride.
+		if err := m.reclaimContainer(ctx, c); err != nil {
+			return err
+		}
+		if c.State != StateCreating {
+			m.events.publish(EventDeleted, c.ID, c.PodID)
 		}
 	}
+	vm.CrashPoint("remove-pod/containers-removed")
 	if err := removePodDirs(pod.RunDir, pod.ShareDir); err != nil {
 		return err
 	}

@@ -202,6 +202,9 @@ func hasSubmounts(dir string) (bool, error) {
 // can find the ones no pod claims.
 const shareSource = "cocoon-share"
 
+// shareDirName is the pod share's name in the pod's run dir.
+const shareDirName = "shared"
+
 // mountShare makes dir the pod's share: a tmpfs of its own, so a guest can
 // make the host hold at most sizeMiB (and a bounded number of inodes)
 // there. sizeMiB 0 (tests only: the config refuses it) keeps a plain dir.
@@ -246,30 +249,3 @@ func removePodDirs(runDir, shareDir string) error {
 	return os.RemoveAll(runDir)
 }
 
-// removeStrayShares unmounts and removes the share of every pod under the
-// run dir that no record claims (a crash before the pod was persisted or
-// after its record went).
-func (m *Manager) removeStrayShares() error {
-	mounts, err := mountinfo.GetMounts(func(i *mountinfo.Info) (bool, bool) {
-		return i.FSType != "tmpfs" || i.Source != shareSource, false
-	})
-	if err != nil {
-		return err
-	}
-	var errs []error
-	for _, mnt := range mounts {
-		rel, err := filepath.Rel(m.opts.RunDir, mnt.Mountpoint)
-		id, rest, _ := strings.Cut(rel, "/")
-		if err != nil || rest != "shared" || id == ".." || id == "." {
-			continue
-		}
-		if _, ok := m.pods.get(id); ok {
-			continue
-		}
-		m.opts.Log.WithField("pod", id).Warn("removing a pod share no pod claims")
-		if err := removePodDirs(filepath.Join(m.opts.RunDir, id), mnt.Mountpoint); err != nil {
-			errs = append(errs, fmt.Errorf("stray share of %s: %w", id, err))
-		}
-	}
-	return errors.Join(errs...)
-}

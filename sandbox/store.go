@@ -3,14 +3,20 @@
 //
 // Pod states:
 //
-//	RunPodSandbox ──► READY ──StopPodSandbox / VM died──► NOTREADY ──RemovePodSandbox──► (gone)
-//	      │ (any step fails: everything undone, nothing stored)
-//	      ▼
-//	   (gone)
+//	RunPodSandbox ──► CREATING ──► READY ──StopPodSandbox / VM died──► NOTREADY ──RemovePodSandbox──► (gone)
+//	                     │ (a step fails: everything undone, record removed;
+//	                     │  an undo fails: NOTREADY with CleanupPending)
+//	                     ▼ (cocoond restarts: reclaimed and removed)
+//	                   (gone)
+//
+// The record is written (CREATING) before the netns, the network and the VM
+// it names exist, so a cocoond killed at any point leaves a record or nothing
+// that a restart could not find. A stop that fails keeps CleanupPending set;
+// the next Stop/Remove or a restart retries it.
 //
 // Container states:
 //
-//	CreateContainer ──► CREATED ──StartContainer──► RUNNING ──exit / StopContainer / pod stop──► EXITED
+//	CreateContainer ──► CREATING ──► CREATED ──StartContainer──► RUNNING ──exit / StopContainer / pod stop──► EXITED
 //	        RemoveContainer removes CREATED and EXITED containers (and RUNNING ones after killing them).
 package sandbox
 
@@ -24,7 +30,10 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/sirupsen/logrus"
+
 	"github.com/cocoon-runtime/cocoon/errdefs"
+	"github.com/cocoon-runtime/cocoon/internal/atomicfile"
 )
 
 // metadataVersion is written into every persisted record; a reader refuses
@@ -55,8 +64,10 @@ func newStore[T record](dir string) *store[T] {
 
 func (s *store[T]) path(id string) string { return filepath.Join(s.dir, id+".json") }
 
-// load reads every record in dir.
-func (s *store[T]) load() error {
+// load reads every record in dir. A record that cannot be read is moved
+// aside with a loud log line and skipped: one bad file must not stop the
+// daemon, and whatever it described is then reclaimed as unclaimed.
+func (s *store[T]) load(log *logrus.Entry) error {
 	if err := os.MkdirAll(s.dir, 0o700); err != nil {
 		return err
 	}
@@ -67,18 +78,27 @@ func (s *store[T]) load() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, f := range files {
-		data, err := os.ReadFile(f)
+		var rec T
+		err := atomicfile.Load(f, func(data []byte) error {
+			var env envelope[T]
+			if err := json.Unmarshal(data, &env); err != nil {
+				return err
+			}
+			if env.Version != metadataVersion {
+				return fmt.Errorf("metadata version %d, this cocoond knows %d", env.Version, metadataVersion)
+			}
+			if env.Data.id()+".json" != filepath.Base(f) {
+				return fmt.Errorf("record of %q in the file of another", env.Data.id())
+			}
+			rec = env.Data
+			return nil
+		}, log)
+		if errors.Is(err, atomicfile.ErrMovedAside) || errors.Is(err, os.ErrNotExist) {
+			continue
+		}
 		if err != nil {
 			return err
 		}
-		var env envelope[T]
-		if err := json.Unmarshal(data, &env); err != nil {
-			return fmt.Errorf("%s: %w", f, err)
-		}
-		if env.Version != metadataVersion {
-			return fmt.Errorf("%s: metadata version %d, this cocoond knows %d", f, env.Version, metadataVersion)
-		}
-		rec := env.Data
 		s.recs[rec.id()] = &rec
 	}
 	return nil
@@ -89,12 +109,7 @@ func (s *store[T]) persist(rec *T) error {
 	if err != nil {
 		return err
 	}
-	id := (*rec).id()
-	tmp := s.path(id) + ".tmp"
-	if err := os.WriteFile(tmp, data, 0o600); err != nil {
-		return err
-	}
-	return os.Rename(tmp, s.path(id))
+	return atomicfile.WriteFile(s.path((*rec).id()), data, 0o600)
 }
 
 // add stores a new record.
@@ -148,10 +163,7 @@ func (s *store[T]) remove(id string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	delete(s.recs, id)
-	if err := os.Remove(s.path(id)); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return err
-	}
-	return nil
+	return atomicfile.Remove(s.path(id))
 }
 
 // list returns copies of every record, sorted by ID for stable output.

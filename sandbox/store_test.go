@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/sirupsen/logrus"
+
 	"github.com/cocoon-runtime/cocoon/errdefs"
 )
 
@@ -19,7 +21,7 @@ func (r testRec) id() string { return r.ID }
 func TestStorePersistsAndReloads(t *testing.T) {
 	dir := t.TempDir()
 	s := newStore[testRec](dir)
-	if err := s.load(); err != nil {
+	if err := s.load(testLog()); err != nil {
 		t.Fatal(err)
 	}
 	for _, id := range []string{"abc123", "abd456", "xyz"} {
@@ -42,7 +44,7 @@ func TestStorePersistsAndReloads(t *testing.T) {
 
 	// A new store over the same dir sees exactly what was persisted.
 	s2 := newStore[testRec](dir)
-	if err := s2.load(); err != nil {
+	if err := s2.load(testLog()); err != nil {
 		t.Fatal(err)
 	}
 	got := s2.list()
@@ -68,13 +70,46 @@ func TestStorePersistsAndReloads(t *testing.T) {
 	}
 }
 
-func TestStoreRefusesUnknownVersion(t *testing.T) {
-	dir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, "x.json"), []byte(`{"version": 99, "data": {"id": "x"}}`), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := newStore[testRec](dir).load(); err == nil {
-		t.Fatal("loaded a record of an unknown version")
+// TestStoreMovesBadRecordsAside: a record that cannot be read is moved aside
+// and the good ones still load, so one bad file never stops the daemon.
+func TestStoreMovesBadRecordsAside(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		setup func(path string) error
+	}{
+		{"truncated JSON", func(p string) error { return os.WriteFile(p, []byte(`{"version": 1, "data": {"id": "x`), 0o600) }},
+		{"empty file", func(p string) error { return os.WriteFile(p, nil, 0o600) }},
+		{"wrong version", func(p string) error { return os.WriteFile(p, []byte(`{"version": 99, "data": {"id": "x"}}`), 0o600) }},
+		{"directory in place of a file", func(p string) error { return os.Mkdir(p, 0o700) }},
+		{"record of another id", func(p string) error { return os.WriteFile(p, []byte(`{"version": 1, "data": {"id": "y"}}`), 0o600) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			good := newStore[testRec](dir)
+			if err := good.load(testLog()); err != nil {
+				t.Fatal(err)
+			}
+			if err := good.add(testRec{ID: "good", State: "READY"}); err != nil {
+				t.Fatal(err)
+			}
+			bad := filepath.Join(dir, "x.json")
+			if err := tc.setup(bad); err != nil {
+				t.Fatal(err)
+			}
+			s := newStore[testRec](dir)
+			if err := s.load(testLog()); err != nil {
+				t.Fatalf("load stopped at a bad record: %v", err)
+			}
+			if got := s.list(); len(got) != 1 || got[0].ID != "good" {
+				t.Fatalf("loaded %+v, want only the good record", got)
+			}
+			if _, err := os.Lstat(bad); !os.IsNotExist(err) {
+				t.Fatalf("bad record still in place: %v", err)
+			}
+			if moved, _ := filepath.Glob(bad + ".bad-*"); len(moved) != 1 {
+				t.Fatalf("bad record not kept aside: %v", moved)
+			}
+		})
 	}
 }
 
@@ -95,4 +130,10 @@ func TestRegistrar(t *testing.T) {
 	if err := r.reserve("pod_ns_uid_0", "b"); err != nil {
 		t.Fatal(err)
 	}
+}
+
+func testLog() *logrus.Entry {
+	log := logrus.New()
+	log.SetLevel(logrus.PanicLevel)
+	return logrus.NewEntry(log)
 }

@@ -17,9 +17,12 @@ import (
 const (
 	StateReady    = "READY"
 	StateNotReady = "NOTREADY"
+	// StateCreating is a pod (or container) whose record is written before
+	// the resources it names; a restart that finds one reclaims them.
+	StateCreating = "CREATING"
 )
 
-// Container states.
+// Container states (and StateCreating).
 const (
 	StateCreated = "CREATED"
 	StateRunning = "RUNNING"
@@ -40,6 +43,9 @@ type Pod struct {
 	NetnsPath string          `json:"netnsPath"`
 	IPs       []string        `json:"ips,omitempty"`
 	VM        *vm.State       `json:"vm,omitempty"`
+	// CleanupPending says a stop or a failed run left something undone (or
+	// is in progress): the next Stop/Remove, or a restart, finishes it.
+	CleanupPending string `json:"cleanupPending,omitempty"`
 }
 
 func (p Pod) id() string { return p.ID }

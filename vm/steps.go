@@ -4,10 +4,55 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/sirupsen/logrus"
 )
+
+// crashAt is the named point at which the process SIGKILLs itself (a test
+// hook: crash-consistency tests kill cocoond exactly there). Empty means never.
+var crashAt atomic.Pointer[string]
+
+// SetCrashPoint arms the crash hook at point ("<pipeline>/<step>", e.g.
+// "run-pod/network"); cocoond sets it once at start from
+// COCOON_TEST_CRASH_AT. An empty point disarms it.
+func SetCrashPoint(point string) { crashAt.Store(&point) }
+
+// killSelf is what an armed crash point does; tests replace it.
+var killSelf = func() { _ = syscall.Kill(syscall.Getpid(), syscall.SIGKILL) }
+
+// SetCrashAction replaces what an armed crash point does (SIGKILL of the
+// process) and returns a restore func: tests of other packages look at the
+// state a crash there would leave without dying.
+func SetCrashAction(fn func()) (restore func()) {
+	old := killSelf
+	killSelf = fn
+	return func() { killSelf = old }
+}
+
+// CrashPoint SIGKILLs the process when point is the armed crash point. The
+// step runner calls it after every step ("<pipeline>/<step>"); code that runs
+// no steps (pod stop and removal) calls it at its own named points.
+func CrashPoint(point string) {
+	if p := crashAt.Load(); p != nil && *p != "" && *p == point {
+		killSelf()
+	}
+}
+
+type pipelineKey struct{}
+
+// WithPipeline names the steps RunSteps runs with ctx (the crash hook's
+// "<pipeline>/" prefix); nested pipelines name themselves.
+func WithPipeline(ctx context.Context, name string) context.Context {
+	return context.WithValue(ctx, pipelineKey{}, name)
+}
+
+func pipeline(ctx context.Context) string {
+	name, _ := ctx.Value(pipelineKey{}).(string)
+	return name
+}
 
 // Step is one named stage of bringing a VM up. Run returns the undo for what
 // it acquired (nil when there is nothing to undo).
@@ -69,6 +114,8 @@ func RunSteps(ctx context.Context, log *logrus.Entry, steps []Step) (*Cleanup, e
 			return nil, errors.Join(fmt.Errorf("%s: %w", s.Name, err), c.Unwind(log))
 		}
 		entry.Debug("boot step done")
+		// After the step: what it made exists, what follows has not run.
+		CrashPoint(pipeline(ctx) + "/" + s.Name)
 	}
 	return c, nil
 }

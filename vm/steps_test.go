@@ -83,3 +83,39 @@ func TestRunStepsHonoursCancellation(t *testing.T) {
 		t.Fatalf("err %v undone %v", err, undone)
 	}
 }
+
+// TestCrashPointFiresAfterTheNamedStepOnly: an armed hook kills the process
+// right after the named step of the named pipeline, and nowhere else.
+func TestCrashPointFiresAfterTheNamedStepOnly(t *testing.T) {
+	log := logrus.NewEntry(logrus.New())
+	log.Logger.SetLevel(logrus.PanicLevel)
+	var trail []string
+	old := killSelf
+	killSelf = func() { trail = append(trail, "KILL") }
+	defer func() { killSelf = old; SetCrashPoint("") }()
+	step := func(name string) Step {
+		return Step{Name: name, Run: func(context.Context) (func() error, error) {
+			trail = append(trail, name)
+			return nil, nil
+		}}
+	}
+	steps := []Step{step("a"), step("b"), step("c")}
+	for _, tt := range []struct {
+		armed, pipeline string
+		want            []string
+	}{
+		{"", "run-pod", []string{"a", "b", "c"}},
+		{"run-pod/b", "run-pod", []string{"a", "b", "KILL", "c"}},
+		{"run-pod/b", "create-container", []string{"a", "b", "c"}},
+		{"b", "", []string{"a", "b", "c"}}, // an unnamed pipeline's points start with "/"
+	} {
+		trail = nil
+		SetCrashPoint(tt.armed)
+		if _, err := RunSteps(WithPipeline(context.Background(), tt.pipeline), log, steps); err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(trail, tt.want) {
+			t.Errorf("armed %q in %q: trail %v, want %v", tt.armed, tt.pipeline, trail, tt.want)
+		}
+	}
+}

@@ -41,6 +41,13 @@ func serve(loaded *config.Loaded, configPath string) error {
 		return err
 	}
 	log.WithFields(logrus.Fields{"version": version.Version, "config": sources(loaded)}).Info("cocoond starting")
+	// Crash-consistency tests make cocoond SIGKILL itself at a named step
+	// ("run-pod/network", "qemu-create/qemu", "stop-pod/vm-stopped"...).
+	// Read once, here; unset (always, outside those tests) it does nothing.
+	if point := os.Getenv("COCOON_TEST_CRASH_AT"); point != "" {
+		log.WithField("point", point).Warn("COCOON_TEST_CRASH_AT is set: cocoond will SIGKILL itself at that point (a test hook)")
+		vm.SetCrashPoint(point)
+	}
 
 	for _, dir := range []string{cfg.Daemon.StateDir, cfg.Daemon.RuntimeDir} {
 		if err := os.MkdirAll(dir, 0o711); err != nil {

@@ -97,7 +97,7 @@ func (d *Driver) create(ctx context.Context, spec *vm.Spec) (*VMM, error) {
 			return nil, v.api.putWithFiles(ctx, "vm.add-net", netConfig(n), []*os.File{n.Tap}, nil)
 		}})
 	}
-	if err := v.run(ctx, steps); err != nil {
+	if err := v.run(vm.WithPipeline(ctx, "clh-create"), steps); err != nil {
 		return nil, err
 	}
 	return v, nil
@@ -124,8 +124,14 @@ func (d *Driver) launch(spec *vm.Spec) (*VMM, []vm.Step, error) {
 		vcpus: spec.VCPUs, maxVCPUs: maxV, memMiB: spec.MemoryMiB, maxMemMiB: maxM,
 	}
 	var listener *net.UnixListener
+	// The record exists before the processes it names and is rewritten as
+	// each starts, so a restart after a crash here finds them.
 	steps := []vm.Step{{Name: "run dir", Run: func(context.Context) (func() error, error) {
-		return makeRunDir(spec.RunDir)
+		undo, err := makeRunDir(spec.RunDir)
+		if err != nil {
+			return undo, err
+		}
+		return undo, vm.SaveState(v.State())
 	}}, {Name: "console", Run: func(context.Context) (func() error, error) {
 		// CH opens the serial "file", a FIFO we copy into a capped log, at
 		// vm.create or vm.restore: the reader must be there first.
@@ -141,10 +147,12 @@ func (d *Driver) launch(spec *vm.Spec) (*VMM, []vm.Step, error) {
 			if err != nil {
 				return nil, err
 			}
+			v.mu.Lock()
 			v.helpers = append(v.helpers, w)
+			v.mu.Unlock()
 			return func() error {
 				return errors.Join(w.Terminate(time.Second), removeIfExists(sock))
-			}, nil
+			}, vm.SaveState(v.State())
 		}})
 	}
 	steps = append(steps,
@@ -168,9 +176,11 @@ func (d *Driver) launch(spec *vm.Spec) (*VMM, []vm.Step, error) {
 			if err != nil {
 				return nil, err
 			}
+			v.mu.Lock()
 			v.proc = w
+			v.mu.Unlock()
 			v.log.WithField("pid", w.Pid).Debug("cloud-hypervisor started")
-			return func() error { return w.Kill() }, nil
+			return func() error { return w.Kill() }, vm.SaveState(v.State())
 		}},
 		vm.Step{Name: "vmm.ping", Run: func(ctx context.Context) (func() error, error) {
 			pong, err := v.api.ping(ctx, v.proc.Done())

@@ -238,9 +238,11 @@ func (v *VMM) State() *vm.State {
 	defer v.mu.Unlock()
 	st := &vm.State{
 		Driver: Name, ID: v.id, RunDir: v.runDir,
-		Pid: v.proc.Pid, StartTime: v.proc.StartTime,
 		ControlSocket: v.api.sock, AgentSocket: v.vsock,
 		VCPUs: v.vcpus, MemoryMiB: v.memMiB,
+	}
+	if v.proc != nil { // nil while Create has not spawned the VMM yet
+		st.Pid, st.StartTime = v.proc.Pid, v.proc.StartTime
 	}
 	for _, h := range v.helpers {
 		st.Helpers = append(st.Helpers, h.Process)

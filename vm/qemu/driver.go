@@ -99,6 +99,12 @@ func (d *Driver) Create(ctx context.Context, spec *vm.Spec) (vm.VMM, error) {
 			tokenFile, v.token, err = vm.NewAgentToken(spec.RunDir)
 			return nil, err // the run dir's undo removes it
 		}},
+		// The record exists before the processes it names, and is rewritten
+		// as each starts: a cocoond killed in between leaves a run dir whose
+		// processes a restart finds (vm.RemoveOrphans).
+		{Name: "record", Run: func(context.Context) (func() error, error) {
+			return nil, vm.SaveState(v.State())
+		}},
 		{Name: "virtiofsd", Run: func(ctx context.Context) (func() error, error) {
 			var started []*vm.Watched
 			undo := func() error {
@@ -117,7 +123,7 @@ func (d *Driver) Create(ctx context.Context, spec *vm.Spec) (vm.VMM, error) {
 				vfsSockets = append(vfsSockets, sock)
 			}
 			v.helpers = started
-			return undo, nil
+			return undo, vm.SaveState(v.State())
 		}},
 		{Name: "console", Run: func(context.Context) (func() error, error) {
 			c, err := vm.OpenConsole(spec.RunDir, true, log)
@@ -142,8 +148,10 @@ func (d *Driver) Create(ctx context.Context, spec *vm.Spec) (vm.VMM, error) {
 			if err != nil {
 				return nil, err
 			}
+			v.mu.Lock()
 			v.proc = w
-			return func() error { return w.Terminate(time.Second) }, nil
+			v.mu.Unlock()
+			return func() error { return w.Terminate(time.Second) }, vm.SaveState(v.State())
 		}},
 		{Name: "qmp", Run: func(ctx context.Context) (func() error, error) {
 			q, err := v.connectQMP(ctx)
@@ -155,7 +163,7 @@ func (d *Driver) Create(ctx context.Context, spec *vm.Spec) (vm.VMM, error) {
 			return q.Close, nil
 		}},
 	}
-	cleanup, err := vm.RunSteps(ctx, log, steps)
+	cleanup, err := vm.RunSteps(vm.WithPipeline(ctx, "qemu-create"), log, steps)
 	if err != nil {
 		return nil, fmt.Errorf("qemu: create %s: %w", spec.ID, err)
 	}

@@ -389,7 +389,7 @@ func TestQEMUOrphansAreRemoved(t *testing.T) {
 		v.(*qemuVM).qmp.Close() // as a cocoond restart would
 	}
 	d := quietDriver()
-	removed, err := vm.RemoveOrphans(ctx, root, map[string]vm.Driver{"qemu": d}, func(id string) bool { return id == "kept" }, d.opts.Log)
+	removed, err := vm.RemoveOrphans(ctx, root, map[string]vm.Driver{"qemu": d}, func(st *vm.State) bool { return st.ID == "kept" }, d.opts.Log)
 	if err != nil || len(removed) != 1 || removed[0] != "orphan" {
 		t.Fatalf("removed %v, %v", removed, err)
 	}

@@ -205,9 +205,11 @@ func (v *qemuVM) State() *vm.State {
 	defer v.mu.Unlock()
 	st := &vm.State{
 		Driver: "qemu", ID: v.spec.ID, RunDir: v.spec.RunDir,
-		Pid: v.proc.Pid, StartTime: v.proc.StartTime,
 		ControlSocket: v.paths.qmp, AgentSocket: v.paths.agent, AgentVsockCID: v.vsockCID,
 		VCPUs: v.vcpus, MemoryMiB: v.memMiB, Accel: v.accel,
+	}
+	if v.proc != nil { // nil while Create has not started QEMU yet
+		st.Pid, st.StartTime = v.proc.Pid, v.proc.StartTime
 	}
 	for _, h := range v.helpers {
 		st.Helpers = append(st.Helpers, h.Process)
