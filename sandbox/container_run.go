@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -19,8 +18,8 @@ import (
 	"github.com/cocoon-runtime/cocoon/sandbox/ocispec"
 )
 
-// StartContainer runs a created container and watches it until it exits.
-func (m *Manager) StartContainer(ctx context.Context, id string) error {
+// startContainer runs a created container and watches it until it exits.
+func (m *Manager) startContainer(ctx context.Context, id string) error {
 	c, err := m.Container(id)
 	if err != nil {
 		return err
@@ -77,9 +76,9 @@ func (m *Manager) waitExit(rt *podRuntime, id string) {
 	})
 }
 
-// StopContainer sends the stop signal, waits up to timeout, then kills every
+// stopContainer sends the stop signal, waits up to timeout, then kills every
 // process of the container. Stopping a stopped or unknown container succeeds.
-func (m *Manager) StopContainer(ctx context.Context, id string, timeout time.Duration) error {
+func (m *Manager) stopContainer(ctx context.Context, id string, timeout time.Duration) error {
 	c, err := m.Container(id)
 	if errors.Is(err, errdefs.ErrNotFound) {
 		return nil
@@ -133,9 +132,9 @@ func (m *Manager) waitState(ctx context.Context, id, state string, timeout time.
 	return false
 }
 
-// RemoveContainer removes a container (killing it first when running) with its
+// removeContainer removes a container (killing it first when running) with its
 // root filesystem and binds. Removing an unknown container succeeds.
-func (m *Manager) RemoveContainer(ctx context.Context, id string) error {
+func (m *Manager) removeContainer(ctx context.Context, id string) error {
 	c, err := m.Container(id)
 	if errors.Is(err, errdefs.ErrNotFound) {
 		return nil
@@ -144,38 +143,13 @@ func (m *Manager) RemoveContainer(ctx context.Context, id string) error {
 		return err
 	}
 	if c.State == StateRunning {
-		if err := m.StopContainer(ctx, c.ID, 0); err != nil {
+		if err := m.stopContainer(ctx, c.ID, 0); err != nil {
 			return err
 		}
 	}
-	if rt, err := m.runtime(c.PodID); err == nil {
-		if _, err := rt.agent.RemoveContainer(ctx, &agentapi.RemoveContainerRequest{ContainerId: c.ID, Force: true}); err != nil {
-			return fmt.Errorf("agent RemoveContainer: %w", err)
-		}
-		rt.mu.Lock()
-		if o := rt.outputs[c.ID]; o != nil {
-			o.close()
-			delete(rt.outputs, c.ID)
-		}
-		rt.mu.Unlock()
-	}
-	pod, _ := m.pods.get(c.PodID)
-	sm, err := m.shareMounterFor(&pod)
-	if err != nil {
-		return err
-	}
-	if err := unbindAll(sm, &c, filepath.Join(pod.ShareDir, c.ID)); err != nil {
-		return err
-	}
-	store := m.opts.Images.Store()
-	if _, err := store.Unmount(c.ID, true); err != nil && !isUnknownContainer(err) {
-		return fmt.Errorf("unmount rootfs: %w", err)
-	}
-	if err := store.DeleteContainer(c.ID); err != nil && !isUnknownContainer(err) {
-		return fmt.Errorf("delete rootfs: %w", err)
-	}
-	m.ctrNames.release(c.Name)
-	if err := m.containers.remove(c.ID); err != nil {
+	// One removal for every path (here, a pod's removal, a restart's
+	// reclaim): it also finishes a removal a crash cut short.
+	if err := m.reclaimContainer(ctx, c); err != nil {
 		return err
 	}
 	m.events.publish(EventDeleted, c.ID, c.PodID)

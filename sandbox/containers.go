@@ -18,10 +18,10 @@ import (
 	"github.com/cocoon-runtime/cocoon/vm"
 )
 
-// CreateContainer prepares a container in a running pod: its image's root
+// createContainer prepares a container in a running pod: its image's root
 // filesystem and its volumes are bound into the pod's share, the OCI spec is
 // built, and the agent creates it (nothing runs until StartContainer).
-func (m *Manager) CreateContainer(ctx context.Context, podID string, cfg *runtimeapi.ContainerConfig, podCfg *runtimeapi.PodSandboxConfig) (string, error) {
+func (m *Manager) createContainer(ctx context.Context, podID string, cfg *runtimeapi.ContainerConfig, podCfg *runtimeapi.PodSandboxConfig) (string, error) {
 	pod, err := m.Pod(podID)
 	if err != nil {
 		return "", err

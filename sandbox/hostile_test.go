@@ -167,6 +167,9 @@ type fakeStore struct{ storage.Store }
 func (fakeStore) ContainerSize(string) (int64, error) { return 0, nil }
 func (fakeStore) Unmount(string, bool) (bool, error)  { return false, nil }
 func (fakeStore) DeleteContainer(string) error        { return nil }
+func (fakeStore) Container(id string) (*storage.Container, error) {
+	return &storage.Container{ID: id}, nil
+}
 
 // TestStatsSilentAgent: one agent that never answers stats costs its caller
 // at most the caller's deadline, and the other pods' stats are answered

@@ -69,6 +69,8 @@ type Manager struct {
 	podNames   *registrar
 	ctrNames   *registrar
 
+	locks podLocks // one per pod: its operations run one at a time
+
 	mu   sync.Mutex
 	live map[string]*podRuntime // running pods' VM and agent connection
 

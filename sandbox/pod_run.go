@@ -66,6 +66,13 @@ func (m *Manager) RunPod(ctx context.Context, cfg *runtimeapi.PodSandboxConfig, 
 		return "", err
 	}
 	id := newID()
+	// Nobody knows the ID yet, but a StopPodSandbox of every pod (crictl
+	// rmp -a) may find the record once it is written.
+	unlock, err := m.locks.lock(ctx, id)
+	if err != nil {
+		return "", err
+	}
+	defer unlock()
 	name := podName(cfg.GetMetadata())
 	if err := m.podNames.reserve(name, id); err != nil {
 		return "", err

@@ -13,12 +13,12 @@ import (
 	"github.com/cocoon-runtime/cocoon/vm"
 )
 
-// StopPod stops every container, shuts the VM down and detaches the network.
+// stopPod stops every container, shuts the VM down and detaches the network.
 // Stopping a stopped or unknown pod succeeds (kubelet retries). The record
 // says a stop is under way (CleanupPending) before anything is torn down and
 // keeps saying so until everything is: a stop that fails, or a cocoond killed
 // in the middle, is finished by the next Stop/Remove or by a restart.
-func (m *Manager) StopPod(ctx context.Context, id string) error {
+func (m *Manager) stopPod(ctx context.Context, id string) error {
 	pod, err := m.Pod(id)
 	if errors.Is(err, errdefs.ErrNotFound) {
 		return nil
@@ -58,7 +58,9 @@ func (m *Manager) StopPod(ctx context.Context, id string) error {
 			log.WithError(err).Warn("agent DestroySandbox failed, stopping the VM regardless")
 		}
 		cancel()
-		rt.client.Close()
+		if rt.client != nil {
+			rt.client.Close()
+		}
 		select {
 		case <-rt.vmm.Done():
 		case <-time.After(3 * time.Second):
@@ -144,9 +146,9 @@ func (m *Manager) removeVMOf(ctx context.Context, pod *Pod) error {
 	return vm.RemoveVM(ctx, st, m.opts.Drivers[st.Driver])
 }
 
-// RemovePod stops the pod if needed and removes it with its containers.
+// removePod stops the pod if needed and removes it with its containers.
 // Removing an unknown pod succeeds.
-func (m *Manager) RemovePod(ctx context.Context, id string) error {
+func (m *Manager) removePod(ctx context.Context, id string) error {
 	pod, err := m.Pod(id)
 	if errors.Is(err, errdefs.ErrNotFound) {
 		return nil
@@ -154,7 +156,7 @@ func (m *Manager) RemovePod(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
-	if err := m.StopPod(ctx, pod.ID); err != nil {
+	if err := m.stopPod(ctx, pod.ID); err != nil {
 		return err
 	}
 	for _, c := range m.containers.list() {

@@ -32,12 +32,12 @@ func (m *Manager) Recover(ctx context.Context) error {
 		switch {
 		case p.State == StateCreating:
 			log.Warn("reclaiming a pod whose RunPodSandbox was cut short")
-			if err := m.RemovePod(ctx, p.ID); err != nil {
+			if err := m.removePod(ctx, p.ID); err != nil {
 				errs = append(errs, fmt.Errorf("pod %s cut short: %w", p.ID, err))
 			}
 		case p.CleanupPending != "":
 			log.WithField("pending", p.CleanupPending).Warn("finishing a pod stop left undone")
-			if err := m.StopPod(ctx, p.ID); err != nil {
+			if err := m.stopPod(ctx, p.ID); err != nil {
 				errs = append(errs, fmt.Errorf("pod %s: %w", p.ID, err))
 			}
 		}

@@ -248,4 +248,3 @@ func removePodDirs(runDir, shareDir string) error {
 	}
 	return os.RemoveAll(runDir)
 }
-

@@ -17,10 +17,10 @@ import (
 // guestOverheadMiB is memory the guest kernel and agent need besides containers.
 const guestOverheadMiB = 128
 
-// UpdateContainerResources applies new limits to the container's cgroup in the
+// updateContainerResources applies new limits to the container's cgroup in the
 // guest, first growing the VM (vCPUs, memory) when a limit exceeds it, within
 // the handler's hotplug limits.
-func (m *Manager) UpdateContainerResources(ctx context.Context, id string, res *runtimeapi.LinuxContainerResources) error {
+func (m *Manager) updateContainerResources(ctx context.Context, id string, res *runtimeapi.LinuxContainerResources) error {
 	c, err := m.Container(id)
 	if err != nil {
 		return err
@@ -94,9 +94,9 @@ func (m *Manager) growVM(ctx context.Context, podID string, rt *podRuntime, res 
 	return err
 }
 
-// UpdatePodResources grows the pod's VM to fit new pod-level limits (kubelet
+// updatePodResources grows the pod's VM to fit new pod-level limits (kubelet
 // sends them after resizing the pod; best effort by CRI's contract).
-func (m *Manager) UpdatePodResources(ctx context.Context, podID string, res *runtimeapi.LinuxContainerResources) error {
+func (m *Manager) updatePodResources(ctx context.Context, podID string, res *runtimeapi.LinuxContainerResources) error {
 	pod, err := m.Pod(podID)
 	if err != nil {
 		return err
