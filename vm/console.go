@@ -31,7 +31,12 @@ func ConsolePipe(runDir string) string { return filepath.Join(runDir, "console.p
 
 // Console copies a VM's serial console from its FIFO into a capped,
 // rotated console.log.
-type Console struct {
+type Console = CappedLog
+
+// CappedLog copies what a VM process writes into a FIFO (its serial console,
+// or a helper's stderr) into a capped, rotated log file: the guest can make
+// these processes write without end, and they live on the host's tmpfs.
+type CappedLog struct {
 	pipe *os.File
 	out  *rotatingFile
 	log  *logrus.Entry
@@ -45,7 +50,12 @@ type Console struct {
 // a restart). The FIFO is opened read-write so that opening never blocks and
 // the read end never sees EOF between writers.
 func OpenConsole(runDir string, create bool, log *logrus.Entry) (*Console, error) {
-	path := ConsolePipe(runDir)
+	return OpenCappedLog(ConsolePipe(runDir), ConsoleLog(runDir), ConsoleLogMax, create, log)
+}
+
+// OpenCappedLog starts copying the FIFO at path into logPath, rotated before
+// it grows past max; create makes the FIFO. See OpenConsole.
+func OpenCappedLog(path, logPath string, max int64, create bool, log *logrus.Entry) (*CappedLog, error) {
 	if create {
 		if err := unix.Mkfifo(path, 0o600); err != nil {
 			return nil, fmt.Errorf("console fifo: %w", err)
@@ -62,31 +72,31 @@ func OpenConsole(runDir string, create bool, log *logrus.Entry) (*Console, error
 	if err != nil {
 		return nil, fmt.Errorf("console fifo: %w", err)
 	}
-	out, err := openRotating(ConsoleLog(runDir), ConsoleLogMax)
+	out, err := openRotating(logPath, max)
 	if err != nil {
 		pipe.Close()
 		return nil, err
 	}
-	c := &Console{pipe: pipe, out: out, log: log, done: make(chan struct{})}
+	c := &CappedLog{pipe: pipe, out: out, log: log, done: make(chan struct{})}
 	go c.copy()
 	return c, nil
 }
 
-func (c *Console) copy() {
+func (c *CappedLog) copy() {
 	defer close(c.done)
 	buf := make([]byte, 32<<10)
 	for {
 		n, err := c.pipe.Read(buf)
 		if n > 0 {
 			if werr := c.out.write(buf[:n]); werr != nil {
-				c.log.WithError(werr).Warn("console log write failed: the guest console is dropped from now on")
+				c.log.WithError(werr).WithField("log", c.out.path).Warn("log write failed: what the process writes is dropped from now on")
 				// Keep reading: an unread FIFO would stall the guest's console.
 				c.out = nil
 			}
 		}
 		if err != nil {
 			if !errors.Is(err, os.ErrDeadlineExceeded) && !errors.Is(err, os.ErrClosed) && !errors.Is(err, io.EOF) {
-				c.log.WithError(err).Warn("console read failed")
+				c.log.WithError(err).Warn("log fifo read failed")
 			}
 			return
 		}
@@ -94,7 +104,7 @@ func (c *Console) copy() {
 }
 
 // Close reads what is left in the FIFO for a moment, then stops copying.
-func (c *Console) Close() error {
+func (c *CappedLog) Close() error {
 	c.once.Do(func() {
 		if err := c.pipe.SetReadDeadline(time.Now().Add(consoleDrain)); err != nil {
 			c.pipe.Close()
@@ -106,6 +116,43 @@ func (c *Console) Close() error {
 		}
 	})
 	return nil
+}
+
+// HelperLogMax caps a helper process's log (virtiofsd's): it reports errors
+// in requests the guest makes, so the guest decides how much it writes.
+const HelperLogMax = 256 << 10
+
+// OpenHelperLog makes the FIFO <logPath>.pipe and copies it into logPath with
+// HelperLogMax; it returns the copier and the FIFO's write end for the helper's
+// stdout and stderr (the caller closes its copy once the helper started). A
+// helper writing while no cocoond reads (a restart) gets EPIPE and carries on:
+// virtiofsd and QEMU ignore SIGPIPE.
+func OpenHelperLog(logPath string, log *logrus.Entry) (*CappedLog, *os.File, error) {
+	c, err := OpenCappedLog(logPath+".pipe", logPath, HelperLogMax, true, log)
+	if err != nil {
+		return nil, nil, err
+	}
+	// The copier holds the read end, so this open does not block.
+	w, err := os.OpenFile(logPath+".pipe", os.O_WRONLY, 0)
+	if err != nil {
+		c.Close()
+		return nil, nil, err
+	}
+	return c, w, nil
+}
+
+// AdoptHelperLog resumes copying a helper's log FIFO after a restart, until
+// the helper is done.
+func AdoptHelperLog(logPath string, done <-chan struct{}, log *logrus.Entry) {
+	c, err := OpenCappedLog(logPath+".pipe", logPath, HelperLogMax, false, log)
+	if err != nil {
+		log.WithError(err).WithField("log", logPath).Warn("helper log not copied: its output is dropped")
+		return
+	}
+	go func() {
+		<-done
+		c.Close()
+	}()
 }
 
 // rotatingFile is a log file that, before it grows past max, is renamed to

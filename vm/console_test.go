@@ -3,6 +3,7 @@ package vm
 import (
 	"bytes"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -133,5 +134,41 @@ func TestRotatingFile(t *testing.T) {
 	old, _ := os.ReadFile(path + ".1")
 	if string(cur) != "6789ABCDEF" || string(old) != "cccc" {
 		t.Fatalf("log %q, log.1 %q", cur, old)
+	}
+}
+
+// TestHelperLogIsCapped: a helper that writes without end (virtiofsd
+// reporting a guest's bad requests) costs the host at most twice
+// HelperLogMax, and its last words are kept.
+func TestHelperLogIsCapped(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	logPath := filepath.Join(dir, "helper.log")
+	capped, w, err := OpenHelperLog(logPath, quietLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("sh", "-c", "i=0; while [ $i -lt 40000 ]; do echo 'helper: bad request from the guest'; i=$((i+1)); done; echo last-words >&2")
+	cmd.Stdout, cmd.Stderr = w, w
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+	if err := cmd.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	capped.Close()
+	var total int64
+	for _, p := range []string{logPath, logPath + ".1"} {
+		if st, err := os.Stat(p); err == nil {
+			total += st.Size()
+		}
+	}
+	if total > 2*HelperLogMax {
+		t.Fatalf("helper logs hold %d bytes, more than %d", total, 2*HelperLogMax)
+	}
+	last, _ := os.ReadFile(logPath)
+	if !strings.HasSuffix(string(last), "last-words\n") {
+		t.Fatalf("the log lost the helper's last line: ...%q", last[max(0, len(last)-80):])
 	}
 }

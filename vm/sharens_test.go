@@ -27,7 +27,7 @@ func startTestVirtiofsd(t *testing.T, share string) *State {
 	runDir := t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	w, sock, err := StartVirtiofsd(ctx, runDir, Share{Tag: "t", Source: share})
+	w, sock, err := StartVirtiofsd(ctx, runDir, Share{Tag: "t", Source: share}, quietLog())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/sirupsen/logrus"
 )
 
 // VirtiofsdPath is Debian's virtiofsd (from qemu-system-x86).
@@ -19,13 +21,19 @@ func VirtiofsSocket(runDir, tag string) string {
 	return filepath.Join(runDir, "virtiofs-"+tag+".sock")
 }
 
+// VirtiofsdLog is the capped log of the virtiofsd serving tag in runDir.
+func VirtiofsdLog(runDir, tag string) string {
+	return filepath.Join(runDir, "virtiofsd-"+tag+".log")
+}
+
 // StartVirtiofsd serves share.Source on VirtiofsSocket and waits until the
 // socket exists. The caller supervises the returned process. virtiofsd's
 // namespace sandbox gives it a mount namespace of its own, where the pod's
 // mounts go (see ShareNamespace).
-func StartVirtiofsd(ctx context.Context, runDir string, share Share) (*Watched, string, error) {
+func StartVirtiofsd(ctx context.Context, runDir string, share Share, log *logrus.Entry) (*Watched, string, error) {
 	sock := VirtiofsSocket(runDir, share.Tag)
-	logFile, err := os.OpenFile(filepath.Join(runDir, "virtiofsd-"+share.Tag+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	logPath := VirtiofsdLog(runDir, share.Tag)
+	capped, logFile, err := OpenHelperLog(logPath, log)
 	if err != nil {
 		return nil, "", err
 	}
@@ -35,8 +43,13 @@ func StartVirtiofsd(ctx context.Context, runDir string, share Share) (*Watched, 
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	w, err := StartWatched("virtiofsd-"+share.Tag, cmd)
 	if err != nil {
+		capped.Close()
 		return nil, "", err
 	}
+	go func() {
+		<-w.Done()
+		capped.Close()
+	}()
 	for {
 		// The socket file appears at bind(), before listen(): a VMM that
 		// connects in between is refused.
@@ -46,7 +59,7 @@ func StartVirtiofsd(ctx context.Context, runDir string, share Share) (*Watched, 
 		select {
 		case <-w.Done():
 			_ = os.Remove(sock)
-			return nil, "", fmt.Errorf("virtiofsd for %s exited: %v (see %s)", share.Tag, w.Err(), logFile.Name())
+			return nil, "", fmt.Errorf("virtiofsd for %s exited: %v (see %s)", share.Tag, w.Err(), logPath)
 		case <-ctx.Done():
 			_ = w.Terminate(time.Second)
 			_ = os.Remove(sock)

@@ -143,7 +143,7 @@ func (d *Driver) launch(spec *vm.Spec) (*VMM, []vm.Step, error) {
 	}}}
 	for _, sh := range spec.Shares {
 		steps = append(steps, vm.Step{Name: "virtiofsd " + sh.Tag, Run: func(ctx context.Context) (func() error, error) {
-			w, sock, err := vm.StartVirtiofsd(ctx, spec.RunDir, sh)
+			w, sock, err := vm.StartVirtiofsd(ctx, spec.RunDir, sh, v.log)
 			if err != nil {
 				return nil, err
 			}
@@ -279,6 +279,7 @@ func (d *Driver) adopt(ctx context.Context, st *vm.State) (*VMM, error) {
 		}
 		v.helpers = append(v.helpers, w)
 		v.cleanup.Push(h.Name, func() error { return w.Terminate(time.Second) })
+		vm.AdoptHelperLog(filepath.Join(runDir, h.Name+".log"), w.Done(), v.log)
 	}
 	proc, err := vm.AdoptWatched(vm.Process{Name: "cloud-hypervisor", Pid: st.Pid, StartTime: st.StartTime})
 	if err != nil {

@@ -115,7 +115,7 @@ func (d *Driver) Create(ctx context.Context, spec *vm.Spec) (vm.VMM, error) {
 				return errors.Join(errs...)
 			}
 			for _, sh := range spec.Shares {
-				w, sock, err := vm.StartVirtiofsd(ctx, spec.RunDir, sh)
+				w, sock, err := vm.StartVirtiofsd(ctx, spec.RunDir, sh, log)
 				if err != nil {
 					return undo, err
 				}
@@ -257,6 +257,7 @@ func (d *Driver) Adopt(ctx context.Context, st *vm.State) (vm.VMM, error) {
 		}
 		v.helpers = append(v.helpers, w)
 		v.cleanup.Push(h.Name, func() error { return w.Terminate(2 * time.Second) })
+		vm.AdoptHelperLog(filepath.Join(st.RunDir, h.Name+".log"), w.Done(), v.log)
 	}
 	v.cleanup.Push("qemu", func() error { return proc.Terminate(time.Second) })
 	q, err := v.connectQMP(ctx)
