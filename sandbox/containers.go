@@ -158,7 +158,9 @@ func (m *Manager) createContainer(ctx context.Context, podID string, cfg *runtim
 				return nil, fmt.Errorf("agent CreateContainer: %w", err)
 			}
 			return func() error {
-				_, err := rt.agent.RemoveContainer(context.Background(), &agentapi.RemoveContainerRequest{ContainerId: id, Force: true})
+				ctx, cancel := rt.shortCall(context.Background())
+				defer cancel()
+				_, err := rt.agent.RemoveContainer(ctx, &agentapi.RemoveContainerRequest{ContainerId: id, Force: true})
 				return err
 			}, nil
 		}},
@@ -168,7 +170,7 @@ func (m *Manager) createContainer(ctx context.Context, podID string, cfg *runtim
 				streams = append(streams, agentapi.ReadOutputRequest_STDERR)
 			}
 			for _, s := range streams {
-				if err := out.copyStream(context.Background(), rt.agent, id, s, log); err != nil {
+				if err := out.copyStream(rt.context(), rt.agent, id, s, log); err != nil {
 					return nil, err
 				}
 			}

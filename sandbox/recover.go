@@ -116,7 +116,7 @@ func (m *Manager) recoverPod(ctx context.Context, p Pod) (err error) {
 			streams = append(streams, agentapi.ReadOutputRequest_STDERR)
 		}
 		for _, s := range streams {
-			if err := o.copyStream(context.Background(), rt.agent, c.ID, s, log.WithField("container", c.ID)); err != nil {
+			if err := o.copyStream(rt.context(), rt.agent, c.ID, s, log.WithField("container", c.ID)); err != nil {
 				return fmt.Errorf("container %s output: %w", c.ID, err)
 			}
 		}
