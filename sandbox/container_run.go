@@ -12,11 +12,11 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
 	agentapi "github.com/cocoon-runtime/cocoon/api/agent"
 	"github.com/cocoon-runtime/cocoon/errdefs"
 	"github.com/cocoon-runtime/cocoon/sandbox/ocispec"
+	"github.com/cocoon-runtime/cocoon/vm"
 )
 
 // StartContainer runs a created container and watches it until it exits.
@@ -224,7 +224,9 @@ func (m *Manager) ExecSync(ctx context.Context, id string, cmd []string, timeout
 	stderr := newCappedBuffer(maxExecSyncOutput, func() { log.Warnf("exec stderr over %d bytes: the rest is discarded", maxExecSyncOutput) })
 	code, err := m.streamProcess(wctx, rt, req, nil, stdout, stderr, nil)
 	if err != nil {
-		if timeout > 0 && ctx.Err() == nil && (wctx.Err() != nil || status.Code(err) == codes.DeadlineExceeded) {
+		// The agent may report the deadline a hair before the local timer
+		// fires: its DeadlineExceeded is translated here, deliberately.
+		if timeout > 0 && ctx.Err() == nil && (wctx.Err() != nil || vm.GuestCode(err) == codes.DeadlineExceeded) {
 			return nil, fmt.Errorf("exec in %s: %w after %v", c.ID, context.DeadlineExceeded, timeout)
 		}
 		return nil, err
