@@ -10,6 +10,7 @@ import (
 	"time"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"go.podman.io/storage"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
 
@@ -182,8 +183,13 @@ func (m *Manager) RemoveContainer(ctx context.Context, id string) error {
 	return nil
 }
 
+// isUnknownContainer tells a storage call on a container that storage no
+// longer has (removed by an earlier, interrupted removal) from a real
+// failure, by containers/storage's sentinels rather than their messages: for
+// an unknown ID, Unmount answers ErrLayerUnknown (the ID is looked up as a
+// layer once it is not a container's) and DeleteContainer ErrNotAContainer.
 func isUnknownContainer(err error) bool {
-	return err != nil && strings.Contains(err.Error(), "container not known")
+	return errors.Is(err, storage.ErrContainerUnknown) || errors.Is(err, storage.ErrNotAContainer) || errors.Is(err, storage.ErrLayerUnknown)
 }
 
 // ExecResult is what ExecSync returns.
