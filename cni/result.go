@@ -8,8 +8,6 @@ import (
 
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
-
-	agentapi "github.com/cocoon-runtime/cocoon/api/agent"
 )
 
 // GuestNIC is the name the pod's NIC gets in the guest, as it has in a
@@ -112,55 +110,48 @@ func addrOf(ip net.IP) (netip.Addr, bool) {
 	return a.Unmap(), ok && a.IsValid()
 }
 
-// GuestNetwork is what the agent applies so the guest NIC is the pod's
-// interface: the veth's MAC, MTU and addresses, and the pod's routes.
+// GuestNetwork is what the guest NIC must look like to be the pod's
+// interface: the veth's MAC, MTU and addresses, and the pod's routes in the
+// order the guest adds them. It is cni's own description; sandbox/ turns it
+// into the agent's wire types.
 type GuestNetwork struct {
-	Interface *agentapi.Interface
-	Routes    *agentapi.Routes
+	Name      string // GuestNIC
+	MAC       net.HardwareAddr
+	MTU       int
+	Addresses []netip.Prefix
+	Routes    []Route // on GuestNIC; a route without GW is on the link
 }
 
-// Guest describes the pod's NIC for the agent (UpdateInterface by MAC, then
-// UpdateRoutes). No neighbours are needed: ARP goes through the tc redirect
-// to the real gateway, which answers for itself.
+// Guest describes the pod's NIC for the guest. No neighbours are needed: ARP
+// goes through the tc redirect to the real gateway, which answers for itself.
 func (r *Result) Guest() GuestNetwork {
-	iface := &agentapi.Interface{HwAddr: r.MAC.String(), Name: GuestNIC, Mtu: uint32(max(r.MTU, 0))}
-	for _, p := range r.IPs {
-		iface.Addresses = append(iface.Addresses, &agentapi.IPAddress{Address: p.String()})
-	}
+	g := GuestNetwork{Name: GuestNIC, MAC: r.MAC, MTU: max(r.MTU, 0), Addresses: append([]netip.Prefix(nil), r.IPs...)}
 
 	// Routes on the link come first: the kernel only accepts a gateway it
 	// can already reach without one. A gateway outside every subnet of the
 	// pod's addresses (a /32 pod IP, ptp's 169.254.1.1 style) gets a link
 	// route of its own, as the plugin added in the netns.
-	var link, via []*agentapi.Route
-	seen := map[string]bool{}
-	add := func(list *[]*agentapi.Route, rt *agentapi.Route) {
-		key := rt.Destination + " " + rt.Gateway
-		if !seen[key] {
-			seen[key] = true
+	var link, via []Route
+	seen := map[Route]bool{}
+	add := func(list *[]Route, rt Route) {
+		if !seen[rt] {
+			seen[rt] = true
 			*list = append(*list, rt)
 		}
 	}
 	for _, rt := range r.Routes {
 		if !rt.GW.IsValid() {
-			add(&link, &agentapi.Route{Destination: rt.Dst.String(), Device: GuestNIC, Scope: scopeLink})
+			add(&link, Route{Dst: rt.Dst})
 			continue
 		}
 		if !r.onLink(rt.GW) {
-			host := netip.PrefixFrom(rt.GW, rt.GW.BitLen())
-			add(&link, &agentapi.Route{Destination: host.String(), Device: GuestNIC, Scope: scopeLink})
+			add(&link, Route{Dst: netip.PrefixFrom(rt.GW, rt.GW.BitLen())})
 		}
-		dst := rt.Dst.String()
-		if rt.Dst.Bits() == 0 {
-			dst = "default"
-		}
-		add(&via, &agentapi.Route{Destination: dst, Gateway: rt.GW.String(), Device: GuestNIC})
+		add(&via, rt)
 	}
-	return GuestNetwork{Interface: iface, Routes: &agentapi.Routes{Routes: append(link, via...)}}
+	g.Routes = append(link, via...)
+	return g
 }
-
-// scopeLink is RT_SCOPE_LINK as the agent's Route.scope carries it.
-const scopeLink = 253
 
 // onLink reports whether gw is inside the subnet of one of the addresses,
 // so the kernel's own subnet route already reaches it.

@@ -7,7 +7,6 @@ import (
 	"strings"
 	"testing"
 
-	agentapi "github.com/cocoon-runtime/cocoon/api/agent"
 	"github.com/containernetworking/cni/pkg/types/create"
 )
 
@@ -110,16 +109,16 @@ func TestGuestNetwork(t *testing.T) {
 		{name: "gateway in the subnet: the kernel's subnet route reaches it",
 			res:    Result{MAC: mac, MTU: 1450, IPs: []netip.Prefix{pfx("10.199.0.5/24")}, Routes: []Route{{Dst: pfx("0.0.0.0/0"), GW: addr("10.199.0.1")}}},
 			iface:  "02:00:00:00:00:05 eth0 mtu 1450 10.199.0.5/24",
-			routes: []string{"default via 10.199.0.1 dev eth0"}},
+			routes: []string{"0.0.0.0/0 via 10.199.0.1"}},
 		{name: "off-subnet gateway gets a link route first",
 			res: Result{MAC: mac, MTU: 1500, IPs: []netip.Prefix{pfx("10.5.5.5/32")}, Routes: []Route{
 				{Dst: pfx("0.0.0.0/0"), GW: addr("169.254.1.1")}, {Dst: pfx("10.6.0.0/16"), GW: addr("169.254.1.1")},
 			}},
 			iface: "02:00:00:00:00:05 eth0 mtu 1500 10.5.5.5/32",
 			routes: []string{
-				"169.254.1.1/32 dev eth0 scope 253",
-				"default via 169.254.1.1 dev eth0",
-				"10.6.0.0/16 via 169.254.1.1 dev eth0",
+				"169.254.1.1/32",
+				"0.0.0.0/0 via 169.254.1.1",
+				"10.6.0.0/16 via 169.254.1.1",
 			}},
 		{name: "link routes before gateway routes, dual stack",
 			res: Result{MAC: mac, MTU: 1500, IPs: []netip.Prefix{pfx("10.1.0.5/16"), pfx("fd00::5/64")}, Routes: []Route{
@@ -127,8 +126,8 @@ func TestGuestNetwork(t *testing.T) {
 			}},
 			iface: "02:00:00:00:00:05 eth0 mtu 1500 10.1.0.5/16 fd00::5/64",
 			routes: []string{
-				"10.9.0.0/16 dev eth0 scope 253",
-				"default via fd00::1 dev eth0",
+				"10.9.0.0/16",
+				"::/0 via fd00::1",
 			}},
 		{name: "no routes", res: Result{MAC: mac, MTU: 9000, IPs: []netip.Prefix{pfx("10.1.0.5/16")}},
 			iface: "02:00:00:00:00:05 eth0 mtu 9000 10.1.0.5/16"},
@@ -136,11 +135,11 @@ func TestGuestNetwork(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			g := tt.res.Guest()
-			if got := ifaceString(g.Interface); got != tt.iface {
+			if got := ifaceString(g); got != tt.iface {
 				t.Fatalf("interface\n got %s\nwant %s", got, tt.iface)
 			}
 			var got []string
-			for _, r := range g.Routes.Routes {
+			for _, r := range g.Routes {
 				got = append(got, routeString(r))
 			}
 			if len(got) != len(tt.routes) {
@@ -155,22 +154,18 @@ func TestGuestNetwork(t *testing.T) {
 	}
 }
 
-func ifaceString(i *agentapi.Interface) string {
-	s := fmt.Sprintf("%s %s mtu %d", i.HwAddr, i.Name, i.Mtu)
-	for _, a := range i.Addresses {
-		s += " " + a.Address
+func ifaceString(g GuestNetwork) string {
+	s := fmt.Sprintf("%s %s mtu %d", g.MAC, g.Name, g.MTU)
+	for _, a := range g.Addresses {
+		s += " " + a.String()
 	}
 	return s
 }
 
-func routeString(r *agentapi.Route) string {
-	s := r.Destination
-	if r.Gateway != "" {
-		s += " via " + r.Gateway
-	}
-	s += " dev " + r.Device
-	if r.Scope != 0 {
-		s += fmt.Sprintf(" scope %d", r.Scope)
+func routeString(r Route) string {
+	s := r.Dst.String()
+	if r.GW.IsValid() {
+		s += " via " + r.GW.String()
 	}
 	return s
 }

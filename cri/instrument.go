@@ -2,12 +2,12 @@ package cri
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"path"
 	"runtime/debug"
 	"time"
 
+	"github.com/containerd/errdefs/pkg/errgrpc"
 	"github.com/sirupsen/logrus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -86,37 +86,20 @@ func (s *Server) finish(method string, fields logrus.Fields, start time.Time, er
 	return err
 }
 
-// toStatus maps an internal error to a gRPC status error, keeping its message.
+// toStatus maps an internal error to a gRPC status error, keeping its
+// message. Only our sentinels (errdefs, which are containerd's) and context
+// errors choose a code, through containerd's errgrpc mapping; an error that
+// already carries a gRPC status anywhere in its chain came from elsewhere (a
+// guest, a library) and must not choose ours, so it is Unknown. (status.FromError
+// unwraps, and errgrpc.ToGRPC passes any status through: both would let it.)
 func toStatus(err error) error {
 	if err == nil {
 		return nil
 	}
-	if _, ok := status.FromError(err); ok {
-		return err
+	if _, foreign := status.FromError(err); foreign {
+		return status.Error(codes.Unknown, err.Error())
 	}
-	return status.Error(codeOf(err), err.Error())
-}
-
-func codeOf(err error) codes.Code {
-	switch {
-	case errors.Is(err, context.DeadlineExceeded):
-		return codes.DeadlineExceeded
-	case errors.Is(err, context.Canceled):
-		return codes.Canceled
-	case errors.Is(err, errdefs.ErrNotFound):
-		return codes.NotFound
-	case errors.Is(err, errdefs.ErrInvalidArgument):
-		return codes.InvalidArgument
-	case errors.Is(err, errdefs.ErrAlreadyExists):
-		return codes.AlreadyExists
-	case errors.Is(err, errdefs.ErrFailedPrecondition):
-		return codes.FailedPrecondition
-	case errors.Is(err, errdefs.ErrUnavailable):
-		return codes.Unavailable
-	case errors.Is(err, errdefs.ErrUnauthenticated):
-		return codes.Unauthenticated
-	}
-	return codes.Unknown
+	return errgrpc.ToGRPC(err)
 }
 
 // requestFields pulls the identifiers operators grep for out of a request.

@@ -2,11 +2,14 @@ package cri
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"testing"
 
 	"github.com/sirupsen/logrus"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/cocoon-runtime/cocoon/errdefs"
@@ -64,5 +67,43 @@ func TestInstrumentRecordsRequests(t *testing.T) {
 	}
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Fatalf("recorded %v, want %v", got, want)
+	}
+}
+
+// TestToStatusMapsOnlyOurErrors: our sentinels and context errors choose the
+// code kubelet sees; a gRPC status that reached the CRI boundary, wrapped or
+// not, came from elsewhere (a guest agent, a library) and is Unknown.
+func TestToStatusMapsOnlyOurErrors(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		err  error
+		want codes.Code
+	}{
+		{"not found", fmt.Errorf("pod p: %w", errdefs.ErrNotFound), codes.NotFound},
+		{"invalid argument", invalid("bad %s", "id"), codes.InvalidArgument},
+		{"already exists", fmt.Errorf("name x: %w", errdefs.ErrAlreadyExists), codes.AlreadyExists},
+		{"failed precondition", fmt.Errorf("%w: pod is stopped", errdefs.ErrFailedPrecondition), codes.FailedPrecondition},
+		{"unavailable", fmt.Errorf("%w: agent busy", errdefs.ErrUnavailable), codes.Unavailable},
+		{"unauthenticated", fmt.Errorf("%w: token", errdefs.ErrUnauthenticated), codes.Unauthenticated},
+		{"not implemented", fmt.Errorf("%w: checkpoint", errdefs.ErrNotImplemented), codes.Unimplemented},
+		{"deadline", fmt.Errorf("boot: %w", context.DeadlineExceeded), codes.DeadlineExceeded},
+		{"canceled", fmt.Errorf("pull: %w", context.Canceled), codes.Canceled},
+		{"plain error", errors.New("disk on fire"), codes.Unknown},
+		{"guest NotFound wrapped", fmt.Errorf("agent StartContainer: %w", status.Error(codes.NotFound, "no such container")), codes.Unknown},
+		{"guest InvalidArgument wrapped", fmt.Errorf("agent CreateContainer: %w", status.Error(codes.InvalidArgument, "bad spec")), codes.Unknown},
+		{"bare status", status.Error(codes.PermissionDenied, "denied"), codes.Unknown},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			err := toStatus(tt.err)
+			if got := status.Code(err); got != tt.want {
+				t.Fatalf("toStatus(%v) has code %s, want %s", tt.err, got, tt.want)
+			}
+			if st, _ := status.FromError(err); st.Message() != tt.err.Error() {
+				t.Fatalf("message %q, want the error's own %q", st.Message(), tt.err.Error())
+			}
+		})
+	}
+	if toStatus(nil) != nil {
+		t.Fatal("toStatus(nil) is not nil")
 	}
 }

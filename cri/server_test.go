@@ -221,7 +221,9 @@ func TestInstrumentMapsErrors(t *testing.T) {
 		{fmt.Errorf("x: %w", errdefs.ErrUnauthenticated), codes.Unauthenticated},
 		{fmt.Errorf("pull: %w", context.DeadlineExceeded), codes.DeadlineExceeded},
 		{context.Canceled, codes.Canceled},
-		{status.Error(codes.Aborted, "kept"), codes.Aborted},
+		{fmt.Errorf("x: %w", errdefs.ErrNotImplemented), codes.Unimplemented},
+		// A status someone else chose (a guest agent's) does not choose ours.
+		{status.Error(codes.Aborted, "foreign"), codes.Unknown},
 		{errors.New("boom"), codes.Unknown},
 	} {
 		_, err := s.Instrument(context.Background(), &runtimeapi.PullImageRequest{}, info, func(context.Context, any) (any, error) {

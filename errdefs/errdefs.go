@@ -1,14 +1,19 @@
 // Package errdefs holds the sentinel errors internal packages wrap with %w.
-// Only cri/instrument.go turns them into gRPC codes, so the mapping lives in one place.
+// They are containerd's (github.com/containerd/errdefs), so errors from
+// libraries that speak containerd's classes (and errgrpc's mapping) agree
+// with ours; the names here keep the ~50 importers unchanged. Only
+// cri/instrument.go turns them into gRPC codes, so the mapping lives in one
+// place.
 package errdefs
 
-import "errors"
+import cerrdefs "github.com/containerd/errdefs"
 
 var (
-	ErrNotFound           = errors.New("not found")
-	ErrInvalidArgument    = errors.New("invalid argument")
-	ErrAlreadyExists      = errors.New("already exists")
-	ErrFailedPrecondition = errors.New("failed precondition")
-	ErrUnavailable        = errors.New("unavailable")
-	ErrUnauthenticated    = errors.New("unauthenticated")
+	ErrNotFound           = cerrdefs.ErrNotFound
+	ErrInvalidArgument    = cerrdefs.ErrInvalidArgument
+	ErrAlreadyExists      = cerrdefs.ErrAlreadyExists
+	ErrFailedPrecondition = cerrdefs.ErrFailedPrecondition
+	ErrUnavailable        = cerrdefs.ErrUnavailable
+	ErrUnauthenticated    = cerrdefs.ErrUnauthenticated
+	ErrNotImplemented     = cerrdefs.ErrNotImplemented
 )

@@ -123,7 +123,7 @@ func TestAgentErrorsThroughTheInterceptor(t *testing.T) {
 	}
 	h := agentapi.NewHealthClient(client)
 	ctx := context.Background()
-	if _, err := h.Version(ctx, &agentapi.CheckRequest{}); status.Code(err) != codes.FailedPrecondition {
+	if _, err := h.Version(ctx, &agentapi.CheckRequest{}); vm.GuestCode(err) != codes.FailedPrecondition {
 		t.Fatalf("Version: %v", err)
 	}
 	if _, err := h.Version(ctx, &agentapi.CheckRequest{}); err == nil {

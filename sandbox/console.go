@@ -10,10 +10,10 @@ import (
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
 	agentapi "github.com/cocoon-runtime/cocoon/api/agent"
 	"github.com/cocoon-runtime/cocoon/errdefs"
+	"github.com/cocoon-runtime/cocoon/vm"
 )
 
 // ShellOptions shape the debug console's shell.
@@ -88,12 +88,18 @@ func (m *Manager) DebugConsole(ctx context.Context, podID string, opts ShellOpti
 	}
 	req := &agentapi.ExecProcessRequest{ExecId: "console-" + newID()[:12], Process: proc, Tty: opts.TTY, Stdin: stdin != nil, GuestRoot: true}
 	if _, err := rt.agent.ExecProcess(ctx, req); err != nil {
-		switch status.Code(err) {
-		case codes.NotFound:
-			// An agent from before guest_root looks for container "".
-			return 0, fmt.Errorf("%w: the agent of pod %s cannot run a debug console: rebuild the guest (cocoon guest build) and recreate the pod", errdefs.ErrFailedPrecondition, p.ID)
-		case codes.FailedPrecondition:
-			return 0, fmt.Errorf("%w: pod %s: %s", errdefs.ErrFailedPrecondition, p.ID, status.Convert(err).Message())
+		// The two guest answers that mean something to the operator are
+		// translated; any other stays a plain error (the guest's code is
+		// not ours to answer with).
+		var guest *vm.GuestError
+		if errors.As(err, &guest) {
+			switch guest.Code {
+			case codes.NotFound:
+				// An agent from before guest_root looks for container "".
+				return 0, fmt.Errorf("%w: the agent of pod %s cannot run a debug console: rebuild the guest (cocoon guest build) and recreate the pod", errdefs.ErrFailedPrecondition, p.ID)
+			case codes.FailedPrecondition:
+				return 0, fmt.Errorf("%w: pod %s: %s", errdefs.ErrFailedPrecondition, p.ID, guest.Message)
+			}
 		}
 		return 0, fmt.Errorf("agent ExecProcess: %w", err)
 	}

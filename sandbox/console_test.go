@@ -21,6 +21,7 @@ import (
 
 	agentapi "github.com/cocoon-runtime/cocoon/api/agent"
 	"github.com/cocoon-runtime/cocoon/errdefs"
+	"github.com/cocoon-runtime/cocoon/vm"
 )
 
 // addPod stores a pod record as RunPod would.
@@ -277,10 +278,11 @@ func TestDebugConsoleRefuses(t *testing.T) {
 	addPod(t, m, pad("f3"), "oldguest", "default", StateReady)
 	addPod(t, m, pad("f4"), "noshell", "default", StateReady)
 	old := newFakeShellAgent()
-	old.execErr = status.Error(codes.NotFound, `container "" not found`)
+	// What the pod's agent client (vm.GuestErrors) makes of the agent's answers.
+	old.execErr = &vm.GuestError{Code: codes.NotFound, Message: `container "" not found`}
 	m.live[pad("f3")] = &podRuntime{agent: old}
 	noShell := newFakeShellAgent()
-	noShell.execErr = status.Error(codes.FailedPrecondition, "/bin/sh: no such file: the guest has no such program")
+	noShell.execErr = &vm.GuestError{Code: codes.FailedPrecondition, Message: "/bin/sh: no such file: the guest has no such program"}
 	m.live[pad("f4")] = &podRuntime{agent: noShell}
 	for _, tt := range []struct {
 		id, want string

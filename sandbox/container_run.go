@@ -9,13 +9,14 @@ import (
 	"time"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"go.podman.io/storage"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
 	agentapi "github.com/cocoon-runtime/cocoon/api/agent"
 	"github.com/cocoon-runtime/cocoon/errdefs"
 	"github.com/cocoon-runtime/cocoon/sandbox/ocispec"
+	"github.com/cocoon-runtime/cocoon/vm"
 )
 
 // startContainer runs a created container and watches it until it exits.
@@ -156,8 +157,13 @@ func (m *Manager) removeContainer(ctx context.Context, id string) error {
 	return nil
 }
 
+// isUnknownContainer tells a storage call on a container that storage no
+// longer has (removed by an earlier, interrupted removal) from a real
+// failure, by containers/storage's sentinels rather than their messages: for
+// an unknown ID, Unmount answers ErrLayerUnknown (the ID is looked up as a
+// layer once it is not a container's) and DeleteContainer ErrNotAContainer.
 func isUnknownContainer(err error) bool {
-	return err != nil && strings.Contains(err.Error(), "container not known")
+	return errors.Is(err, storage.ErrContainerUnknown) || errors.Is(err, storage.ErrNotAContainer) || errors.Is(err, storage.ErrLayerUnknown)
 }
 
 // ExecResult is what ExecSync returns.
@@ -198,7 +204,9 @@ func (m *Manager) ExecSync(ctx context.Context, id string, cmd []string, timeout
 	stderr := newCappedBuffer(maxExecSyncOutput, func() { log.Warnf("exec stderr over %d bytes: the rest is discarded", maxExecSyncOutput) })
 	code, err := m.streamProcess(wctx, rt, req, nil, stdout, stderr, nil)
 	if err != nil {
-		if timeout > 0 && ctx.Err() == nil && (wctx.Err() != nil || status.Code(err) == codes.DeadlineExceeded) {
+		// The agent may report the deadline a hair before the local timer
+		// fires: its DeadlineExceeded is translated here, deliberately.
+		if timeout > 0 && ctx.Err() == nil && (wctx.Err() != nil || vm.GuestCode(err) == codes.DeadlineExceeded) {
 			return nil, fmt.Errorf("exec in %s: %w after %v", c.ID, context.DeadlineExceeded, timeout)
 		}
 		return nil, err

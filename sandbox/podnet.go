@@ -46,10 +46,10 @@ func (n *CNINetwork) Attach(ctx context.Context, req PodNetworkRequest) (_ *PodN
 	if err != nil {
 		return nil, fmt.Errorf("tap: %w", err)
 	}
-	guest := res.Guest()
+	iface, routes := AgentNetwork(res.Guest())
 	out := &PodNetwork{
 		NetnsPath: ns.Path(), Tap: tap.File, MAC: tap.MAC, MTU: tap.MTU,
-		Interface: guest.Interface, Routes: guest.Routes,
+		Interface: iface, Routes: routes,
 	}
 	for _, ip := range res.IPs {
 		out.IPs = append(out.IPs, ip.String())

@@ -172,10 +172,7 @@ func (m *Manager) reclaimContainer(ctx context.Context, c Container) error {
 // removeStorageContainer unmounts and deletes a storage container; one that
 // does not exist (or whose layer is gone) is removed already.
 func removeStorageContainer(store storage.Store, id string) error {
-	gone := func(err error) bool {
-		return errors.Is(err, storage.ErrContainerUnknown) || errors.Is(err, storage.ErrLayerUnknown) ||
-			errors.Is(err, storage.ErrNotAContainer) || isUnknownContainer(err)
-	}
+	gone := isUnknownContainer
 	if _, err := store.Container(id); gone(err) {
 		return nil
 	}

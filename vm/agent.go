@@ -2,6 +2,7 @@ package vm
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"path"
@@ -23,14 +24,17 @@ type Dialer func(ctx context.Context) (net.Conn, error)
 // we write until the guest opens its port, so the first check waits long
 // (short ones would be answered late, after their caller gave up); later
 // checks are short in case the first was lost. opts configure the client
-// (ObserveAgentCalls, for one); a TokenConn's token is added to them. An
-// agent refusing the token is an error at once: waiting cannot fix it.
+// (ObserveAgentCalls, for one); a TokenConn's token is added to them, and
+// the agent's error answers become GuestErrors (innermost, so every other
+// interceptor sees them as the caller will). An agent refusing the token is
+// an error at once: waiting cannot fix it.
 func WaitAgent(ctx context.Context, dial Dialer, opts ...ttrpc.ClientOpts) (*ttrpc.Client, error) {
 	conn, err := dialRetry(ctx, dial)
 	if err != nil {
 		return nil, err
 	}
-	client := ttrpc.NewClient(conn, append(opts, AgentClientOpts(conn)...)...)
+	opts = append(append(opts, AgentClientOpts(conn)...), GuestErrors())
+	client := ttrpc.NewClient(conn, opts...)
 	health := agentapi.NewHealthClient(client)
 	attempt := 10 * time.Second
 	for {
@@ -40,7 +44,7 @@ func WaitAgent(ctx context.Context, dial Dialer, opts ...ttrpc.ClientOpts) (*ttr
 		if err == nil && resp.GetStatus() == agentapi.CheckResponse_SERVING {
 			return client, nil
 		}
-		if status.Code(err) == codes.Unauthenticated {
+		if GuestCode(err) == codes.Unauthenticated {
 			client.Close()
 			return nil, fmt.Errorf("agent refused cocoond's token: %w: %w", errdefs.ErrUnauthenticated, err)
 		}
@@ -89,5 +93,50 @@ func ObserveAgentCalls(o AgentCallObserver) ttrpc.ClientOpts {
 		}
 		o.ObserveAgentCall(ctx, path.Base(info.FullMethod), reported)
 		return err
+	})
+}
+
+// GuestError is an error status the agent answered a unary call with. The
+// guest is untrusted, so its code must not choose the code cocoond answers
+// kubelet with: GuestError deliberately has no GRPCStatus method (status.Code
+// and status.FromError see Unknown) and wraps no errdefs sentinel. Callers
+// that give a guest code a meaning of their own ask GuestCode and wrap a
+// sentinel themselves.
+type GuestError struct {
+	Code    codes.Code
+	Message string
+}
+
+func (e *GuestError) Error() string {
+	return fmt.Sprintf("guest said %s: %s", e.Code, e.Message)
+}
+
+// GuestCode is the code the agent answered err with: codes.OK for nil and
+// codes.Unknown for an error that is not the agent's answer (a transport or
+// context error, say).
+func GuestCode(err error) codes.Code {
+	if err == nil {
+		return codes.OK
+	}
+	var g *GuestError
+	if errors.As(err, &g) {
+		return g.Code
+	}
+	return codes.Unknown
+}
+
+// GuestErrors is the client option that turns an agent's error status into
+// a *GuestError, keeping its code and message. ttrpc decodes the status into
+// a gRPC status error only after the interceptors return, so the interceptor
+// answers with the GuestError instead and Call returns it as is.
+func GuestErrors() ttrpc.ClientOpts {
+	return ttrpc.WithChainUnaryClientInterceptor(func(ctx context.Context, req *ttrpc.Request, resp *ttrpc.Response, _ *ttrpc.UnaryClientInfo, invoke ttrpc.Invoker) error {
+		if err := invoke(ctx, req, resp); err != nil {
+			return err
+		}
+		if st := resp.Status; st != nil && codes.Code(st.Code) != codes.OK {
+			return &GuestError{Code: codes.Code(st.Code), Message: st.Message}
+		}
+		return nil
 	})
 }

@@ -10,7 +10,6 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"github.com/sirupsen/logrus"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
 	agentapi "github.com/cocoon-runtime/cocoon/api/agent"
 	"github.com/cocoon-runtime/cocoon/vm"
@@ -51,7 +50,7 @@ func TestAgentRefusesGuestRootWithoutDebugConsole(t *testing.T) {
 	defer client.Close()
 	proc, _ := json.Marshal(&specs.Process{Args: []string{"/bin/sh", "-c", "echo pwned"}, Cwd: "/"})
 	_, err = agentapi.NewAgentClient(client).ExecProcess(ctx, &agentapi.ExecProcessRequest{ExecId: "root-shell", GuestRoot: true, Process: proc})
-	if status.Code(err) != codes.PermissionDenied {
+	if vm.GuestCode(err) != codes.PermissionDenied {
 		t.Fatalf("guest-root exec in a VM booted without the debug console: %v, want PermissionDenied", err)
 	}
 }

@@ -24,6 +24,7 @@ import (
 	agentapi "github.com/cocoon-runtime/cocoon/api/agent"
 	"github.com/cocoon-runtime/cocoon/cni"
 	"github.com/cocoon-runtime/cocoon/cni/cnitest"
+	"github.com/cocoon-runtime/cocoon/sandbox"
 	"github.com/cocoon-runtime/cocoon/vm"
 	"github.com/cocoon-runtime/cocoon/vm/guest"
 	"github.com/cocoon-runtime/cocoon/vm/qemu"
@@ -164,13 +165,13 @@ func (e *netEnv) startPod(t *testing.T, name string, ports []cni.PortMapping) *n
 	_, err = p.agent.CreateSandbox(ctx, &agentapi.CreateSandboxRequest{SandboxId: p.id, Hostname: name,
 		Shares: []*agentapi.Share{{Kind: agentapi.Share_VIRTIOFS, Tag: shareTag, MountPoint: shareMount}}})
 	must("CreateSandbox", err)
-	g := p.res.Guest()
-	iface, err := p.agent.UpdateInterface(ctx, g.Interface)
+	wantIface, wantRoutes := sandbox.AgentNetwork(p.res.Guest())
+	iface, err := p.agent.UpdateInterface(ctx, wantIface)
 	must("UpdateInterface", err)
 	if len(iface.Addresses) == 0 || iface.Name != "eth0" || int(iface.Mtu) != p.res.MTU {
 		t.Fatalf("guest interface %+v", iface)
 	}
-	_, err = p.agent.UpdateRoutes(ctx, g.Routes)
+	_, err = p.agent.UpdateRoutes(ctx, wantRoutes)
 	must("UpdateRoutes", err)
 
 	// ping needs CAP_NET_RAW; execs inherit the container's capabilities.
