@@ -13,6 +13,7 @@ import (
 
 	"github.com/containerd/console"
 	"github.com/containerd/ttrpc"
+	"github.com/prometheus/procfs"
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
@@ -118,14 +119,15 @@ func (s *Server) GetGuestDetails(context.Context, *emptypb.Empty) (*agentapi.Gue
 
 // selfRSS reads VmRSS of the agent server process.
 func selfRSS() uint64 {
-	data, _ := os.ReadFile("/proc/self/status")
-	for _, line := range strings.Split(string(data), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			kb, _ := strconv.ParseUint(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
-			return kb * 1024
-		}
+	p, err := procfs.Self()
+	if err != nil {
+		return 0
 	}
-	return 0
+	st, err := p.NewStatus()
+	if err != nil {
+		return 0
+	}
+	return st.VmRSS
 }
 
 func (s *Server) CreateContainer(_ context.Context, req *agentapi.CreateContainerRequest) (*emptypb.Empty, error) {
@@ -230,7 +232,8 @@ func awaitHandler(p *process, sig unix.Signal, wait time.Duration) {
 	}
 }
 
-// catches reads whether pid has a handler for sig (SigCgt in /proc/<pid>/status).
+// catches reads whether pid has a handler for sig (SigCgt in /proc/<pid>/status;
+// procfs does not parse the signal masks).
 func catches(pid int, sig unix.Signal) bool {
 	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
 	if err != nil {

@@ -192,3 +192,11 @@ func TestCatchesReadsSigCgt(t *testing.T) {
 		t.Fatalf("SigCgt misread: sleep %v, trapping shell %v", catches(plain.Process.Pid, unix.SIGTERM), catches(trapping.Process.Pid, unix.SIGTERM))
 	}
 }
+
+// TestSelfRSS: GetGuestDetails reports the agent's own resident memory.
+func TestSelfRSS(t *testing.T) {
+	t.Parallel()
+	if rss := selfRSS(); rss < 1<<20 {
+		t.Fatalf("agent RSS %d bytes: /proc/self/status misread", rss)
+	}
+}

@@ -1,15 +1,11 @@
 package metrics
 
 import (
-	"bufio"
-	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
-	"strconv"
 	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/procfs"
 
 	"github.com/cocoon-runtime/cocoon/sandbox"
 	"github.com/cocoon-runtime/cocoon/vm"
@@ -39,60 +35,29 @@ type procUsage struct {
 }
 
 // readProcUsage reads /proc/<pid>/stat and /proc/<pid>/status under procDir.
+// A missing process is the os.ErrNotExist error; a zombie is an error too, as
+// it has no memory to report.
 func readProcUsage(procDir string, pid int) (procUsage, error) {
-	dir := filepath.Join(procDir, strconv.Itoa(pid))
-	stat, err := os.ReadFile(filepath.Join(dir, "stat"))
+	fs, err := procfs.NewFS(procDir)
 	if err != nil {
 		return procUsage{}, err
 	}
-	u, err := parseStat(string(stat))
+	p, err := fs.Proc(pid)
 	if err != nil {
 		return procUsage{}, err
 	}
-	status, err := os.ReadFile(filepath.Join(dir, "status"))
+	stat, err := p.Stat()
 	if err != nil {
 		return procUsage{}, err
 	}
-	u.rssBytes, err = parseStatusRSS(string(status))
-	return u, err
-}
-
-// parseStat takes start time and CPU time from a /proc/<pid>/stat line.
-func parseStat(stat string) (procUsage, error) {
-	fields, err := vm.StatFields(stat)
+	if stat.State == "Z" {
+		return procUsage{}, fmt.Errorf("pid %d is a zombie", pid)
+	}
+	status, err := p.NewStatus()
 	if err != nil {
 		return procUsage{}, err
 	}
-	var ticks [3]uint64
-	for i, idx := range []int{vm.StatUtime, vm.StatStime, vm.StatStartTime} {
-		if ticks[i], err = strconv.ParseUint(fields[idx], 10, 64); err != nil {
-			return procUsage{}, fmt.Errorf("stat field %d: %w", idx+3, err)
-		}
-	}
-	return procUsage{startTime: ticks[2], cpuTicks: ticks[0] + ticks[1]}, nil
-}
-
-// parseStatusRSS takes VmRSS from /proc/<pid>/status ("VmRSS:   1234 kB").
-// A zombie or kernel thread has no VmRSS: that is an error, as the process
-// has no memory to report.
-func parseStatusRSS(status string) (uint64, error) {
-	sc := bufio.NewScanner(strings.NewReader(status))
-	for sc.Scan() {
-		rest, ok := strings.CutPrefix(sc.Text(), "VmRSS:")
-		if !ok {
-			continue
-		}
-		fields := strings.Fields(rest)
-		if len(fields) != 2 || fields[1] != "kB" {
-			return 0, fmt.Errorf("malformed VmRSS line %q", sc.Text())
-		}
-		kb, err := strconv.ParseUint(fields[0], 10, 64)
-		if err != nil {
-			return 0, fmt.Errorf("VmRSS: %w", err)
-		}
-		return kb * 1024, nil
-	}
-	return 0, errors.New("no VmRSS")
+	return procUsage{startTime: stat.Starttime, cpuTicks: uint64(stat.UTime + stat.STime), rssBytes: status.VmRSS}, nil
 }
 
 // vmProcessCollector reports the RSS and CPU time of every ready pod's VM

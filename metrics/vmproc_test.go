@@ -31,55 +31,48 @@ func statLine(comm string, utime, stime, start uint64) string {
 
 const statusFixture = "Name:\tqemu-system-x86\nUmask:\t0022\nState:\tS (sleeping)\nVmPeak:\t 2162232 kB\nVmSize:\t 2096696 kB\nVmRSS:\t  301812 kB\nRssAnon:\t   90120 kB\nThreads:\t7\n"
 
-func TestParseStat(t *testing.T) {
+// TestReadProcUsage reads fake /proc entries the way procfs parses them.
+func TestReadProcUsage(t *testing.T) {
+	zombie := strings.Replace(statLine("qemu", 1, 2, 3), ") S ", ") Z ", 1)
 	tests := []struct {
 		name      string
 		stat      string
+		status    string
 		wantStart uint64
 		wantTicks uint64
+		wantRSS   uint64
 		wantErr   bool
 	}{
-		{name: "plain", stat: statLine("qemu-system-x86", 250, 50, 12345), wantStart: 12345, wantTicks: 300},
-		{name: "command with spaces and parentheses", stat: statLine("a) b (c", 1, 2, 7), wantStart: 7, wantTicks: 3},
-		{name: "no command name", stat: "4242 qemu S 1 2 3", wantErr: true},
-		{name: "truncated", stat: "4242 (qemu) S 1 2 3", wantErr: true},
-		{name: "non-numeric utime", stat: strings.Replace(statLine("q", 1, 2, 3), " 1 2 ", " x 2 ", 1), wantErr: true},
+		{name: "plain", stat: statLine("qemu-system-x86", 250, 50, 12345), status: statusFixture, wantStart: 12345, wantTicks: 300, wantRSS: 301812 * 1024},
+		{name: "command with spaces and parentheses", stat: statLine("a) b (c", 1, 2, 7), status: statusFixture, wantStart: 7, wantTicks: 3, wantRSS: 301812 * 1024},
+		{name: "no command name", stat: "4242 qemu S 1 2 3", status: statusFixture, wantErr: true},
+		{name: "truncated", stat: "4242 (qemu) S 1 2 3", status: statusFixture, wantErr: true},
+		{name: "non-numeric utime", stat: strings.Replace(statLine("q", 1, 2, 3), " 1 2 ", " x 2 ", 1), status: statusFixture, wantErr: true},
+		{name: "zombie has no memory", stat: zombie, status: "Name:\tqemu\nState:\tZ (zombie)\nThreads:\t1\n", wantErr: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			u, err := parseStat(tt.stat)
+			dir := filepath.Join(t.TempDir(), "4242")
+			if err := os.MkdirAll(dir, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			writeFile(t, filepath.Join(dir, "stat"), tt.stat)
+			writeFile(t, filepath.Join(dir, "status"), tt.status)
+			u, err := readProcUsage(filepath.Dir(dir), 4242)
 			if (err != nil) != tt.wantErr {
 				t.Fatalf("err = %v, want error %v", err, tt.wantErr)
 			}
-			if err == nil && (u.startTime != tt.wantStart || u.cpuTicks != tt.wantTicks) {
-				t.Fatalf("got start %d cpu ticks %d, want %d %d", u.startTime, u.cpuTicks, tt.wantStart, tt.wantTicks)
+			if err == nil && (u.startTime != tt.wantStart || u.cpuTicks != tt.wantTicks || u.rssBytes != tt.wantRSS) {
+				t.Fatalf("got %+v, want start %d cpu ticks %d rss %d", u, tt.wantStart, tt.wantTicks, tt.wantRSS)
 			}
 		})
 	}
 }
 
-func TestParseStatusRSS(t *testing.T) {
-	tests := []struct {
-		name    string
-		status  string
-		want    uint64
-		wantErr bool
-	}{
-		{name: "qemu", status: statusFixture, want: 301812 * 1024},
-		{name: "zombie has no VmRSS", status: "Name:\tqemu\nState:\tZ (zombie)\nThreads:\t1\n", wantErr: true},
-		{name: "unit missing", status: "VmRSS:\t12\n", wantErr: true},
-		{name: "not a number", status: "VmRSS:\tlots kB\n", wantErr: true},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			got, err := parseStatusRSS(tt.status)
-			if (err != nil) != tt.wantErr {
-				t.Fatalf("err = %v, want error %v", err, tt.wantErr)
-			}
-			if got != tt.want {
-				t.Fatalf("got %d, want %d", got, tt.want)
-			}
-		})
+func writeFile(t *testing.T, path, body string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
 	}
 }
 

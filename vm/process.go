@@ -10,59 +10,38 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/procfs"
 	"golang.org/x/sys/unix"
 )
 
 // StartTime reads a process's start time (clock ticks since boot) from
 // /proc/<pid>/stat; with the pid it names one process even across pid reuse.
 func StartTime(pid int) (uint64, error) {
-	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	st, err := procStat(pid)
 	if err != nil {
 		return 0, err
 	}
-	fields, err := StatFields(string(data))
-	if err != nil {
-		return 0, fmt.Errorf("/proc/%d/stat: %w", pid, err)
-	}
-	return strconv.ParseUint(fields[StatStartTime], 10, 64)
+	return st.Starttime, nil
 }
 
-// Indexes into StatFields: field N of proc(5)'s /proc/<pid>/stat is N-3.
-const (
-	StatState     = 0  // field 3
-	StatUtime     = 11 // field 14, clock ticks
-	StatStime     = 12 // field 15, clock ticks
-	StatStartTime = 19 // field 22, clock ticks since boot
-)
-
-// StatFields splits a /proc/<pid>/stat line into its fields from field 3
-// (state) on. The command name (field 2) may hold spaces and parentheses, so
-// the split starts after the last ')'.
-func StatFields(stat string) ([]string, error) {
-	i := strings.LastIndexByte(stat, ')')
-	if i < 0 {
-		return nil, errors.New("malformed stat: no command name")
+// procStat parses /proc/<pid>/stat.
+func procStat(pid int) (procfs.ProcStat, error) {
+	p, err := procfs.NewProc(pid)
+	if err != nil {
+		return procfs.ProcStat{}, err
 	}
-	fields := strings.Fields(stat[i+1:])
-	if len(fields) <= StatStartTime {
-		return nil, fmt.Errorf("short stat: %d fields", len(fields)+2)
+	st, err := p.Stat()
+	if err != nil {
+		return procfs.ProcStat{}, fmt.Errorf("/proc/%d/stat: %w", pid, err)
 	}
-	return fields, nil
+	return st, nil
 }
 
 // Alive reports whether p is still the process it was when recorded.
 func (p Process) Alive() bool {
-	st, err := StartTime(p.Pid)
-	if err != nil || st != p.StartTime {
-		return false
-	}
+	st, err := procStat(p.Pid)
 	// A zombie is dead for our purposes.
-	data, _ := os.ReadFile("/proc/" + strconv.Itoa(p.Pid) + "/stat")
-	s := string(data)
-	if i := strings.LastIndexByte(s, ')'); i >= 0 && len(s) > i+2 && s[i+2] == 'Z' {
-		return false
-	}
-	return true
+	return err == nil && st.Starttime == p.StartTime && st.State != "Z"
 }
 
 // Watched is a process whose exit we learn about: a child we started (reaped

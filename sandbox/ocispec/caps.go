@@ -3,56 +3,23 @@ package ocispec
 import (
 	"strings"
 
+	"github.com/moby/sys/capability"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
-// allCapabilities lists Linux capabilities by number (index = value), up to
-// CAP_CHECKPOINT_RESTORE, the last one as of Linux 6.x. Privileged
-// containers get all of them; results are ordered this way.
-var allCapabilities = []string{
-	"CAP_CHOWN",
-	"CAP_DAC_OVERRIDE",
-	"CAP_DAC_READ_SEARCH",
-	"CAP_FOWNER",
-	"CAP_FSETID",
-	"CAP_KILL",
-	"CAP_SETGID",
-	"CAP_SETUID",
-	"CAP_SETPCAP",
-	"CAP_LINUX_IMMUTABLE",
-	"CAP_NET_BIND_SERVICE",
-	"CAP_NET_BROADCAST",
-	"CAP_NET_ADMIN",
-	"CAP_NET_RAW",
-	"CAP_IPC_LOCK",
-	"CAP_IPC_OWNER",
-	"CAP_SYS_MODULE",
-	"CAP_SYS_RAWIO",
-	"CAP_SYS_CHROOT",
-	"CAP_SYS_PTRACE",
-	"CAP_SYS_PACCT",
-	"CAP_SYS_ADMIN",
-	"CAP_SYS_BOOT",
-	"CAP_SYS_NICE",
-	"CAP_SYS_RESOURCE",
-	"CAP_SYS_TIME",
-	"CAP_SYS_TTY_CONFIG",
-	"CAP_MKNOD",
-	"CAP_LEASE",
-	"CAP_AUDIT_WRITE",
-	"CAP_AUDIT_CONTROL",
-	"CAP_SETFCAP",
-	"CAP_MAC_OVERRIDE",
-	"CAP_MAC_ADMIN",
-	"CAP_SYSLOG",
-	"CAP_WAKE_ALARM",
-	"CAP_BLOCK_SUSPEND",
-	"CAP_AUDIT_READ",
-	"CAP_PERFMON",
-	"CAP_BPF",
-	"CAP_CHECKPOINT_RESTORE",
-}
+// allCapabilities lists the Linux capabilities moby/sys/capability knows,
+// by number (index = value). Privileged containers get all of them; results
+// are ordered this way. The list is the library's, not the host kernel's:
+// containers run on the guest kernel, which checks what it supports.
+var allCapabilities = func() []string {
+	known := capability.ListKnown()
+	out := make([]string, len(known))
+	for _, c := range known {
+		out[c] = "CAP_" + strings.ToUpper(c.String())
+	}
+	return out
+}()
 
 // DefaultCapabilities is containerd's (and Docker's) default set.
 var DefaultCapabilities = []string{

@@ -1,11 +1,9 @@
 package ocispec
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"os"
-	"runtime"
 	"slices"
 	"strings"
 
@@ -67,7 +65,7 @@ func seccompProfile(sc *runtimeapi.LinuxContainerSecurityContext, caps []string,
 	if p := sc.GetSeccomp(); p != nil {
 		switch p.GetProfileType() {
 		case runtimeapi.SecurityProfile_RuntimeDefault:
-			return DefaultSeccomp(caps), nil
+			return DefaultSeccomp(caps)
 		case runtimeapi.SecurityProfile_Unconfined:
 			return nil, nil
 		case runtimeapi.SecurityProfile_Localhost:
@@ -80,7 +78,7 @@ func seccompProfile(sc *runtimeapi.LinuxContainerSecurityContext, caps []string,
 	case path == "" || path == "unconfined":
 		return nil, nil
 	case path == "runtime/default" || path == "docker/default":
-		return DefaultSeccomp(caps), nil
+		return DefaultSeccomp(caps)
 	case strings.HasPrefix(path, "localhost/"):
 		return loadSeccomp(strings.TrimPrefix(path, "localhost/"), caps)
 	default:
@@ -121,39 +119,6 @@ func apparmorProfile(sc *runtimeapi.LinuxContainerSecurityContext, privileged bo
 	}
 }
 
-// localProfile reads both the OCI seccomp format and Docker's (archMap,
-// includes/excludes, "name"), which is what most profiles on nodes use.
-type localProfile struct {
-	DefaultAction    specs.LinuxSeccompAction `json:"defaultAction"`
-	DefaultErrnoRet  *uint                    `json:"defaultErrnoRet,omitempty"`
-	Architectures    []specs.Arch             `json:"architectures"`
-	ArchMap          []localArch              `json:"archMap"`
-	Flags            []specs.LinuxSeccompFlag `json:"flags"`
-	ListenerPath     string                   `json:"listenerPath"`
-	ListenerMetadata string                   `json:"listenerMetadata"`
-	Syscalls         []localSyscall           `json:"syscalls"`
-}
-
-type localArch struct {
-	Arch specs.Arch   `json:"architecture"`
-	Subs []specs.Arch `json:"subArchitectures"`
-}
-
-type localSyscall struct {
-	Name     string                   `json:"name"`
-	Names    []string                 `json:"names"`
-	Action   specs.LinuxSeccompAction `json:"action"`
-	ErrnoRet *uint                    `json:"errnoRet,omitempty"`
-	Args     []specs.LinuxSeccompArg  `json:"args"`
-	Includes localFilter              `json:"includes"`
-	Excludes localFilter              `json:"excludes"`
-}
-
-type localFilter struct {
-	Caps   []string `json:"caps"`
-	Arches []string `json:"arches"`
-}
-
 // loadSeccomp reads a profile from the host path kubelet gives.
 func loadSeccomp(path string, caps []string) (*specs.LinuxSeccomp, error) {
 	if path == "" || !strings.HasPrefix(path, "/") {
@@ -163,66 +128,7 @@ func loadSeccomp(path string, caps []string) (*specs.LinuxSeccomp, error) {
 	if err != nil {
 		return nil, invalid("seccomp profile: %v", err)
 	}
-	var p localProfile
-	if err := json.Unmarshal(data, &p); err != nil {
-		return nil, invalid("seccomp profile %s: %v", path, err)
-	}
-	if p.DefaultAction == "" {
-		return nil, invalid("seccomp profile %s has no defaultAction", path)
-	}
-	out := &specs.LinuxSeccomp{
-		DefaultAction:    p.DefaultAction,
-		DefaultErrnoRet:  p.DefaultErrnoRet,
-		Architectures:    p.Architectures,
-		Flags:            p.Flags,
-		ListenerPath:     p.ListenerPath,
-		ListenerMetadata: p.ListenerMetadata,
-	}
-	native := nativeArches()
-	for _, a := range p.ArchMap {
-		if len(native) > 0 && a.Arch == native[0] {
-			out.Architectures = append([]specs.Arch{a.Arch}, a.Subs...)
-		}
-	}
-	for _, call := range p.Syscalls {
-		if !call.Includes.includes(caps) || call.Excludes.excludes(caps) {
-			continue
-		}
-		names := call.Names
-		if call.Name != "" {
-			names = append(slices.Clone(names), call.Name)
-		}
-		out.Syscalls = append(out.Syscalls, specs.LinuxSyscall{Names: names, Action: call.Action, ErrnoRet: call.ErrnoRet, Args: call.Args})
-	}
-	return out, nil
-}
-
-// includes: the rule applies only if every listed capability is held and
-// the architecture (if any are listed) is ours.
-func (f localFilter) includes(caps []string) bool {
-	if len(f.Arches) > 0 && !slices.Contains(f.Arches, runtime.GOARCH) {
-		return false
-	}
-	for _, c := range f.Caps {
-		if !slices.Contains(caps, c) {
-			return false
-		}
-	}
-	return true
-}
-
-// excludes: the rule is skipped if any listed capability is held or our
-// architecture is listed.
-func (f localFilter) excludes(caps []string) bool {
-	if slices.Contains(f.Arches, runtime.GOARCH) {
-		return true
-	}
-	for _, c := range f.Caps {
-		if slices.Contains(caps, c) {
-			return true
-		}
-	}
-	return false
+	return parseLocalProfile(path, data, caps)
 }
 
 // maxProfileSize bounds a localhost seccomp profile: real ones are tens of

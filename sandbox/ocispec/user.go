@@ -1,7 +1,6 @@
 package ocispec
 
 import (
-	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
@@ -15,6 +14,7 @@ import (
 	"syscall"
 
 	securejoin "github.com/cyphar/filepath-securejoin"
+	"github.com/moby/sys/user"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
@@ -23,23 +23,16 @@ import (
 // the image is untrusted and a huge file must not exhaust the daemon.
 const maxDBSize = 8 << 20
 
-type passwdEntry struct {
-	name     string
-	uid, gid uint32
-}
-
-type groupEntry struct {
-	name    string
-	gid     uint32
-	members []string
-}
-
-// userDB is the rootfs's /etc/passwd and /etc/group, read on first use.
+// userDB is the rootfs's /etc/passwd and /etc/group, read on first use and
+// parsed by moby/sys/user. Comment lines (which the library skips in
+// /etc/group only) and entries whose ids a process cannot hold are left out,
+// as libc would never match them. Like containerd and runc, a line too short
+// to hold an id reads as id 0: the image owns its passwd and could say 0.
 type userDB struct {
 	root   string
 	loaded bool
-	users  []passwdEntry
-	groups []groupEntry
+	users  []user.User
+	groups []user.Group
 }
 
 func (db *userDB) load() error {
@@ -55,65 +48,48 @@ func (db *userDB) load() error {
 	if err != nil {
 		return err
 	}
-	eachLine(passwd, 4, func(f []string) {
-		uid, err1 := parseID(f[2])
-		gid, err2 := parseID(f[3])
-		if err1 == nil && err2 == nil {
-			db.users = append(db.users, passwdEntry{name: f[0], uid: uid, gid: gid})
+	if passwd != nil {
+		if db.users, err = user.ParsePasswdFilter(bytes.NewReader(passwd), func(u user.User) bool {
+			return !strings.HasPrefix(u.Name, "#") && validID(u.Uid) && validID(u.Gid)
+		}); err != nil {
+			return invalid("image /etc/passwd: %v", err)
 		}
-	})
-	eachLine(group, 3, func(f []string) {
-		gid, err := parseID(f[2])
-		if err != nil {
-			return
+	}
+	if group != nil {
+		if db.groups, err = user.ParseGroupFilter(bytes.NewReader(group), func(g user.Group) bool {
+			return validID(g.Gid)
+		}); err != nil {
+			return invalid("image /etc/group: %v", err)
 		}
-		g := groupEntry{name: f[0], gid: gid}
-		if len(f) > 3 && f[3] != "" {
-			g.members = strings.Split(f[3], ",")
-		}
-		db.groups = append(db.groups, g)
-	})
+	}
 	return nil
 }
 
-// eachLine calls fn with the colon-separated fields of every line that has at
-// least min fields; comments and malformed lines are skipped like libc does.
-func eachLine(data []byte, min int, fn func([]string)) {
-	sc := bufio.NewScanner(bytes.NewReader(data))
-	sc.Buffer(make([]byte, 64<<10), maxDBSize)
-	for sc.Scan() {
-		line := strings.TrimSpace(sc.Text())
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		if f := strings.Split(line, ":"); len(f) >= min {
-			fn(f)
-		}
-	}
-}
+// validID: an id a process can hold, 0..2^32-2 (-1 means "unset").
+func validID(n int) bool { return n >= 0 && n < math.MaxUint32 }
 
-func (db *userDB) userByName(name string) (passwdEntry, bool, error) {
+func (db *userDB) userByName(name string) (user.User, bool, error) {
 	if err := db.load(); err != nil {
-		return passwdEntry{}, false, err
+		return user.User{}, false, err
 	}
 	for _, u := range db.users {
-		if u.name == name {
+		if u.Name == name {
 			return u, true, nil
 		}
 	}
-	return passwdEntry{}, false, nil
+	return user.User{}, false, nil
 }
 
-func (db *userDB) userByID(uid uint32) (passwdEntry, bool, error) {
+func (db *userDB) userByID(uid uint32) (user.User, bool, error) {
 	if err := db.load(); err != nil {
-		return passwdEntry{}, false, err
+		return user.User{}, false, err
 	}
 	for _, u := range db.users {
-		if u.uid == uid {
+		if u.Uid == int(uid) {
 			return u, true, nil
 		}
 	}
-	return passwdEntry{}, false, nil
+	return user.User{}, false, nil
 }
 
 // readRootfsFile reads name inside root, resolving symlinks as if root were
@@ -219,7 +195,8 @@ func resolveUser(root string, sc *runtimeapi.LinuxContainerSecurityContext, imag
 			return specs.User{}, err
 		}
 		if ok {
-			name, passwdGID = ent.name, &ent.gid
+			gid := uint32(ent.Gid)
+			name, passwdGID = ent.Name, &gid
 		}
 	} else {
 		ent, ok, err := db.userByName(userPart)
@@ -229,7 +206,8 @@ func resolveUser(root string, sc *runtimeapi.LinuxContainerSecurityContext, imag
 		if !ok {
 			return specs.User{}, invalid("user %q not found in the image's /etc/passwd", userPart)
 		}
-		u.UID, name, passwdGID = ent.uid, ent.name, &ent.gid
+		gid := uint32(ent.Gid)
+		u.UID, name, passwdGID = uint32(ent.Uid), ent.Name, &gid
 	}
 
 	switch {
@@ -258,9 +236,9 @@ func resolveUser(root string, sc *runtimeapi.LinuxContainerSecurityContext, imag
 			return specs.User{}, err
 		}
 		for _, g := range db.groups {
-			for _, m := range g.members {
+			for _, m := range g.List {
 				if strings.TrimSpace(m) == name {
-					gids = append(gids, g.gid)
+					gids = append(gids, uint32(g.Gid))
 					break
 				}
 			}
@@ -285,8 +263,8 @@ func (db *userDB) resolveGroup(group string) (uint32, error) {
 		return 0, err
 	}
 	for _, g := range db.groups {
-		if g.name == group {
-			return g.gid, nil
+		if g.Name == group {
+			return uint32(g.Gid), nil
 		}
 	}
 	return 0, invalid("group %q not found in the image's /etc/group", group)

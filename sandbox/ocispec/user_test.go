@@ -4,6 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"strings"
 	"syscall"
 	"testing"
 
@@ -197,4 +198,39 @@ func TestBuildUserPodGroups(t *testing.T) {
 	if s := mustBuild(t, in); !reflect.DeepEqual(s.Process.User.AdditionalGids, []uint32{1000, 9000}) {
 		t.Fatalf("strict: %v", s.Process.User.AdditionalGids)
 	}
+}
+
+// An image's passwd with ids no process can hold, comments, or a line too
+// long to parse: the odd entries are never matched, and an unreadable file
+// is the image's fault (InvalidArgument), never a daemon error.
+func TestResolveUserMalformedDB(t *testing.T) {
+	t.Parallel()
+	passwd := "#root:x:5:5::/:/bin/sh\nroot:x:0:0::/:/bin/sh\nneg:x:-5:0::/:/bin/sh\nhuge:x:4294967295:0::/:/bin/sh\nbiggid:x:7:4294967296::/:/bin/sh\n"
+	group := "#wheel:x:10:root\nwheel:x:11:root\nhuge:x:4294967295:root\n"
+	root := fakeRootfs(t, map[string]string{"etc/passwd": passwd, "etc/group": group})
+	for _, tc := range []struct {
+		user string
+		want specs.User
+		fail bool
+	}{
+		{user: "root", want: specs.User{UID: 0, GID: 0, AdditionalGids: []uint32{0, 11}}},
+		{user: "#root", fail: true},
+		{user: "neg", fail: true},
+		{user: "huge", fail: true},
+		{user: "biggid", fail: true},
+		{user: "root:huge", fail: true},
+	} {
+		got, err := ResolveUser(root, nil, tc.user)
+		if tc.fail {
+			wantInvalid(t, err)
+			continue
+		}
+		if err != nil || !reflect.DeepEqual(got, tc.want) {
+			t.Errorf("%s: got %+v, %v; want %+v", tc.user, got, err, tc.want)
+		}
+	}
+
+	long := fakeRootfs(t, map[string]string{"etc/passwd": "app:x:1:1:" + strings.Repeat("g", 1<<17) + ":/:/bin/sh\n"})
+	_, err := ResolveUser(long, nil, "app")
+	wantInvalid(t, err)
 }
