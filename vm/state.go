@@ -138,12 +138,18 @@ func RemoveOrphans(ctx context.Context, root string, drivers map[string]Driver, 
 	return removed, errors.Join(errs...)
 }
 
+// removeVMTimeout bounds adopting and stopping a VM that is being removed.
+const removeVMTimeout = 20 * time.Second
+
 // RemoveVM stops the VM st describes through its driver, or cleans up after it
 // when its VMM is already gone or its record is incomplete.
 func RemoveVM(ctx context.Context, st *State, d Driver) error {
 	if d == nil || st.Pid == 0 {
 		return RemoveDead(st) // its driver is not configured any more, or the VMM never recorded
 	}
+	// A VM that does not answer its driver in time is killed all the same.
+	ctx, cancel := context.WithTimeout(ctx, removeVMTimeout)
+	defer cancel()
 	v, err := d.Adopt(ctx, st)
 	if errors.Is(err, ErrNotRunning) {
 		return RemoveDead(st) // the driver cleaned up; make sure of the unrecorded rest

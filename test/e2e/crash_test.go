@@ -115,9 +115,12 @@ func (h *crashHarness) leftovers(ctx context.Context, running, exist bool) []str
 	for _, m := range mountsUnder(h.dir) {
 		rel, _ := filepath.Rel(h.dir, m)
 		// The storage driver's own home mount is not a leak; container
-		// root filesystems (.../merged) and netns pins are.
+		// root filesystems (.../merged) and netns pins are. A pod that still
+		// exists keeps its share tmpfs (run/sandboxes/<id>/shared) until it
+		// is removed.
+		podShare := strings.HasPrefix(rel, "run/sandboxes/") && strings.Count(rel, "/") == 3 && strings.HasSuffix(rel, "/shared")
 		if strings.HasSuffix(rel, "/merged") && !exist || strings.HasPrefix(rel, "run/netns/") && !running ||
-			strings.HasPrefix(rel, "run/sandboxes/") || strings.HasPrefix(rel, "run/vm/") {
+			strings.HasPrefix(rel, "run/sandboxes/") && !(podShare && exist) || strings.HasPrefix(rel, "run/vm/") {
 			out = append(out, "mount "+rel)
 		}
 	}

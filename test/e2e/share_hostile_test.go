@@ -56,6 +56,9 @@ func TestHostileGuestShare(t *testing.T) {
 	podCfg := &runtimeapi.PodSandboxConfig{
 		Metadata:     &runtimeapi.PodSandboxMetadata{Name: "hostile", Namespace: "default", Uid: "uid-hostile"},
 		LogDirectory: t.TempDir(),
+		// The container that plays the hostile guest root is privileged,
+		// which only a privileged pod may hold.
+		Linux: &runtimeapi.LinuxPodSandboxConfig{SecurityContext: &runtimeapi.LinuxSandboxSecurityContext{Privileged: true}},
 	}
 	var podID string
 	step("RunPodSandbox", func(ctx context.Context) error {

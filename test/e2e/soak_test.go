@@ -115,7 +115,7 @@ func TestPodSoak(t *testing.T) {
 		"storage containers": len(storageContainers(e.dir)),
 		"host links":         len(hostLinks()) - len(links0),
 		"vmm processes":      len(vmProcesses()) - len(procs0),
-		"mounts":             len(mountsUnder(e.dir)),
+		"mounts":             len(mountsUnder(filepath.Join(e.dir, "run"))),
 		"ip allocations":     len(leases) - len(leases0),
 	}
 	t.Logf("soak: %d cycles (%d VMMs killed) in %v; cocoond RSS %d KiB before, %d KiB after; leftovers %v",

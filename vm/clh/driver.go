@@ -292,6 +292,13 @@ func (d *Driver) adopt(ctx context.Context, st *vm.State) (*VMM, error) {
 		return nil, v.abandon(errors.Join(gone...))
 	}
 
+	// Read the console before talking to the VMM: one started just before
+	// the last cocoond died may be blocked opening the console FIFO.
+	if c, err := vm.OpenConsole(runDir, false, v.log); err == nil {
+		v.cleanup.Push("console", c.Close)
+	} else {
+		v.log.WithError(err).Warn("guest console not copied: its output is dropped")
+	}
 	info, err := v.adoptInfo(ctx)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -312,11 +319,6 @@ func (d *Driver) adopt(ctx context.Context, st *vm.State) (*VMM, error) {
 			hot = *m.HotplugSize
 		}
 		v.maxMemMiB = uint64((m.Size + hot) / mib)
-	}
-	if c, err := vm.OpenConsole(runDir, false, v.log); err == nil {
-		v.cleanup.Push("console", c.Close)
-	} else {
-		v.log.WithError(err).Warn("guest console not copied: its output is dropped")
 	}
 	v.superviseHelpers()
 	v.log.WithFields(logrus.Fields{"pid": st.Pid, "state": info.State}).Info("adopted VM")

@@ -130,6 +130,7 @@ func (d *Driver) Create(ctx context.Context, spec *vm.Spec) (vm.VMM, error) {
 			if err != nil {
 				return nil, err
 			}
+			v.console = c
 			return c.Close, nil
 		}},
 		{Name: "qemu", Run: func(context.Context) (func() error, error) {
@@ -260,17 +261,21 @@ func (d *Driver) Adopt(ctx context.Context, st *vm.State) (vm.VMM, error) {
 		vm.AdoptHelperLog(filepath.Join(st.RunDir, h.Name+".log"), w.Done(), v.log)
 	}
 	v.cleanup.Push("qemu", func() error { return proc.Terminate(time.Second) })
+	// Read the console before talking to QEMU: a QEMU started just before
+	// the last cocoond died may still be opening the console FIFO, which
+	// blocks it (QMP included) until a reader is there.
+	if c, err := vm.OpenConsole(st.RunDir, false, v.log); err == nil {
+		v.console = c
+		v.cleanup.Push("console", c.Close)
+	} else {
+		v.log.WithError(err).Warn("guest console not copied: its output is dropped")
+	}
 	q, err := v.connectQMP(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("qemu: adopt %s: %w", st.ID, err)
 	}
 	v.qmp = q
 	v.cleanup.Push("qmp", q.Close)
-	if c, err := vm.OpenConsole(st.RunDir, false, v.log); err == nil {
-		v.cleanup.Push("console", c.Close)
-	} else {
-		v.log.WithError(err).Warn("guest console not copied: its output is dropped")
-	}
 	go v.supervise()
 	return v, nil
 }

@@ -28,6 +28,7 @@ type qemuVM struct {
 	proc    *vm.Watched
 	helpers []*vm.Watched
 	qmp     *qmpClient
+	console *vm.Console // copies the serial console while this cocoond runs
 	cleanup *vm.Cleanup
 
 	mu       sync.Mutex
