@@ -125,12 +125,16 @@ func (v *qemuVM) unplug(ctx context.Context, dev, portKey string) error {
 	if !ok {
 		return fmt.Errorf("qemu: %q is not a hotplugged device", portKey)
 	}
+	// Subscribed before device_del: QEMU empties a slot the guest never
+	// powered at once, sending DEVICE_DELETED ahead of the command's reply.
+	deleted := v.qmp.Subscribe("DEVICE_DELETED", matchDevice(dev))
+	defer deleted.Cancel()
 	if err := v.qmp.Execute(ctx, "device_del", map[string]any{"id": dev}, nil); err != nil {
 		return err
 	}
 	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	if err := v.qmp.WaitEvent(wctx, "DEVICE_DELETED", matchDevice(dev)); err != nil {
+	if _, err := deleted.Wait(wctx); err != nil {
 		return fmt.Errorf("qemu: guest did not release %s: %w", dev, err)
 	}
 	v.releasePort(portKey)

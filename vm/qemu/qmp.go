@@ -19,8 +19,18 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// maxQMPLine bounds one message from QEMU. The replies and events we use are
+// a few KiB; QEMU runs the untrusted guest, so a compromised QEMU must not be
+// able to grow cocoond's memory without limit. A longer line ends the
+// connection.
+const maxQMPLine = 4 << 20
+
 // qmpClient speaks QMP: JSON objects, one per line. Replies carry the id we
-// sent; events arrive in between and are delivered to the events channel.
+// sent and go to the command that waits for them; events go to the
+// subscriptions that match them (Subscribe), and are dropped when none does.
+// The read loop never waits on anyone: a reply or an event is handed over
+// into a one-slot channel that is empty by construction (one reply per
+// command, one event per subscription).
 type qmpClient struct {
 	conn   *net.UnixConn
 	writeM sync.Mutex
@@ -28,9 +38,10 @@ type qmpClient struct {
 
 	mu      sync.Mutex
 	pending map[string]chan qmpReply
+	subs    map[*qmpSubscription]struct{}
 	closed  error
 
-	events chan qmpEvent
+	done chan struct{} // closed when the read loop ends
 }
 
 type qmpReply struct {
@@ -58,19 +69,25 @@ func dialQMP(ctx context.Context, path string) (*qmpClient, error) {
 	if err != nil {
 		return nil, err
 	}
-	q := &qmpClient{conn: c.(*net.UnixConn), pending: map[string]chan qmpReply{}, events: make(chan qmpEvent, 64)}
+	q := &qmpClient{conn: c.(*net.UnixConn), pending: map[string]chan qmpReply{},
+		subs: map[*qmpSubscription]struct{}{}, done: make(chan struct{})}
 	// QEMU greets only one client at a time: a stale connection elsewhere
 	// would make this read wait forever, so it obeys ctx.
 	if deadline, ok := ctx.Deadline(); ok {
 		_ = c.SetReadDeadline(deadline)
 	}
-	r := bufio.NewReader(c)
-	greeting, err := r.ReadBytes('\n')
-	_ = c.SetReadDeadline(time.Time{})
-	if err != nil {
+	sc := bufio.NewScanner(c)
+	sc.Buffer(make([]byte, 0, 64<<10), maxQMPLine)
+	if !sc.Scan() {
+		err := sc.Err()
+		if err == nil {
+			err = errors.New("connection closed")
+		}
 		c.Close()
 		return nil, fmt.Errorf("qmp greeting: %w", err)
 	}
+	_ = c.SetReadDeadline(time.Time{})
+	greeting := sc.Bytes()
 	var g struct {
 		QMP *json.RawMessage `json:"QMP"`
 	}
@@ -78,7 +95,7 @@ func dialQMP(ctx context.Context, path string) (*qmpClient, error) {
 		c.Close()
 		return nil, fmt.Errorf("qmp: unexpected greeting %q", greeting)
 	}
-	go q.readLoop(r)
+	go q.readLoop(sc)
 	if err := q.Execute(ctx, "qmp_capabilities", nil, nil); err != nil {
 		q.Close()
 		return nil, err
@@ -86,37 +103,31 @@ func dialQMP(ctx context.Context, path string) (*qmpClient, error) {
 	return q, nil
 }
 
-func (q *qmpClient) readLoop(r *bufio.Reader) {
-	var err error
-	for {
-		var line []byte
-		line, err = r.ReadBytes('\n')
-		if err != nil {
-			break
+func (q *qmpClient) readLoop(sc *bufio.Scanner) {
+	for sc.Scan() {
+		line := sc.Bytes()
+		var msg struct {
+			qmpReply
+			qmpEvent
 		}
-		var probe struct {
-			Event string `json:"event"`
-		}
-		if json.Unmarshal(line, &probe) == nil && probe.Event != "" {
-			var ev qmpEvent
-			_ = json.Unmarshal(line, &ev)
-			select {
-			case q.events <- ev:
-			default: // nobody listening closely: events are advisory
-			}
+		if json.Unmarshal(line, &msg) != nil {
 			continue
 		}
-		var rep qmpReply
-		if json.Unmarshal(line, &rep) != nil {
+		if msg.Event != "" {
+			q.deliver(msg.qmpEvent)
 			continue
 		}
 		q.mu.Lock()
-		ch := q.pending[rep.ID]
-		delete(q.pending, rep.ID)
+		ch := q.pending[msg.ID]
+		delete(q.pending, msg.ID)
 		q.mu.Unlock()
 		if ch != nil {
-			ch <- rep
+			ch <- msg.qmpReply // one-slot buffer, one reply per id: never blocks
 		}
+	}
+	err := sc.Err()
+	if err == nil {
+		err = errors.New("EOF")
 	}
 	q.mu.Lock()
 	q.closed = fmt.Errorf("qmp connection closed: %w", err)
@@ -125,7 +136,21 @@ func (q *qmpClient) readLoop(r *bufio.Reader) {
 		delete(q.pending, id)
 	}
 	q.mu.Unlock()
-	close(q.events)
+	close(q.done)
+}
+
+// deliver hands an event to every subscription it matches. Each subscription
+// takes one event and is then removed, so its one-slot channel is never full.
+// Events no subscription wants are dropped: nobody is waiting for them.
+func (q *qmpClient) deliver(ev qmpEvent) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for s := range q.subs {
+		if s.name == ev.Event && (s.match == nil || s.match(ev.Data)) {
+			delete(q.subs, s)
+			s.got <- ev
+		}
+	}
 }
 
 // Execute runs one command; result (if non-nil) receives the "return" value.
@@ -153,7 +178,7 @@ func (q *qmpClient) execute(ctx context.Context, cmd string, args, result any, f
 	q.mu.Lock()
 	if q.closed != nil {
 		q.mu.Unlock()
-		return q.closed
+		return fmt.Errorf("qmp %s: %w", cmd, q.closed)
 	}
 	q.pending[id] = ch
 	q.mu.Unlock()
@@ -202,21 +227,55 @@ func (q *qmpClient) closedErr() error {
 	return q.closed
 }
 
-// WaitEvent waits for an event by name for which match (if set) is true.
-func (q *qmpClient) WaitEvent(ctx context.Context, name string, match func(json.RawMessage) bool) error {
-	for {
+// qmpSubscription waits for one event. Subscribe before sending the command
+// that causes the event: QEMU may send the event before that command's
+// reply, and an event that arrives with no subscription is dropped.
+type qmpSubscription struct {
+	q     *qmpClient
+	name  string
+	match func(json.RawMessage) bool
+	got   chan qmpEvent // one slot; filled once, under q.mu
+}
+
+// Subscribe registers for the next event called name for which match (if
+// set) is true. match runs on the read loop with the client's lock held: it
+// must be quick and must not call the client. Cancel the subscription when
+// done with it (Wait does not).
+func (q *qmpClient) Subscribe(name string, match func(json.RawMessage) bool) *qmpSubscription {
+	s := &qmpSubscription{q: q, name: name, match: match, got: make(chan qmpEvent, 1)}
+	q.mu.Lock()
+	q.subs[s] = struct{}{}
+	q.mu.Unlock()
+	return s
+}
+
+// Wait returns the event once it has arrived (also if it arrived before
+// Wait was called), or an error when ctx ends or the connection closes
+// without it.
+func (s *qmpSubscription) Wait(ctx context.Context) (json.RawMessage, error) {
+	select {
+	case ev := <-s.got:
+		return ev.Data, nil
+	case <-s.q.done:
+		// The read loop delivers before it closes done: an event that
+		// came in just before the end is here.
 		select {
-		case ev, ok := <-q.events:
-			if !ok {
-				return q.closedErr()
-			}
-			if ev.Event == name && (match == nil || match(ev.Data)) {
-				return nil
-			}
-		case <-ctx.Done():
-			return fmt.Errorf("waiting for %s: %w", name, ctx.Err())
+		case ev := <-s.got:
+			return ev.Data, nil
+		default:
 		}
+		return nil, fmt.Errorf("waiting for %s: %w", s.name, s.q.closedErr())
+	case <-ctx.Done():
+		return nil, fmt.Errorf("waiting for %s: %w", s.name, ctx.Err())
 	}
+}
+
+// Cancel removes the subscription; an event it already took is discarded.
+// Cancelling twice is fine.
+func (s *qmpSubscription) Cancel() {
+	s.q.mu.Lock()
+	delete(s.q.subs, s)
+	s.q.mu.Unlock()
 }
 
 // Close ends the connection; closing twice is fine.

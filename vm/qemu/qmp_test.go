@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"net"
 	"os"
 	"path/filepath"
@@ -104,7 +105,137 @@ func TestQMPClient(t *testing.T) {
 	case <-time.After(2 * time.Second):
 		t.Fatal("fd did not arrive with getfd")
 	}
-	if err := q.WaitEvent(ctx, "NOISE", nil); err != nil {
+	// The fake sends NOISE before each reply: a subscription made before the
+	// command sees it even though Wait starts after the reply.
+	noise := q.Subscribe("NOISE", nil)
+	defer noise.Cancel()
+	if err := q.Execute(ctx, "query-status", nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := noise.Wait(ctx); err != nil {
 		t.Fatalf("event: %v", err)
+	}
+}
+
+// TestQMPSubscriptions: a subscription that is never waited on does not stall
+// the reader or other commands; one made before a command keeps its event
+// however late Wait comes; an event that arrives just before the connection
+// ends is still delivered, and a waiter without one learns the connection
+// ended.
+func TestQMPSubscriptions(t *testing.T) {
+	sock := serveQMP(t, func(w *qmpConn, execute, id string, args json.RawMessage) {
+		switch execute {
+		case "flood":
+			qmpFlood(w, 5000)
+			w.WriteString(`{"event": "JOB_STATUS_CHANGE", "data": {"id": "j1", "status": "concluded"}}` + "\n")
+			qmpFlood(w, 5000)
+		case "goodbye":
+			w.WriteString(`{"event": "SHUTDOWN", "data": {"guest": false}}` + "\n")
+			qmpReturn(w, id, `{}`)
+			w.hangUp = true
+			return
+		}
+		qmpReturn(w, id, `{}`)
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	q, err := dialQMP(ctx, sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+
+	// Matches every flood event and is never waited on.
+	idle := q.Subscribe("RTC_CHANGE", nil)
+	defer idle.Cancel()
+	job := q.Subscribe("JOB_STATUS_CHANGE", func(d json.RawMessage) bool {
+		var j struct{ ID string }
+		return json.Unmarshal(d, &j) == nil && j.ID == "j1"
+	})
+	defer job.Cancel()
+	if err := q.Execute(ctx, "flood", nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	for range 20 {
+		if err := q.Execute(ctx, "query-status", nil, nil); err != nil {
+			t.Fatalf("a command after the flood: %v", err)
+		}
+	}
+	data, err := job.Wait(ctx)
+	if err != nil || !strings.Contains(string(data), "concluded") {
+		t.Fatalf("the job event: %s, %v", data, err)
+	}
+
+	shutdown := q.Subscribe("SHUTDOWN", nil)
+	never := q.Subscribe("DEVICE_DELETED", matchDevice("nothing"))
+	if err := q.Execute(ctx, "goodbye", nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-q.done:
+	case <-ctx.Done():
+		t.Fatal("the client did not notice the hang-up")
+	}
+	if _, err := shutdown.Wait(ctx); err != nil {
+		t.Errorf("an event that came before the hang-up: %v", err)
+	}
+	if _, err := never.Wait(ctx); err == nil || !strings.Contains(err.Error(), "closed") {
+		t.Errorf("a waiter on a closed connection: %v", err)
+	}
+	if err := q.Execute(ctx, "query-status", nil, nil); err == nil {
+		t.Error("a command on a closed connection succeeded")
+	}
+
+	// Cancelled and fired subscriptions are gone: nothing accumulates.
+	idle.Cancel()
+	never.Cancel()
+	q.mu.Lock()
+	left := len(q.subs)
+	q.mu.Unlock()
+	if left != 0 {
+		t.Errorf("%d subscriptions left behind", left)
+	}
+}
+
+// TestQMPWaitHonoursContext: a waiter whose event never comes returns when
+// its context ends, and the connection stays usable.
+func TestQMPWaitHonoursContext(t *testing.T) {
+	sock := serveQMP(t, func(w *qmpConn, execute, id string, args json.RawMessage) {
+		qmpReturn(w, id, `{}`)
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	q, err := dialQMP(ctx, sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	s := q.Subscribe("DEVICE_DELETED", nil)
+	defer s.Cancel()
+	wctx, wcancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer wcancel()
+	if _, err := s.Wait(wctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Wait past its deadline: %v", err)
+	}
+	if err := q.Execute(ctx, "query-status", nil, nil); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestQMPRefusesAHugeLine: a (compromised) QEMU that sends a line longer than
+// maxQMPLine ends the connection instead of growing cocoond's memory.
+func TestQMPRefusesAHugeLine(t *testing.T) {
+	sock := serveQMP(t, func(w *qmpConn, execute, id string, args json.RawMessage) {
+		w.WriteString(`{"return": "` + strings.Repeat("x", maxQMPLine) + `", "id": "` + id + `"}` + "\n")
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	q, err := dialQMP(ctx, sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	if err := q.Execute(ctx, "query-status", nil, nil); !errors.Is(err, bufio.ErrTooLong) {
+		t.Fatalf("a reply over %d bytes: %v", maxQMPLine, err)
 	}
 }

@@ -1,0 +1,264 @@
+package qemu
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// qmpHandler answers one command of a scripted QMP server: it writes to w
+// whatever lines it likes (events, then usually the reply).
+type qmpHandler func(w *qmpConn, execute, id string, args json.RawMessage)
+
+// qmpConn is the server's side of the connection; a handler sets hangUp to
+// close it once its lines are sent.
+type qmpConn struct {
+	*bufio.Writer
+	hangUp bool
+}
+
+// serveQMP is a hand-written QMP server on a unix socket: it greets, accepts
+// qmp_capabilities, and hands every other command to h, one at a time (as
+// QEMU's monitor does). It returns the socket's path.
+func serveQMP(t *testing.T, h qmpHandler) string {
+	t.Helper()
+	sock := filepath.Join(t.TempDir(), "qmp.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	t.Cleanup(func() {
+		l.Close()
+		<-done
+	})
+	go func() {
+		defer close(done)
+		c, err := l.Accept()
+		l.Close()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		w := &qmpConn{Writer: bufio.NewWriterSize(c, 64<<10)}
+		w.WriteString(`{"QMP": {"version": {}, "capabilities": ["oob"]}}` + "\n")
+		if w.Flush() != nil {
+			return
+		}
+		sc := bufio.NewScanner(c)
+		for sc.Scan() {
+			var req struct {
+				Execute   string          `json:"execute"`
+				ID        string          `json:"id"`
+				Arguments json.RawMessage `json:"arguments"`
+			}
+			if json.Unmarshal(sc.Bytes(), &req) != nil {
+				continue
+			}
+			if req.Execute == "qmp_capabilities" {
+				qmpReturn(w, req.ID, `{}`)
+			} else {
+				h(w, req.Execute, req.ID, req.Arguments)
+			}
+			if w.Flush() != nil || w.hangUp {
+				return
+			}
+		}
+	}()
+	return sock
+}
+
+func qmpReturn(w io.Writer, id, ret string) {
+	fmt.Fprintf(w, `{"return": %s, "id": %q}`+"\n", ret, id)
+}
+
+// qmpFlood writes n events nobody in the test waits for: the kinds a guest
+// can cause at will (RTC_CHANGE, NIC_RX_FILTER_CHANGED) and the deletion of
+// other devices, which the waiter must not take for its own.
+func qmpFlood(w io.Writer, n int) {
+	for i := range n {
+		switch i % 3 {
+		case 0:
+			fmt.Fprintf(w, `{"event": "RTC_CHANGE", "data": {"offset": %d}, "timestamp": {"seconds": 1, "microseconds": 2}}`+"\n", i)
+		case 1:
+			fmt.Fprintf(w, `{"event": "NIC_RX_FILTER_CHANGED", "data": {"name": "nic%d", "path": "/machine/peripheral/nic%d/virtio-backend"}}`+"\n", i, i)
+		default:
+			fmt.Fprintf(w, `{"event": "DEVICE_DELETED", "data": {"device": "other%d", "path": "/machine/peripheral/other%d"}}`+"\n", i, i)
+		}
+	}
+}
+
+// TestUnplugSeesItsEventThroughAFlood unplugs a disk while the monitor sends
+// thousands of events around its DEVICE_DELETED, and while other commands run
+// on the same connection. QEMU may send DEVICE_DELETED before the device_del
+// reply (a slot the guest never powered is emptied at once), so the event can
+// precede the end of the command that causes it.
+func TestUnplugSeesItsEventThroughAFlood(t *testing.T) {
+	const flood = 5000
+	for _, tc := range []struct {
+		name          string
+		before, after int // flood events before and after DEVICE_DELETED
+		eventFirst    bool
+	}{
+		{name: "event before the reply", before: flood, after: flood, eventFirst: true},
+		{name: "event after the reply", before: flood, after: flood},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var blockdevDel atomic.Bool
+			sock := serveQMP(t, func(w *qmpConn, execute, id string, args json.RawMessage) {
+				switch execute {
+				case "device_del":
+					if !tc.eventFirst {
+						qmpReturn(w, id, `{}`)
+					}
+					qmpFlood(w, tc.before)
+					w.WriteString(`{"event": "DEVICE_DELETED", "data": {"device": "disk1", "path": "/machine/peripheral/disk1"}}` + "\n")
+					qmpFlood(w, tc.after)
+					if tc.eventFirst {
+						qmpReturn(w, id, `{}`)
+					}
+				case "blockdev-del":
+					blockdevDel.Store(true)
+					qmpReturn(w, id, `{}`)
+				case "echo":
+					qmpReturn(w, id, string(args))
+				default:
+					fmt.Fprintf(w, `{"error": {"class": "CommandNotFound", "desc": "no %s"}, "id": %q}`+"\n", execute, id)
+				}
+			})
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			q, err := dialQMP(ctx, sock)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer q.Close()
+			v := &qemuVM{qmp: q, ports: map[string]int{"disk1": 0}, done: make(chan struct{})}
+
+			// Commands keep running while the events pour in; each must get
+			// its own answer.
+			stop := make(chan struct{})
+			var wg sync.WaitGroup
+			var answered atomic.Int64
+			cmdErr := make(chan error, 4)
+			for g := range 4 {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for i := 0; ; i++ {
+						select {
+						case <-stop:
+							return
+						default:
+						}
+						n := g*1_000_000 + i
+						var got struct{ N int }
+						if err := q.Execute(ctx, "echo", map[string]int{"n": n}, &got); err != nil || got.N != n {
+							cmdErr <- fmt.Errorf("echo %d: got %d, %v", n, got.N, err)
+							return
+						}
+						answered.Add(1)
+					}
+				}()
+			}
+
+			start := time.Now()
+			err = v.RemoveDisk(ctx, "disk1")
+			close(stop)
+			wg.Wait()
+			if err != nil {
+				t.Fatalf("RemoveDisk lost its DEVICE_DELETED among %d events: %v", tc.before+tc.after, err)
+			}
+			select {
+			case err := <-cmdErr:
+				t.Fatalf("a command during the flood: %v", err)
+			default:
+			}
+			if !blockdevDel.Load() {
+				t.Error("the disk's node was not deleted after the unplug")
+			}
+			if _, held := v.ports["disk1"]; held {
+				t.Error("the disk's port is still reserved")
+			}
+			if answered.Load() == 0 {
+				t.Error("no command was answered during the unplug")
+			}
+			t.Logf("unplug took %v through %d events, %d commands answered meanwhile", time.Since(start), tc.before+tc.after, answered.Load())
+		})
+	}
+}
+
+// TestUnplugIgnoresOtherDevicesDeletion: a DEVICE_DELETED for another device
+// (or for the virtio backend below ours, which has a path but no id) does not
+// end the wait; the unplug times out and keeps the port reserved.
+func TestUnplugIgnoresOtherDevicesDeletion(t *testing.T) {
+	sock := serveQMP(t, func(w *qmpConn, execute, id string, args json.RawMessage) {
+		if execute == "device_del" {
+			w.WriteString(`{"event": "DEVICE_DELETED", "data": {"path": "/machine/peripheral/nic1-dev/virtio-backend"}}` + "\n")
+			w.WriteString(`{"event": "DEVICE_DELETED", "data": {"device": "nic2-dev", "path": "/machine/peripheral/nic2-dev"}}` + "\n")
+		}
+		qmpReturn(w, id, `{}`)
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	q, err := dialQMP(ctx, sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	v := &qemuVM{qmp: q, ports: map[string]int{"nic1": 0}, done: make(chan struct{})}
+	wctx, wcancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer wcancel()
+	if err := v.RemoveNet(wctx, "nic1"); err == nil {
+		t.Fatal("RemoveNet took another device's deletion for its own")
+	}
+	if _, held := v.ports["nic1"]; !held {
+		t.Error("a NIC the guest did not release lost its port")
+	}
+}
+
+// TestQMPEchoUnderConcurrency: many goroutines share one connection and each
+// gets the reply to its own command (replies are matched by id).
+func TestQMPEchoUnderConcurrency(t *testing.T) {
+	sock := serveQMP(t, func(w *qmpConn, execute, id string, args json.RawMessage) {
+		qmpFlood(w, 10)
+		qmpReturn(w, id, string(args))
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	q, err := dialQMP(ctx, sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for g := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 200 {
+				s := strconv.Itoa(g) + "-" + strconv.Itoa(i)
+				var got struct{ S string }
+				if err := q.Execute(ctx, "echo", map[string]string{"s": s}, &got); err != nil || got.S != s {
+					errs <- fmt.Errorf("echo %s: got %q, %v", s, got.S, err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+}
