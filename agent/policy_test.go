@@ -13,8 +13,8 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/emptypb"
 
+	"github.com/cocoon-runtime/cocoon/agentclient"
 	agentapi "github.com/cocoon-runtime/cocoon/api/agent"
-	"github.com/cocoon-runtime/cocoon/vm"
 )
 
 func TestLoadPolicy(t *testing.T) {
@@ -65,9 +65,9 @@ func TestAgentRefusesCallsWithoutTheToken(t *testing.T) {
 		want codes.Code
 	}{
 		{name: "no token", want: codes.Unauthenticated},
-		{name: "wrong token", opts: []ttrpc.ClientOpts{vm.WithAgentToken(append(testToken[:31:31], 'X'))}, want: codes.Unauthenticated},
-		{name: "token prefix", opts: []ttrpc.ClientOpts{vm.WithAgentToken(testToken[:31])}, want: codes.Unauthenticated},
-		{name: "right token", opts: []ttrpc.ClientOpts{vm.WithAgentToken(testToken)}, want: codes.OK},
+		{name: "wrong token", opts: []ttrpc.ClientOpts{agentclient.WithToken(append(testToken[:31:31], 'X'))}, want: codes.Unauthenticated},
+		{name: "token prefix", opts: []ttrpc.ClientOpts{agentclient.WithToken(testToken[:31])}, want: codes.Unauthenticated},
+		{name: "right token", opts: []ttrpc.ClientOpts{agentclient.WithToken(testToken)}, want: codes.OK},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			a, h := serveWithPolicy(t, policy, tc.opts...)
@@ -98,9 +98,9 @@ func TestAgentRefusesCallsWithoutTheToken(t *testing.T) {
 
 // TestStreamNeedsAnAuthenticatedConnection: a stream opened before any call
 // carried the token is refused even by a client that holds it (streams carry
-// no metadata), which is why WaitAgent's health check needs the token.
+// no metadata), which is why agentclient.Wait's health check needs the token.
 func TestStreamNeedsAnAuthenticatedConnection(t *testing.T) {
-	a, _ := serveWithPolicy(t, Policy{Token: testToken}, vm.WithAgentToken(testToken))
+	a, _ := serveWithPolicy(t, Policy{Token: testToken}, agentclient.WithToken(testToken))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	stream, err := a.OOMEvents(ctx, &emptypb.Empty{})
@@ -135,7 +135,7 @@ func TestGuestRootExecNeedsDebugConsole(t *testing.T) {
 		{name: "booted with the console", console: true, want: codes.OK},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			a, _ := serveWithPolicy(t, Policy{Token: testToken, DebugConsole: tc.console}, vm.WithAgentToken(testToken))
+			a, _ := serveWithPolicy(t, Policy{Token: testToken, DebugConsole: tc.console}, agentclient.WithToken(testToken))
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
 			_, err := a.ExecProcess(ctx, &agentapi.ExecProcessRequest{ExecId: "g", GuestRoot: true, Process: guestProcessJSON(t, nil, "true")})

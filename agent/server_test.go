@@ -16,9 +16,9 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/cocoon-runtime/cocoon/agentclient"
 	agentapi "github.com/cocoon-runtime/cocoon/api/agent"
 	"github.com/cocoon-runtime/cocoon/version"
-	"github.com/cocoon-runtime/cocoon/vm"
 )
 
 // testToken is the token serveForTest's agent expects and its client sends.
@@ -30,7 +30,7 @@ var testToken = []byte("\xff\xfe0123456789abcdef0123456789abcd")
 // as cocoond's do.
 func serveForTest(t *testing.T) (agentapi.AgentClient, agentapi.HealthService) {
 	t.Helper()
-	return serveWithPolicy(t, Policy{Token: testToken, DebugConsole: true}, vm.WithAgentToken(testToken))
+	return serveWithPolicy(t, Policy{Token: testToken, DebugConsole: true}, agentclient.WithToken(testToken))
 }
 
 func serveWithPolicy(t *testing.T, policy Policy, opts ...ttrpc.ClientOpts) (agentapi.AgentClient, agentapi.HealthService) {

@@ -1,7 +1,7 @@
 // Package metrics is cocoond's Prometheus side. It owns one registry (not the
 // global default) and implements the small observer interfaces the other
 // packages declare (cri.RequestObserver, sandbox.BootObserver,
-// vm.AgentCallObserver, image.PullObserver), so none of them imports
+// agentclient.CallObserver, image.PullObserver), so none of them imports
 // Prometheus. Pod, container and VM process figures are read at scrape time
 // from the sandbox store and /proc, never kept as counters that could drift.
 package metrics
@@ -138,7 +138,7 @@ func (m *Metrics) ObservePull(bytes uint64, d time.Duration, err error) {
 	m.pullDuration.WithLabelValues(result).Observe(d.Seconds())
 }
 
-// ObserveAgentCall implements vm.AgentCallObserver. A call whose caller
+// ObserveAgentCall implements agentclient.CallObserver. A call whose caller
 // cancelled it, or that ran on a connection cocoond closed (a stopping pod's
 // pending WaitProcess), says nothing about the agent and is not counted.
 func (m *Metrics) ObserveAgentCall(ctx context.Context, method string, err error) {

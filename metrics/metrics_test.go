@@ -12,10 +12,10 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/cocoon-runtime/cocoon/agentclient"
 	agentapi "github.com/cocoon-runtime/cocoon/api/agent"
 	"github.com/cocoon-runtime/cocoon/api/agent/agenttest"
 	"github.com/cocoon-runtime/cocoon/metrics/metricstest"
-	"github.com/cocoon-runtime/cocoon/vm"
 )
 
 func TestBootObservations(t *testing.T) {
@@ -108,22 +108,22 @@ func (f *fakeHealth) Version(context.Context, *agentapi.CheckRequest) (*agentapi
 }
 
 // TestAgentErrorsThroughTheInterceptor runs real ttRPC calls through the
-// client interceptor vm.ObserveAgentCalls installs.
+// client interceptor agentclient.ObserveCalls installs.
 func TestAgentErrorsThroughTheInterceptor(t *testing.T) {
 	health := &fakeHealth{}
 	sock := agenttest.ServeHealth(t, health)
 
 	m := New(nil)
-	client, err := vm.WaitAgent(context.Background(), func(ctx context.Context) (net.Conn, error) {
+	client, err := agentclient.Wait(context.Background(), func(ctx context.Context) (net.Conn, error) {
 		var d net.Dialer
 		return d.DialContext(ctx, "unix", sock)
-	}, vm.ObserveAgentCalls(m))
+	}, agentclient.ObserveCalls(m))
 	if err != nil {
 		t.Fatal(err)
 	}
 	h := agentapi.NewHealthClient(client)
 	ctx := context.Background()
-	if _, err := h.Version(ctx, &agentapi.CheckRequest{}); vm.GuestCode(err) != codes.FailedPrecondition {
+	if _, err := h.Version(ctx, &agentapi.CheckRequest{}); agentclient.GuestCode(err) != codes.FailedPrecondition {
 		t.Fatalf("Version: %v", err)
 	}
 	if _, err := h.Version(ctx, &agentapi.CheckRequest{}); err == nil {

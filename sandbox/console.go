@@ -11,9 +11,9 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"google.golang.org/grpc/codes"
 
+	"github.com/cocoon-runtime/cocoon/agentclient"
 	agentapi "github.com/cocoon-runtime/cocoon/api/agent"
 	"github.com/cocoon-runtime/cocoon/errdefs"
-	"github.com/cocoon-runtime/cocoon/vm"
 )
 
 // ShellOptions shape the debug console's shell.
@@ -91,7 +91,7 @@ func (m *Manager) DebugConsole(ctx context.Context, podID string, opts ShellOpti
 		// The two guest answers that mean something to the operator are
 		// translated; any other stays a plain error (the guest's code is
 		// not ours to answer with).
-		var guest *vm.GuestError
+		var guest *agentclient.GuestError
 		if errors.As(err, &guest) {
 			switch guest.Code {
 			case codes.NotFound:

@@ -19,9 +19,9 @@ import (
 	"google.golang.org/protobuf/types/known/emptypb"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/cocoon-runtime/cocoon/agentclient"
 	agentapi "github.com/cocoon-runtime/cocoon/api/agent"
 	"github.com/cocoon-runtime/cocoon/errdefs"
-	"github.com/cocoon-runtime/cocoon/vm"
 )
 
 // addPod stores a pod record as RunPod would.
@@ -278,11 +278,11 @@ func TestDebugConsoleRefuses(t *testing.T) {
 	addPod(t, m, pad("f3"), "oldguest", "default", StateReady)
 	addPod(t, m, pad("f4"), "noshell", "default", StateReady)
 	old := newFakeShellAgent()
-	// What the pod's agent client (vm.GuestErrors) makes of the agent's answers.
-	old.execErr = &vm.GuestError{Code: codes.NotFound, Message: `container "" not found`}
+	// What the pod's agent client (agentclient.GuestErrors) makes of the agent's answers.
+	old.execErr = &agentclient.GuestError{Code: codes.NotFound, Message: `container "" not found`}
 	m.live[pad("f3")] = &podRuntime{agent: old}
 	noShell := newFakeShellAgent()
-	noShell.execErr = &vm.GuestError{Code: codes.FailedPrecondition, Message: "/bin/sh: no such file: the guest has no such program"}
+	noShell.execErr = &agentclient.GuestError{Code: codes.FailedPrecondition, Message: "/bin/sh: no such file: the guest has no such program"}
 	m.live[pad("f4")] = &podRuntime{agent: noShell}
 	for _, tt := range []struct {
 		id, want string

@@ -13,10 +13,10 @@ import (
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
 
+	"github.com/cocoon-runtime/cocoon/agentclient"
 	agentapi "github.com/cocoon-runtime/cocoon/api/agent"
 	"github.com/cocoon-runtime/cocoon/errdefs"
 	"github.com/cocoon-runtime/cocoon/sandbox/ocispec"
-	"github.com/cocoon-runtime/cocoon/vm"
 )
 
 // startContainer runs a created container and watches it until it exits.
@@ -206,7 +206,7 @@ func (m *Manager) ExecSync(ctx context.Context, id string, cmd []string, timeout
 	if err != nil {
 		// The agent may report the deadline a hair before the local timer
 		// fires: its DeadlineExceeded is translated here, deliberately.
-		if timeout > 0 && ctx.Err() == nil && (wctx.Err() != nil || vm.GuestCode(err) == codes.DeadlineExceeded) {
+		if timeout > 0 && ctx.Err() == nil && (wctx.Err() != nil || agentclient.GuestCode(err) == codes.DeadlineExceeded) {
 			return nil, fmt.Errorf("exec in %s: %w after %v", c.ID, context.DeadlineExceeded, timeout)
 		}
 		return nil, err

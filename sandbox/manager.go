@@ -14,6 +14,7 @@ import (
 	"github.com/sirupsen/logrus"
 	"go.podman.io/storage"
 
+	"github.com/cocoon-runtime/cocoon/agentclient"
 	agentapi "github.com/cocoon-runtime/cocoon/api/agent"
 	"github.com/cocoon-runtime/cocoon/config"
 	"github.com/cocoon-runtime/cocoon/errdefs"
@@ -58,7 +59,7 @@ type Options struct {
 	Log     *logrus.Entry
 	// Boot and AgentCalls are told about VM boots and agent calls; nil is fine.
 	Boot       BootObserver
-	AgentCalls vm.AgentCallObserver
+	AgentCalls agentclient.CallObserver
 }
 
 // Manager runs pods in VMs and containers in pods.
@@ -129,7 +130,7 @@ func (m *Manager) observeBoot(handler, vmm string, start time.Time, err error) {
 
 // waitAgent connects to a pod VM's agent with the client every pod uses.
 func (m *Manager) waitAgent(ctx context.Context, v vm.VMM) (*ttrpc.Client, error) {
-	return vm.WaitAgent(ctx, v.DialAgent, vm.ObserveAgentCalls(m.opts.AgentCalls))
+	return agentclient.Wait(ctx, v.DialAgent, agentclient.ObserveCalls(m.opts.AgentCalls))
 }
 
 func newID() string {

@@ -1,15 +1,11 @@
 package vm
 
 import (
-	"context"
 	"crypto/rand"
-	"encoding/hex"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 
-	"github.com/containerd/ttrpc"
 	"golang.org/x/sys/unix"
 
 	agentapi "github.com/cocoon-runtime/cocoon/api/agent"
@@ -58,36 +54,6 @@ func ReadAgentToken(runDir string) ([]byte, error) {
 		return nil, fmt.Errorf("agent token in %s has %d bytes: %w", runDir, n, errdefs.ErrInvalidArgument)
 	}
 	return tok[:n], nil
-}
-
-// WithAgentToken sends token, hex-encoded (metadata values are UTF-8
-// strings), with every unary call. (ttRPC v1.2 clients send
-// no metadata on streams; the agent admits a stream on a connection whose
-// earlier call carried the token, and WaitAgent's health check is one.)
-func WithAgentToken(token []byte) ttrpc.ClientOpts {
-	v := hex.EncodeToString(token)
-	return ttrpc.WithChainUnaryClientInterceptor(func(ctx context.Context, req *ttrpc.Request, resp *ttrpc.Response, _ *ttrpc.UnaryClientInfo, invoke ttrpc.Invoker) error {
-		req.Metadata = append(req.Metadata, &ttrpc.KeyValue{Key: agentapi.TokenMetadataKey, Value: v})
-		return invoke(ctx, req, resp)
-	})
-}
-
-// TokenConn is an agent connection that knows the token its agent expects.
-// Drivers' DialAgent return one, so every client built on the connection
-// (AgentClientOpts, WaitAgent) authenticates without each caller handling
-// the token.
-type TokenConn struct {
-	net.Conn
-	Token []byte
-}
-
-// AgentClientOpts are the client options a connection from DialAgent needs:
-// its token, when it has one.
-func AgentClientOpts(conn net.Conn) []ttrpc.ClientOpts {
-	if tc, ok := conn.(*TokenConn); ok && len(tc.Token) > 0 {
-		return []ttrpc.ClientOpts{WithAgentToken(tc.Token)}
-	}
-	return nil
 }
 
 // AgentPolicyArgs are the kernel arguments that tell the agent its policy:

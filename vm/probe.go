@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/cocoon-runtime/cocoon/agentclient"
 )
 
 // BootProbe creates and starts a VM from spec with d, waits for the agent's
@@ -34,7 +36,7 @@ func BootProbe(ctx context.Context, d Driver, spec *Spec, timeout time.Duration)
 		case <-waitCtx.Done():
 		}
 	}()
-	client, err := WaitAgent(waitCtx, v.DialAgent)
+	client, err := agentclient.Wait(waitCtx, v.DialAgent)
 	if err != nil {
 		select {
 		case <-v.Done():

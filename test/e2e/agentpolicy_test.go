@@ -11,6 +11,7 @@ import (
 	"github.com/sirupsen/logrus"
 	"google.golang.org/grpc/codes"
 
+	"github.com/cocoon-runtime/cocoon/agentclient"
 	agentapi "github.com/cocoon-runtime/cocoon/api/agent"
 	"github.com/cocoon-runtime/cocoon/vm"
 	"github.com/cocoon-runtime/cocoon/vm/guest"
@@ -43,14 +44,14 @@ func TestAgentRefusesGuestRootWithoutDebugConsole(t *testing.T) {
 	if err := v.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
-	client, err := vm.WaitAgent(ctx, v.DialAgent)
+	client, err := agentclient.Wait(ctx, v.DialAgent)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer client.Close()
 	proc, _ := json.Marshal(&specs.Process{Args: []string{"/bin/sh", "-c", "echo pwned"}, Cwd: "/"})
 	_, err = agentapi.NewAgentClient(client).ExecProcess(ctx, &agentapi.ExecProcessRequest{ExecId: "root-shell", GuestRoot: true, Process: proc})
-	if vm.GuestCode(err) != codes.PermissionDenied {
+	if agentclient.GuestCode(err) != codes.PermissionDenied {
 		t.Fatalf("guest-root exec in a VM booted without the debug console: %v, want PermissionDenied", err)
 	}
 }

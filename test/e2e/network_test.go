@@ -21,6 +21,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/cocoon-runtime/cocoon/agentclient"
 	agentapi "github.com/cocoon-runtime/cocoon/api/agent"
 	"github.com/cocoon-runtime/cocoon/cni"
 	"github.com/cocoon-runtime/cocoon/cni/cnitest"
@@ -151,7 +152,7 @@ func (e *netEnv) startPod(t *testing.T, name string, ports []cni.PortMapping) *n
 	if err := p.vm.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if p.client, err = vm.WaitAgent(ctx, p.vm.DialAgent); err != nil {
+	if p.client, err = agentclient.Wait(ctx, p.vm.DialAgent); err != nil {
 		t.Fatal(err)
 	}
 	p.agent = agentapi.NewAgentClient(p.client)

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/cocoon-runtime/cocoon/agentclient"
 	agentapi "github.com/cocoon-runtime/cocoon/api/agent"
 	"github.com/cocoon-runtime/cocoon/vm"
 )
@@ -130,7 +131,7 @@ func TestQEMUIsConfinedAndItsAgentWantsTheToken(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	intruder := agentapi.NewHealthClient(ttrpc.NewClient(conn.(*vm.TokenConn).Conn))
+	intruder := agentapi.NewHealthClient(ttrpc.NewClient(conn.(*agentclient.TokenConn).Conn))
 	for {
 		_, err = intruder.Check(dctx, &agentapi.CheckRequest{})
 		if status.Code(err) == codes.Unauthenticated || dctx.Err() != nil {

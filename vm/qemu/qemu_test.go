@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/types/known/emptypb"
 
+	"github.com/cocoon-runtime/cocoon/agentclient"
 	agentapi "github.com/cocoon-runtime/cocoon/api/agent"
 	"github.com/cocoon-runtime/cocoon/vm"
 	"github.com/cocoon-runtime/cocoon/vm/guest"
@@ -93,7 +94,7 @@ func agentClient(t testing.TB, v vm.VMM) (*ttrpc.Client, agentapi.AgentClient) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	c, err := vm.WaitAgent(ctx, v.DialAgent)
+	c, err := agentclient.Wait(ctx, v.DialAgent)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/mdlayher/vsock"
 	"github.com/sirupsen/logrus"
 
+	"github.com/cocoon-runtime/cocoon/agentclient"
 	"github.com/cocoon-runtime/cocoon/vm"
 )
 
@@ -188,7 +189,7 @@ func (v *qemuVM) DialAgent(ctx context.Context) (net.Conn, error) {
 	if err != nil || v.token == nil {
 		return conn, err
 	}
-	return &vm.TokenConn{Conn: conn, Token: v.token}, nil
+	return &agentclient.TokenConn{Conn: conn, Token: v.token}, nil
 }
 
 // Pids are QEMU and its virtiofsd helpers.

@@ -1,4 +1,9 @@
-package vm
+// Package agentclient is cocoond's side of the ttRPC connection to a VM's agent:
+// it dials and waits for the agent, authenticates with the VM's token, observes
+// calls, and turns the agent's error answers into GuestErrors. Callers use the
+// generated agentapi clients on the *ttrpc.Client it returns. It knows nothing
+// of VMs (vm/ imports it), so the drivers, sandbox/ and tests can all use it.
+package agentclient
 
 import (
 	"context"
@@ -19,21 +24,21 @@ import (
 // Dialer connects to a VM's agent.
 type Dialer func(ctx context.Context) (net.Conn, error)
 
-// WaitAgent dials the agent and polls its health check until it serves or ctx
+// Wait dials the agent and polls its health check until it serves or ctx
 // ends; it returns the connected client. Over virtio-serial the VMM holds what
 // we write until the guest opens its port, so the first check waits long
 // (short ones would be answered late, after their caller gave up); later
 // checks are short in case the first was lost. opts configure the client
-// (ObserveAgentCalls, for one); a TokenConn's token is added to them, and
+// (ObserveCalls, for one); a TokenConn's token is added to them, and
 // the agent's error answers become GuestErrors (innermost, so every other
 // interceptor sees them as the caller will). An agent refusing the token is
 // an error at once: waiting cannot fix it.
-func WaitAgent(ctx context.Context, dial Dialer, opts ...ttrpc.ClientOpts) (*ttrpc.Client, error) {
+func Wait(ctx context.Context, dial Dialer, opts ...ttrpc.ClientOpts) (*ttrpc.Client, error) {
 	conn, err := dialRetry(ctx, dial)
 	if err != nil {
 		return nil, err
 	}
-	opts = append(append(opts, AgentClientOpts(conn)...), GuestErrors())
+	opts = append(append(opts, ConnOpts(conn)...), GuestErrors())
 	client := ttrpc.NewClient(conn, opts...)
 	health := agentapi.NewHealthClient(client)
 	attempt := 10 * time.Second
@@ -70,16 +75,16 @@ func dialRetry(ctx context.Context, dial Dialer) (net.Conn, error) {
 	}
 }
 
-// AgentCallObserver learns the outcome of every unary call to an agent
+// CallObserver learns the outcome of every unary call to an agent
 // (metrics/ counts the failures). err is nil for a successful call.
-type AgentCallObserver interface {
+type CallObserver interface {
 	ObserveAgentCall(ctx context.Context, method string, err error)
 }
 
-// ObserveAgentCalls is a client option reporting each unary call's short
+// ObserveCalls is a client option reporting each unary call's short
 // method name ("CreateContainer") and error to o. A nil o observes nothing.
 // ttrpc has no client stream interceptors, so streams are not observed.
-func ObserveAgentCalls(o AgentCallObserver) ttrpc.ClientOpts {
+func ObserveCalls(o CallObserver) ttrpc.ClientOpts {
 	if o == nil {
 		return func(*ttrpc.Client) {}
 	}
