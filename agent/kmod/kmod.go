@@ -2,27 +2,21 @@
 // the guest's initramfs. It runs inside the guest, in the agent (PID 1),
 // before any virtio device the agent talks through can be used.
 //
-// The build writes /lib/modules/<release>/cocoon.modules: one module path a
-// line, relative to that directory, already in dependency order. So this
-// package needs neither modules.dep nor modprobe: it loads the lines in order.
+// The build writes the module list (api/guestmodules: module paths in
+// dependency order), so this package needs neither modules.dep nor modprobe:
+// it loads the lines in order.
 package kmod
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
-	"io"
 	"os"
-	"path"
 	"path/filepath"
-	"strings"
 
 	"golang.org/x/sys/unix"
-)
 
-// ListName is the load-order file's name inside /lib/modules/<release>/.
-// vm/guest writes it; keep the two in step.
-const ListName = "cocoon.modules"
+	"github.com/cocoon-runtime/cocoon/api/guestmodules"
+)
 
 // Load loads, in order, every module listed in the load-order file under
 // root for the running kernel. A module the kernel already has (EEXIST) is
@@ -43,12 +37,7 @@ func Modules(root string) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	return readList(ListPath(root, release))
-}
-
-// ListPath is where the load-order file for release lives under root.
-func ListPath(root, release string) string {
-	return filepath.Join(root, "lib", "modules", release, ListName)
+	return readList(guestmodules.ListPath(root, release))
 }
 
 // Release is the running kernel's release (uname -r).
@@ -71,7 +60,7 @@ func finit(f *os.File) error {
 // load does Load's work for a given release and loader, returning the
 // modules it went through (loaded now or already present).
 func load(root, release string, fn finitFunc) ([]string, error) {
-	list := ListPath(root, release)
+	list := guestmodules.ListPath(root, release)
 	mods, err := readList(list)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
@@ -84,7 +73,7 @@ func load(root, release string, fn finitFunc) ([]string, error) {
 	dir := filepath.Dir(list)
 	for i, m := range mods {
 		if err := loadOne(filepath.Join(dir, m), fn); err != nil {
-			return mods[:i], fmt.Errorf("kmod: load module %s (%s): %w", Name(m), m, err)
+			return mods[:i], fmt.Errorf("kmod: load module %s (%s): %w", guestmodules.Name(m), m, err)
 		}
 	}
 	return mods, nil
@@ -108,37 +97,5 @@ func readList(file string) ([]string, error) {
 		return nil, err
 	}
 	defer f.Close()
-	return parseList(f, file)
-}
-
-// parseList reads one relative module path a line; blank lines and '#'
-// comments are skipped. Absolute or escaping paths are refused so a bad
-// list cannot make PID 1 load a file from elsewhere.
-func parseList(r io.Reader, name string) ([]string, error) {
-	var mods []string
-	sc := bufio.NewScanner(r)
-	for n := 1; sc.Scan(); n++ {
-		line := strings.TrimSpace(sc.Text())
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		if path.IsAbs(line) || !filepath.IsLocal(line) {
-			return nil, fmt.Errorf("kmod: %s:%d: module path %q is not relative to the modules directory", name, n, line)
-		}
-		mods = append(mods, line)
-	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("kmod: read %s: %w", name, err)
-	}
-	return mods, nil
-}
-
-// Name is a module's name as the kernel knows it: the file name without
-// its .ko suffix, with '-' turned into '_'.
-func Name(file string) string {
-	base := path.Base(file)
-	if i := strings.Index(base, ".ko"); i >= 0 {
-		base = base[:i]
-	}
-	return strings.ReplaceAll(base, "-", "_")
+	return guestmodules.Decode(f, file)
 }

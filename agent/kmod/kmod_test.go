@@ -9,6 +9,8 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/cocoon-runtime/cocoon/api/guestmodules"
 )
 
 // fakeKernel records which module files were handed to finit_module and
@@ -19,7 +21,7 @@ type fakeKernel struct {
 }
 
 func (k *fakeKernel) finit(f *os.File) error {
-	name := Name(f.Name())
+	name := guestmodules.Name(f.Name())
 	k.loaded = append(k.loaded, name)
 	return k.errs[name]
 }
@@ -79,7 +81,7 @@ func TestLoad(t *testing.T) {
 				}
 			}
 			if tt.list != "" {
-				if err := os.WriteFile(ListPath(root, release), []byte(tt.list), 0o644); err != nil {
+				if err := os.WriteFile(guestmodules.ListPath(root, release), []byte(tt.list), 0o644); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -95,19 +97,6 @@ func TestLoad(t *testing.T) {
 				t.Fatalf("loaded %v, want %v", k.loaded, tt.wantLoad)
 			}
 		})
-	}
-}
-
-func TestName(t *testing.T) {
-	for in, want := range map[string]string{
-		"kernel/drivers/char/hw_random/virtio-rng.ko": "virtio_rng",
-		"fuse.ko.xz":          "fuse",
-		"9pnet_virtio.ko":     "9pnet_virtio",
-		"/abs/overlay.ko.zst": "overlay",
-	} {
-		if got := Name(in); got != want {
-			t.Errorf("Name(%q) = %q, want %q", in, got, want)
-		}
 	}
 }
 

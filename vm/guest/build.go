@@ -18,7 +18,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/cocoon-runtime/cocoon/agent/kmod"
+	"github.com/cocoon-runtime/cocoon/api/guestmodules"
 )
 
 // Options for Build.
@@ -118,7 +118,7 @@ func Build(ctx context.Context, opts Options) (*Manifest, error) {
 		m.Busybox, m.BusyboxApplets = bb, BusyboxApplets
 		entries = append(entries, bbEntries...)
 	}
-	inGuest := "lib/modules/" + kver + "/"
+	inGuest := guestmodules.Dir(kver) + "/"
 	m.Modules = []string{}
 	for _, p := range paths {
 		data, err := readModule(filepath.Join(modDir, filepath.FromSlash(p)))
@@ -130,8 +130,7 @@ func Build(ctx context.Context, opts Options) (*Manifest, error) {
 		m.Modules = append(m.Modules, p)
 		entries = append(entries, entry{Name: inGuest + p, Perm: 0o644, Data: data})
 	}
-	list := "# Written by cocoon guest build: load in this order.\n" + strings.Join(m.Modules, "\n") + "\n"
-	entries = append(entries, entry{Name: inGuest + kmod.ListName, Perm: 0o644, Data: []byte(list)})
+	entries = append(entries, entry{Name: inGuest + guestmodules.ListName, Perm: 0o644, Data: guestmodules.Encode(m.Modules)})
 
 	// Stage beside the destination so the final rename stays on one
 	// filesystem.

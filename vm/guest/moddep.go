@@ -15,7 +15,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 	"github.com/ulikunitz/xz"
 
-	"github.com/cocoon-runtime/cocoon/agent/kmod"
+	"github.com/cocoon-runtime/cocoon/api/guestmodules"
 )
 
 // modInfo is one module: its file relative to /lib/modules/<ver>/ and the
@@ -25,7 +25,7 @@ type modInfo struct {
 	Deps []string
 }
 
-// depGraph maps module name (as kmod.Name spells it) to its modInfo.
+// depGraph maps module name (as guestmodules.Name spells it) to its modInfo.
 type depGraph map[string]modInfo
 
 // parseModulesDep reads depmod's modules.dep ("a.ko: b.ko c.ko" lines).
@@ -45,9 +45,9 @@ func parseModulesDep(r io.Reader) (depGraph, error) {
 		mod = strings.TrimSpace(mod)
 		info := modInfo{Path: mod}
 		for _, d := range strings.Fields(deps) {
-			info.Deps = append(info.Deps, kmod.Name(d))
+			info.Deps = append(info.Deps, guestmodules.Name(d))
 		}
-		g[kmod.Name(mod)] = info
+		g[guestmodules.Name(mod)] = info
 	}
 	if err := sc.Err(); err != nil {
 		return nil, fmt.Errorf("guest: read modules.dep: %w", err)
@@ -81,7 +81,7 @@ func loadDepGraph(modDir string) (depGraph, error) {
 		if err != nil {
 			return fmt.Errorf("guest: read modinfo of %s: %w", rel, err)
 		}
-		g[kmod.Name(rel)] = modInfo{Path: filepath.ToSlash(rel), Deps: deps}
+		g[guestmodules.Name(rel)] = modInfo{Path: filepath.ToSlash(rel), Deps: deps}
 		return nil
 	})
 	if err != nil {
@@ -199,7 +199,7 @@ func modinfoDepends(p string) ([]string, error) {
 			var deps []string
 			for _, d := range strings.Split(string(v), ",") {
 				if d != "" {
-					deps = append(deps, kmod.Name(d))
+					deps = append(deps, guestmodules.Name(d))
 				}
 			}
 			// modpost lists them in no meaningful order; sort so builds
