@@ -14,6 +14,7 @@ import (
 
 	agentapi "github.com/cocoon-runtime/cocoon/api/agent"
 	"github.com/cocoon-runtime/cocoon/errdefs"
+	"github.com/cocoon-runtime/cocoon/internal/pipeline"
 	"github.com/cocoon-runtime/cocoon/sandbox/ocispec"
 	"github.com/cocoon-runtime/cocoon/vm"
 )
@@ -78,7 +79,7 @@ func (m *Manager) createContainer(ctx context.Context, podID string, cfg *runtim
 	var out *output
 	var sm shareMounter
 
-	steps := []vm.Step{
+	steps := []pipeline.Step{
 		{Name: "reserve-name", Run: func(context.Context) (func() error, error) {
 			return func() error { m.ctrNames.release(name); return nil }, nil
 		}},
@@ -183,7 +184,7 @@ func (m *Manager) createContainer(ctx context.Context, podID string, cfg *runtim
 		}},
 	}
 	recordProgress(m.containers, &c, steps)
-	if _, err := vm.RunSteps(vm.WithPipeline(ctx, "create-container"), log, steps); err != nil {
+	if _, err := pipeline.Run(pipeline.WithName(ctx, "create-container"), log, steps); err != nil {
 		return "", err
 	}
 	rt.mu.Lock()

@@ -14,6 +14,7 @@ import (
 
 	agentapi "github.com/cocoon-runtime/cocoon/api/agent"
 	"github.com/cocoon-runtime/cocoon/errdefs"
+	"github.com/cocoon-runtime/cocoon/internal/pipeline"
 	"github.com/cocoon-runtime/cocoon/sandbox/ocispec"
 	"github.com/cocoon-runtime/cocoon/vm"
 	"github.com/cocoon-runtime/cocoon/vm/guest"
@@ -90,7 +91,7 @@ func (m *Manager) RunPod(ctx context.Context, cfg *runtimeapi.PodSandboxConfig, 
 	var bootStart time.Time
 	booted := false
 
-	bootCtx, cancel := context.WithTimeout(vm.WithPipeline(ctx, "run-pod"), h.BootTimeout.Std())
+	bootCtx, cancel := context.WithTimeout(pipeline.WithName(ctx, "run-pod"), h.BootTimeout.Std())
 	defer cancel()
 	// undoFailed is set when an undo fails: the record then stays, marked,
 	// so a Stop/Remove or a restart finishes the cleanup.
@@ -104,7 +105,7 @@ func (m *Manager) RunPod(ctx context.Context, cfg *runtimeapi.PodSandboxConfig, 
 			return err
 		}
 	}
-	steps := []vm.Step{
+	steps := []pipeline.Step{
 		{Name: "reserve-name", Run: func(context.Context) (func() error, error) {
 			return func() error { m.podNames.release(name); return nil }, nil
 		}},
@@ -214,7 +215,7 @@ func (m *Manager) RunPod(ctx context.Context, cfg *runtimeapi.PodSandboxConfig, 
 			return nil, err
 		}},
 	}
-	if _, err := vm.RunSteps(bootCtx, log, steps); err != nil {
+	if _, err := pipeline.Run(bootCtx, log, steps); err != nil {
 		if !bootStart.IsZero() && !booted {
 			m.observeBoot(handler, h.VMM, bootStart, err)
 		}

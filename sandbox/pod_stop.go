@@ -10,6 +10,7 @@ import (
 
 	agentapi "github.com/cocoon-runtime/cocoon/api/agent"
 	"github.com/cocoon-runtime/cocoon/errdefs"
+	"github.com/cocoon-runtime/cocoon/internal/pipeline"
 	"github.com/cocoon-runtime/cocoon/vm"
 )
 
@@ -75,7 +76,7 @@ func (m *Manager) stopPod(ctx context.Context, id string) error {
 	if err := m.removeVMOf(ctx, &pod); err != nil {
 		errs = append(errs, fmt.Errorf("remove VM: %w", err))
 	}
-	vm.CrashPoint("stop-pod/vm-stopped")
+	pipeline.CrashPoint("stop-pod/vm-stopped")
 	netnsPath := pod.NetnsPath
 	if netnsPath == "" {
 		// A run cut short before recording it: the network knows.
@@ -88,7 +89,7 @@ func (m *Manager) stopPod(ctx context.Context, id string) error {
 			errs = append(errs, fmt.Errorf("detach network: %w", err))
 		}
 	}
-	vm.CrashPoint("stop-pod/network-detached")
+	pipeline.CrashPoint("stop-pod/network-detached")
 	if err := errors.Join(errs...); err != nil {
 		_, _ = m.pods.update(id, func(p *Pod) error { p.CleanupPending = err.Error(); return nil })
 		log.WithError(err).Warn("pod stop left work undone; the next stop or a restart retries it")
@@ -173,7 +174,7 @@ func (m *Manager) removePod(ctx context.Context, id string) error {
 			m.events.publish(EventDeleted, c.ID, c.PodID)
 		}
 	}
-	vm.CrashPoint("remove-pod/containers-removed")
+	pipeline.CrashPoint("remove-pod/containers-removed")
 	if err := removePodDirs(pod.RunDir, pod.ShareDir); err != nil {
 		return err
 	}

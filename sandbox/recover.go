@@ -14,6 +14,7 @@ import (
 	"go.podman.io/storage"
 
 	agentapi "github.com/cocoon-runtime/cocoon/api/agent"
+	"github.com/cocoon-runtime/cocoon/internal/pipeline"
 	"github.com/cocoon-runtime/cocoon/vm"
 )
 
@@ -308,7 +309,7 @@ func (m *Manager) removeStrayStorage(context.Context) error {
 // recordProgress makes each step between "record" and "persist" save c into
 // its record when the step changed it, so a record cut short by a crash
 // names the rootfs and binds made so far.
-func recordProgress(s *store[Container], c *Container, steps []vm.Step) {
+func recordProgress(s *store[Container], c *Container, steps []pipeline.Step) {
 	on := false
 	for i := range steps {
 		switch steps[i].Name {

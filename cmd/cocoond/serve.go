@@ -21,6 +21,7 @@ import (
 	"github.com/cocoon-runtime/cocoon/config"
 	"github.com/cocoon-runtime/cocoon/cri"
 	"github.com/cocoon-runtime/cocoon/image"
+	"github.com/cocoon-runtime/cocoon/internal/pipeline"
 	"github.com/cocoon-runtime/cocoon/metrics"
 	"github.com/cocoon-runtime/cocoon/sandbox"
 	"github.com/cocoon-runtime/cocoon/version"
@@ -46,7 +47,7 @@ func serve(loaded *config.Loaded, configPath string) error {
 	// Read once, here; unset (always, outside those tests) it does nothing.
 	if point := os.Getenv("COCOON_TEST_CRASH_AT"); point != "" {
 		log.WithField("point", point).Warn("COCOON_TEST_CRASH_AT is set: cocoond will SIGKILL itself at that point (a test hook)")
-		vm.SetCrashPoint(point)
+		pipeline.SetCrashPoint(point)
 	}
 
 	for _, dir := range []string{cfg.Daemon.StateDir, cfg.Daemon.RuntimeDir} {

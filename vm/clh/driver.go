@@ -17,6 +17,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	clhapi "github.com/cocoon-runtime/cocoon/api/clh"
+	"github.com/cocoon-runtime/cocoon/internal/pipeline"
 	"github.com/cocoon-runtime/cocoon/vm"
 )
 
@@ -82,22 +83,22 @@ func (d *Driver) create(ctx context.Context, spec *vm.Spec) (*VMM, error) {
 		return nil, err
 	}
 	steps = append(steps,
-		vm.Step{Name: "vm.create", Run: func(ctx context.Context) (func() error, error) {
+		pipeline.Step{Name: "vm.create", Run: func(ctx context.Context) (func() error, error) {
 			resp, err := v.api.c.CreateVM(ctx, vmConfig(withAgentPolicy(spec, d.debugConsole)))
 			// Nothing to undo: killing the process discards the VM.
 			return nil, check("vm.create", resp, err, nil)
 		}},
-		vm.Step{Name: "check created", Run: func(ctx context.Context) (func() error, error) {
+		pipeline.Step{Name: "check created", Run: func(ctx context.Context) (func() error, error) {
 			return nil, v.api.expectState(ctx, clhapi.Created)
 		}},
 	)
 	for _, n := range spec.NICs {
-		steps = append(steps, vm.Step{Name: "vm.add-net " + n.ID, Run: func(ctx context.Context) (func() error, error) {
+		steps = append(steps, pipeline.Step{Name: "vm.add-net " + n.ID, Run: func(ctx context.Context) (func() error, error) {
 			// Before boot CH answers 204 and no device info.
 			return nil, v.api.putWithFiles(ctx, "vm.add-net", netConfig(n), []*os.File{n.Tap}, nil)
 		}})
 	}
-	if err := v.run(vm.WithPipeline(ctx, "clh-create"), steps); err != nil {
+	if err := v.run(pipeline.WithName(ctx, "clh-create"), steps); err != nil {
 		return nil, err
 	}
 	return v, nil
@@ -106,7 +107,7 @@ func (d *Driver) create(ctx context.Context, spec *vm.Spec) (*VMM, error) {
 // launch prepares a VMM for spec and the steps that bring its process up to
 // an answering, VM-less API: run dir, virtiofsd per share, API socket,
 // cloud-hypervisor, ping. Create and Restore continue from there.
-func (d *Driver) launch(spec *vm.Spec) (*VMM, []vm.Step, error) {
+func (d *Driver) launch(spec *vm.Spec) (*VMM, []pipeline.Step, error) {
 	bin, err := exec.LookPath(d.binary)
 	if err != nil {
 		return nil, nil, fmt.Errorf("clh: %w", err)
@@ -126,7 +127,7 @@ func (d *Driver) launch(spec *vm.Spec) (*VMM, []vm.Step, error) {
 	var listener *net.UnixListener
 	// The record exists before the processes it names and is rewritten as
 	// each starts, so a restart after a crash here finds them.
-	steps := []vm.Step{{Name: "run dir", Run: func(context.Context) (func() error, error) {
+	steps := []pipeline.Step{{Name: "run dir", Run: func(context.Context) (func() error, error) {
 		undo, err := makeRunDir(spec.RunDir)
 		if err != nil {
 			return undo, err
@@ -142,7 +143,7 @@ func (d *Driver) launch(spec *vm.Spec) (*VMM, []vm.Step, error) {
 		return c.Close, nil
 	}}}
 	for _, sh := range spec.Shares {
-		steps = append(steps, vm.Step{Name: "virtiofsd " + sh.Tag, Run: func(ctx context.Context) (func() error, error) {
+		steps = append(steps, pipeline.Step{Name: "virtiofsd " + sh.Tag, Run: func(ctx context.Context) (func() error, error) {
 			w, sock, err := vm.StartVirtiofsd(ctx, spec.RunDir, sh, v.log)
 			if err != nil {
 				return nil, err
@@ -156,7 +157,7 @@ func (d *Driver) launch(spec *vm.Spec) (*VMM, []vm.Step, error) {
 		}})
 	}
 	steps = append(steps,
-		vm.Step{Name: "api socket", Run: func(context.Context) (func() error, error) {
+		pipeline.Step{Name: "api socket", Run: func(context.Context) (func() error, error) {
 			// Bound by us and inherited as fd 3: it accepts connections
 			// before CH runs, so there is no socket file to wait for.
 			l, err := net.ListenUnix("unix", &net.UnixAddr{Name: v.api.sock, Net: "unix"})
@@ -171,7 +172,7 @@ func (d *Driver) launch(spec *vm.Spec) (*VMM, []vm.Step, error) {
 				return removeIfExists(v.api.sock)
 			}, nil
 		}},
-		vm.Step{Name: "spawn cloud-hypervisor", Run: func(context.Context) (func() error, error) {
+		pipeline.Step{Name: "spawn cloud-hypervisor", Run: func(context.Context) (func() error, error) {
 			w, err := spawn(bin, spec.RunDir, listener)
 			if err != nil {
 				return nil, err
@@ -182,7 +183,7 @@ func (d *Driver) launch(spec *vm.Spec) (*VMM, []vm.Step, error) {
 			v.log.WithField("pid", w.Pid).Debug("cloud-hypervisor started")
 			return func() error { return w.Kill() }, vm.SaveState(v.State())
 		}},
-		vm.Step{Name: "vmm.ping", Run: func(ctx context.Context) (func() error, error) {
+		pipeline.Step{Name: "vmm.ping", Run: func(ctx context.Context) (func() error, error) {
 			pong, err := v.api.ping(ctx, v.proc.Done())
 			if err != nil {
 				return nil, fmt.Errorf("%w (see %s)", err, filepath.Join(spec.RunDir, vmmLogName))
@@ -263,7 +264,7 @@ func (d *Driver) adopt(ctx context.Context, st *vm.State) (*VMM, error) {
 	v := &VMM{
 		log: d.log.WithField("vm", st.ID), id: st.ID, runDir: st.RunDir,
 		api: newAPI(st.ControlSocket), vsock: st.AgentSocket,
-		vcpus: st.VCPUs, memMiB: st.MemoryMiB, cleanup: &vm.Cleanup{},
+		vcpus: st.VCPUs, memMiB: st.MemoryMiB, cleanup: &pipeline.Cleanup{},
 	}
 	if v.vsock == "" {
 		v.vsock = vsockSocket(st.RunDir)
@@ -339,8 +340,8 @@ func (v *VMM) abandon(why error) error {
 }
 
 // run runs steps and keeps the cleanup stack for Stop.
-func (v *VMM) run(ctx context.Context, steps []vm.Step) error {
-	c, err := vm.RunSteps(ctx, v.log, steps)
+func (v *VMM) run(ctx context.Context, steps []pipeline.Step) error {
+	c, err := pipeline.Run(ctx, v.log, steps)
 	if err != nil {
 		return fmt.Errorf("clh: %s: %w", v.id, err)
 	}

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	clhapi "github.com/cocoon-runtime/cocoon/api/clh"
+	"github.com/cocoon-runtime/cocoon/internal/pipeline"
 	"github.com/cocoon-runtime/cocoon/vm"
 )
 
@@ -59,11 +60,11 @@ func (d *Driver) Restore(ctx context.Context, spec *vm.Spec, snapshotDir string)
 	}
 	clone := filepath.Join(spec.RunDir, "snapshot")
 	steps = append(steps,
-		vm.Step{Name: "snapshot copy", Run: func(context.Context) (func() error, error) {
+		pipeline.Step{Name: "snapshot copy", Run: func(context.Context) (func() error, error) {
 			// Removed with the run dir.
 			return nil, cloneSnapshot(snapshotDir, clone, spec)
 		}},
-		vm.Step{Name: "vm.restore", Run: func(ctx context.Context) (func() error, error) {
+		pipeline.Step{Name: "vm.restore", Run: func(ctx context.Context) (func() error, error) {
 			body := clhapi.RestoreConfig{SourceUrl: "file://" + clone}
 			if len(spec.NICs) == 0 {
 				resp, err := v.api.c.RestoreVM(ctx, body)
@@ -78,7 +79,7 @@ func (d *Driver) Restore(ctx context.Context, spec *vm.Spec, snapshotDir string)
 			body.NetFds = &nets
 			return nil, v.api.putWithFiles(ctx, "vm.restore", body, taps, nil)
 		}},
-		vm.Step{Name: "vm.resume", Run: func(ctx context.Context) (func() error, error) {
+		pipeline.Step{Name: "vm.resume", Run: func(ctx context.Context) (func() error, error) {
 			resp, err := v.api.c.ResumeVM(ctx)
 			if err := check("vm.resume", resp, err, nil); err != nil {
 				return nil, err

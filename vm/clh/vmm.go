@@ -13,6 +13,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	clhapi "github.com/cocoon-runtime/cocoon/api/clh"
+	"github.com/cocoon-runtime/cocoon/internal/pipeline"
 	"github.com/cocoon-runtime/cocoon/vm"
 )
 
@@ -31,7 +32,7 @@ type VMM struct {
 	proc    *vm.Watched
 	helpers []*vm.Watched
 	// cleanup undoes everything Create (or Adopt) set up, last first.
-	cleanup *vm.Cleanup
+	cleanup *pipeline.Cleanup
 
 	stopMu  sync.Mutex // serialises Stop
 	stopped bool

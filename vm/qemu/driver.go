@@ -14,6 +14,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/cocoon-runtime/cocoon/internal/pipeline"
 	"github.com/cocoon-runtime/cocoon/vm"
 )
 
@@ -87,7 +88,7 @@ func (d *Driver) Create(ctx context.Context, spec *vm.Spec) (vm.VMM, error) {
 	}
 	var vfsSockets []string
 	var tokenFile string
-	steps := []vm.Step{
+	steps := []pipeline.Step{
 		{Name: "rundir", Run: func(context.Context) (func() error, error) {
 			if err := os.MkdirAll(spec.RunDir, 0o700); err != nil {
 				return nil, err
@@ -164,7 +165,7 @@ func (d *Driver) Create(ctx context.Context, spec *vm.Spec) (vm.VMM, error) {
 			return q.Close, nil
 		}},
 	}
-	cleanup, err := vm.RunSteps(vm.WithPipeline(ctx, "qemu-create"), log, steps)
+	cleanup, err := pipeline.Run(pipeline.WithName(ctx, "qemu-create"), log, steps)
 	if err != nil {
 		return nil, fmt.Errorf("qemu: create %s: %w", spec.ID, err)
 	}
@@ -248,7 +249,7 @@ func (d *Driver) Adopt(ctx context.Context, st *vm.State) (vm.VMM, error) {
 	}
 	v := &qemuVM{driver: d, spec: vm.Spec{ID: st.ID, RunDir: st.RunDir}, paths: vmPaths(st.RunDir), token: token,
 		log: d.opts.Log.WithField("vm", st.ID), accel: st.Accel, proc: proc, vsockCID: st.AgentVsockCID,
-		vcpus: st.VCPUs, memMiB: st.MemoryMiB, ports: map[string]int{}, done: make(chan struct{}), cleanup: &vm.Cleanup{}}
+		vcpus: st.VCPUs, memMiB: st.MemoryMiB, ports: map[string]int{}, done: make(chan struct{}), cleanup: &pipeline.Cleanup{}}
 	v.cleanup.Push("rundir", func() error { return os.RemoveAll(st.RunDir) })
 	for _, h := range st.Helpers {
 		w, err := vm.AdoptWatched(h)

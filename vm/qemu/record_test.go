@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/cocoon-runtime/cocoon/internal/pipeline"
 	"github.com/cocoon-runtime/cocoon/vm"
 )
 
@@ -27,13 +28,13 @@ func TestQEMURecordsBeforeEachProcess(t *testing.T) {
 			var seen *vm.State
 			var readErr error
 			var liveAtPoint int
-			restore := vm.SetCrashAction(func() {
+			restore := pipeline.SetCrashAction(func() {
 				seen, readErr = vm.LoadState(spec.RunDir, quietDriver().opts.Log)
 				liveAtPoint = len(processesNaming(spec.RunDir))
 			})
 			defer restore()
-			vm.SetCrashPoint(tt.point)
-			defer vm.SetCrashPoint("")
+			pipeline.SetCrashPoint(tt.point)
+			defer pipeline.SetCrashPoint("")
 			v, err := quietDriver().Create(context.Background(), spec)
 			if err != nil {
 				t.Fatal(err)

@@ -13,6 +13,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/cocoon-runtime/cocoon/agentclient"
+	"github.com/cocoon-runtime/cocoon/internal/pipeline"
 	"github.com/cocoon-runtime/cocoon/vm"
 )
 
@@ -30,7 +31,7 @@ type qemuVM struct {
 	helpers []*vm.Watched
 	qmp     *qmpClient
 	console *vm.Console // copies the serial console while this cocoond runs
-	cleanup *vm.Cleanup
+	cleanup *pipeline.Cleanup
 
 	mu       sync.Mutex
 	vcpus    uint32

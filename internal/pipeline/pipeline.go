@@ -1,4 +1,8 @@
-package vm
+// Package pipeline runs named steps (bringing a VM up, creating a pod or a
+// container) and unwinds what the done steps acquired when one fails. It also
+// holds the crash hook the crash-consistency tests arm: cocoond SIGKILLs
+// itself after the named step ("<pipeline>/<step>").
+package pipeline
 
 import (
 	"context"
@@ -41,20 +45,23 @@ func CrashPoint(point string) {
 	}
 }
 
-type pipelineKey struct{}
+type nameKey struct{}
 
-// WithPipeline names the steps RunSteps runs with ctx (the crash hook's
-// "<pipeline>/" prefix); nested pipelines name themselves.
-func WithPipeline(ctx context.Context, name string) context.Context {
-	return context.WithValue(ctx, pipelineKey{}, name)
+// WithName names the pipeline Run runs with ctx (the crash hook's
+// "<pipeline>/" prefix, and the logs' pipeline field); nested pipelines name
+// themselves.
+func WithName(ctx context.Context, name string) context.Context {
+	return context.WithValue(ctx, nameKey{}, name)
 }
 
-func pipeline(ctx context.Context) string {
-	name, _ := ctx.Value(pipelineKey{}).(string)
+// Name is the pipeline ctx was named for by WithName ("" when none).
+func Name(ctx context.Context) string {
+	name, _ := ctx.Value(nameKey{}).(string)
 	return name
 }
 
-// Step is one named stage of bringing a VM up. Run returns the undo for what
+// Step is one named stage of a pipeline (bringing a VM up, creating a
+// container). Run returns the undo for what
 // it acquired (nil when there is nothing to undo).
 type Step struct {
 	Name string
@@ -96,10 +103,12 @@ func (c *Cleanup) Unwind(log *logrus.Entry) error {
 // Len is the number of pending undos.
 func (c *Cleanup) Len() int { return len(c.undos) }
 
-// RunSteps runs steps in order, logging each with its duration. When one
+// Run runs steps in order, logging each with its duration. When one
 // fails it unwinds everything done so far and returns the step's error.
 // On success the caller owns the returned Cleanup (to undo on Stop).
-func RunSteps(ctx context.Context, log *logrus.Entry, steps []Step) (*Cleanup, error) {
+func Run(ctx context.Context, log *logrus.Entry, steps []Step) (*Cleanup, error) {
+	name := Name(ctx)
+	log = log.WithField("pipeline", name)
 	c := &Cleanup{}
 	for _, s := range steps {
 		start := time.Now()
@@ -110,12 +119,12 @@ func RunSteps(ctx context.Context, log *logrus.Entry, steps []Step) (*Cleanup, e
 		c.Push(s.Name, undo)
 		entry := log.WithFields(logrus.Fields{"step": s.Name, "took": time.Since(start).String()})
 		if err != nil {
-			entry.WithError(err).Warn("boot step failed, unwinding")
+			entry.WithError(err).Warn("step failed, unwinding")
 			return nil, errors.Join(fmt.Errorf("%s: %w", s.Name, err), c.Unwind(log))
 		}
-		entry.Debug("boot step done")
+		entry.Debug("step done")
 		// After the step: what it made exists, what follows has not run.
-		CrashPoint(pipeline(ctx) + "/" + s.Name)
+		CrashPoint(name + "/" + s.Name)
 	}
 	return c, nil
 }

@@ -1,4 +1,4 @@
-package vm
+package pipeline
 
 import (
 	"context"
@@ -8,9 +8,10 @@ import (
 	"testing"
 
 	"github.com/sirupsen/logrus"
+	logtest "github.com/sirupsen/logrus/hooks/test"
 )
 
-func TestRunStepsUnwindsInReverse(t *testing.T) {
+func TestRunUnwindsInReverse(t *testing.T) {
 	log := logrus.NewEntry(logrus.New())
 	log.Logger.SetLevel(logrus.PanicLevel)
 	var trail []string
@@ -49,7 +50,7 @@ func TestRunStepsUnwindsInReverse(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			trail = nil
-			c, err := RunSteps(context.Background(), log, tt.steps)
+			c, err := Run(context.Background(), log, tt.steps)
 			if !reflect.DeepEqual(trail, tt.wantTrail) {
 				t.Fatalf("trail %v, want %v", trail, tt.wantTrail)
 			}
@@ -68,11 +69,11 @@ func TestRunStepsUnwindsInReverse(t *testing.T) {
 	}
 }
 
-func TestRunStepsHonoursCancellation(t *testing.T) {
+func TestRunHonoursCancellation(t *testing.T) {
 	log := logrus.NewEntry(logrus.New())
 	ctx, cancel := context.WithCancel(context.Background())
 	undone := false
-	_, err := RunSteps(ctx, log, []Step{
+	_, err := Run(ctx, log, []Step{
 		{Name: "a", Run: func(context.Context) (func() error, error) {
 			cancel()
 			return func() error { undone = true; return nil }, nil
@@ -111,11 +112,34 @@ func TestCrashPointFiresAfterTheNamedStepOnly(t *testing.T) {
 	} {
 		trail = nil
 		SetCrashPoint(tt.armed)
-		if _, err := RunSteps(WithPipeline(context.Background(), tt.pipeline), log, steps); err != nil {
+		if _, err := Run(WithName(context.Background(), tt.pipeline), log, steps); err != nil {
 			t.Fatal(err)
 		}
 		if !reflect.DeepEqual(trail, tt.want) {
 			t.Errorf("armed %q in %q: trail %v, want %v", tt.armed, tt.pipeline, trail, tt.want)
 		}
+	}
+}
+
+// TestRunLogsNameThePipeline: a failing container creation must not log as
+// a boot step; every step line carries the pipeline's name.
+func TestRunLogsNameThePipeline(t *testing.T) {
+	logger, hook := logtest.NewNullLogger()
+	logger.SetLevel(logrus.DebugLevel)
+	ctx := WithName(context.Background(), "create-container")
+	_, err := Run(ctx, logrus.NewEntry(logger), []Step{
+		{Name: "mounts", Run: func(context.Context) (func() error, error) { return nil, nil }},
+		{Name: "agent", Run: func(context.Context) (func() error, error) { return nil, errors.New("refused") }},
+	})
+	if err == nil {
+		t.Fatal("a failing step did not fail Run")
+	}
+	var got []string
+	for _, e := range hook.AllEntries() {
+		got = append(got, e.Message+" "+e.Data["pipeline"].(string)+"/"+e.Data["step"].(string))
+	}
+	want := []string{"step done create-container/mounts", "step failed, unwinding create-container/agent"}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("log lines %q, want %q", got, want)
 	}
 }
