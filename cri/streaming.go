@@ -43,7 +43,7 @@ var errNonZero = errors.New("command exited with a non-zero code")
 type streamRuntime struct{ s streamer }
 
 func (r streamRuntime) Exec(ctx context.Context, id string, cmd []string, in io.Reader, out, errw io.WriteCloser, tty bool, resize <-chan remotecommandserver.TerminalSize) error {
-	code, err := r.s.Exec(ctx, id, cmd, in, out, errw, tty, sizes(ctx, resize))
+	code, err := r.s.Exec(ctx, id, cmd, in, out, errw, tty, sandbox.Resizes(ctx, resize, termSize))
 	if err != nil {
 		return err
 	}
@@ -55,33 +55,14 @@ func (r streamRuntime) Exec(ctx context.Context, id string, cmd []string, in io.
 }
 
 func (r streamRuntime) Attach(ctx context.Context, id string, in io.Reader, out, errw io.WriteCloser, tty bool, resize <-chan remotecommandserver.TerminalSize) error {
-	return r.s.Attach(ctx, id, in, out, errw, tty, sizes(ctx, resize))
+	return r.s.Attach(ctx, id, in, out, errw, tty, sandbox.Resizes(ctx, resize, termSize))
 }
 
 func (r streamRuntime) PortForward(ctx context.Context, podID string, port int32, stream io.ReadWriteCloser) error {
 	return r.s.PortForward(ctx, podID, port, stream)
 }
 
-// sizes converts the library's resize events to ours.
-func sizes(ctx context.Context, in <-chan remotecommandserver.TerminalSize) <-chan sandbox.TermSize {
-	out := make(chan sandbox.TermSize, 1)
-	go func() {
-		defer close(out)
-		for {
-			select {
-			case sz, ok := <-in:
-				if !ok {
-					return
-				}
-				select {
-				case out <- sandbox.TermSize{Width: sz.Width, Height: sz.Height}:
-				case <-ctx.Done():
-					return
-				}
-			case <-ctx.Done():
-				return
-			}
-		}
-	}()
-	return out
+// termSize is the streaming library's resize event as ours.
+func termSize(sz remotecommandserver.TerminalSize) sandbox.TermSize {
+	return sandbox.TermSize{Width: sz.Width, Height: sz.Height}
 }

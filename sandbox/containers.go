@@ -166,16 +166,7 @@ func (m *Manager) createContainer(ctx context.Context, podID string, cfg *runtim
 			}, nil
 		}},
 		{Name: "output-streams", Run: func(context.Context) (func() error, error) {
-			streams := []agentapi.ReadOutputRequest_Stream{agentapi.ReadOutputRequest_STDOUT}
-			if !cfg.GetTty() {
-				streams = append(streams, agentapi.ReadOutputRequest_STDERR)
-			}
-			for _, s := range streams {
-				if err := out.copyStream(rt.context(), rt.agent, id, s, log); err != nil {
-					return nil, err
-				}
-			}
-			return nil, nil
+			return nil, out.copyStreams(rt.context(), rt.agent, id, cfg.GetTty(), log)
 		}},
 		{Name: "persist", Run: func(context.Context) (func() error, error) {
 			c.State = StateCreated

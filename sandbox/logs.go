@@ -72,6 +72,22 @@ func (o *output) reopen() error {
 	return nil
 }
 
+// copyStreams starts copying a container's output into o: stdout, and
+// stderr unless the container has a terminal (whose one stream is stdout).
+// Container creation and re-adoption after a restart both start it here.
+func (o *output) copyStreams(ctx context.Context, a agentapi.AgentClient, containerID string, tty bool, log *logrus.Entry) error {
+	streams := []agentapi.ReadOutputRequest_Stream{agentapi.ReadOutputRequest_STDOUT}
+	if !tty {
+		streams = append(streams, agentapi.ReadOutputRequest_STDERR)
+	}
+	for _, s := range streams {
+		if err := o.copyStream(ctx, a, containerID, s, log); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // copyStream reads one stream from the agent until EOF, ctx ends or the
 // output is closed.
 func (o *output) copyStream(ctx context.Context, a agentapi.AgentClient, containerID string, which agentapi.ReadOutputRequest_Stream, log *logrus.Entry) error {

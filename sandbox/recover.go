@@ -112,14 +112,8 @@ func (m *Manager) recoverPod(ctx context.Context, p Pod) (err error) {
 			return err
 		}
 		rt.outputs[c.ID] = o
-		streams := []agentapi.ReadOutputRequest_Stream{agentapi.ReadOutputRequest_STDOUT}
-		if !c.ContainerConfig().GetTty() {
-			streams = append(streams, agentapi.ReadOutputRequest_STDERR)
-		}
-		for _, s := range streams {
-			if err := o.copyStream(rt.context(), rt.agent, c.ID, s, log.WithField("container", c.ID)); err != nil {
-				return fmt.Errorf("container %s output: %w", c.ID, err)
-			}
+		if err := o.copyStreams(rt.context(), rt.agent, c.ID, c.ContainerConfig().GetTty(), log.WithField("container", c.ID)); err != nil {
+			return fmt.Errorf("container %s output: %w", c.ID, err)
 		}
 	}
 	m.mu.Lock()

@@ -125,25 +125,65 @@ func feedStdin(ctx context.Context, rt *podRuntime, cid, execID string, in io.Re
 	if in == nil {
 		return
 	}
-	buf := make([]byte, 32<<10)
+	err := sendChunks(in, func(data []byte) error {
+		// No per-call deadline: a process that reads its stdin slowly
+		// holds the write, and the session's end ends it.
+		_, err := rt.agent.WriteStdin(ctx, &agentapi.WriteStdinRequest{ContainerId: cid, ExecId: execID, Data: data})
+		return err
+	})
+	if err == nil && closeOnEOF {
+		cctx, cancel := rt.shortCall(ctx)
+		_, _ = rt.agent.CloseStdin(cctx, &agentapi.ProcessRequest{ContainerId: cid, ExecId: execID})
+		cancel()
+	}
+}
+
+// chunkSize is how much one agent call carries when cocoond streams a
+// caller's bytes (stdin, a port-forward) into the guest.
+const chunkSize = 32 << 10
+
+// sendChunks reads r in chunks of up to chunkSize and hands each to send
+// (a copy of its own: send may keep it) until r ends or fails, which is nil
+// (the caller's cue to close its side), or send fails, which is send's error.
+func sendChunks(r io.Reader, send func([]byte) error) error {
+	buf := make([]byte, chunkSize)
 	for {
-		n, err := in.Read(buf)
+		n, err := r.Read(buf)
 		if n > 0 {
-			// No per-call deadline: a process that reads its stdin slowly
-			// holds the write, and the session's end ends it.
-			if _, werr := rt.agent.WriteStdin(ctx, &agentapi.WriteStdinRequest{ContainerId: cid, ExecId: execID, Data: append([]byte(nil), buf[:n]...)}); werr != nil {
-				return
+			if serr := send(append([]byte(nil), buf[:n]...)); serr != nil {
+				return serr
 			}
 		}
 		if err != nil {
-			if closeOnEOF {
-				cctx, cancel := rt.shortCall(ctx)
-				_, _ = rt.agent.CloseStdin(cctx, &agentapi.ProcessRequest{ContainerId: cid, ExecId: execID})
-				cancel()
-			}
-			return
+			return nil
 		}
 	}
+}
+
+// Resizes turns a caller's resize events (the CRI streaming library's, the
+// admin API's) into TermSizes with conv, until in closes or ctx ends; the
+// channel it returns closes then.
+func Resizes[T any](ctx context.Context, in <-chan T, conv func(T) TermSize) <-chan TermSize {
+	out := make(chan TermSize, 1)
+	go func() {
+		defer close(out)
+		for {
+			select {
+			case sz, ok := <-in:
+				if !ok {
+					return
+				}
+				select {
+				case out <- conv(sz):
+				case <-ctx.Done():
+					return
+				}
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return out
 }
 
 func forwardResize(ctx context.Context, a agentapi.AgentClient, cid, execID string, resize <-chan TermSize) {
@@ -222,18 +262,9 @@ func (m *Manager) PortForward(ctx context.Context, podID string, port int32, str
 		return err
 	}
 	go func() {
-		buf := make([]byte, 32<<10)
-		for {
-			n, err := stream.Read(buf)
-			if n > 0 {
-				if serr := fwd.Send(&agentapi.PortForwardChunk{Data: append([]byte(nil), buf[:n]...)}); serr != nil {
-					return
-				}
-			}
-			if err != nil {
-				_ = fwd.CloseSend()
-				return
-			}
+		err := sendChunks(stream, func(data []byte) error { return fwd.Send(&agentapi.PortForwardChunk{Data: data}) })
+		if err == nil {
+			_ = fwd.CloseSend()
 		}
 	}()
 	for {

@@ -38,23 +38,7 @@ func (a adminPods) FindPod(ref string) (admin.PodInfo, error) {
 
 func (a adminPods) DebugConsole(ctx context.Context, podID string, req admin.ConsoleRequest, stdin io.Reader, stdout, stderr io.WriteCloser, resize <-chan admin.Size) (int32, error) {
 	opts := sandbox.ShellOptions{Term: req.Term, TTY: req.TTY, Size: termSize(req.Size)}
-	sizes := make(chan sandbox.TermSize, 1)
-	go func() {
-		defer close(sizes)
-		for {
-			select {
-			case sz := <-resize:
-				select {
-				case sizes <- termSize(sz):
-				case <-ctx.Done():
-					return
-				}
-			case <-ctx.Done():
-				return
-			}
-		}
-	}()
-	return a.m.DebugConsole(ctx, podID, opts, stdin, stdout, stderr, sizes)
+	return a.m.DebugConsole(ctx, podID, opts, stdin, stdout, stderr, sandbox.Resizes(ctx, resize, termSize))
 }
 
 func termSize(s admin.Size) sandbox.TermSize { return sandbox.TermSize{Width: s.Cols, Height: s.Rows} }
