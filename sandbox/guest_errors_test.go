@@ -3,13 +3,10 @@ package sandbox
 import (
 	"context"
 	"io"
-	"net"
-	"path/filepath"
 	"strings"
 	"testing"
 
 	cerrdefs "github.com/containerd/errdefs"
-	"github.com/containerd/ttrpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/emptypb"
@@ -39,19 +36,7 @@ func (a refusingAgent) ExecProcess(context.Context, *agentapi.ExecProcessRequest
 // carries the production interceptors.
 func refusingPod(t *testing.T, m *Manager, prefix string, code codes.Code) (podID, ctrID string) {
 	t.Helper()
-	sock := filepath.Join(t.TempDir(), "agent.sock")
-	lis, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := ttrpc.NewServer()
-	if err != nil {
-		t.Fatal(err)
-	}
-	agentapi.RegisterAgentService(srv, refusingAgent{Hostile: &agenttest.Hostile{}, code: code})
-	agentapi.RegisterHealthService(srv, agenttest.Healthy{})
-	go func() { _ = srv.Serve(context.Background(), lis) }()
-	t.Cleanup(func() { srv.Close() })
+	sock := agenttest.Serve(t, refusingAgent{Hostile: &agenttest.Hostile{}, code: code}, agenttest.Healthy{})
 	client, err := m.waitAgent(context.Background(), &fakeVMM{agentSock: sock})
 	if err != nil {
 		t.Fatal(err)

@@ -15,6 +15,12 @@ import (
 // ServeHealth serves svc as the agent's Health service, and no other, on a
 // unix socket in t's temp dir until t ends; it returns the socket's path.
 func ServeHealth(t testing.TB, svc agentapi.HealthService) string {
+	return Serve(t, nil, svc)
+}
+
+// Serve serves agent (when not nil) and health over ttRPC on a unix socket in
+// t's temp dir until t ends; it returns the socket's path.
+func Serve(t testing.TB, agent agentapi.AgentService, health agentapi.HealthService) string {
 	t.Helper()
 	sock := filepath.Join(t.TempDir(), "agent.sock")
 	lis, err := net.Listen("unix", sock)
@@ -25,7 +31,10 @@ func ServeHealth(t testing.TB, svc agentapi.HealthService) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	agentapi.RegisterHealthService(srv, svc)
+	if agent != nil {
+		agentapi.RegisterAgentService(srv, agent)
+	}
+	agentapi.RegisterHealthService(srv, health)
 	go func() { _ = srv.Serve(context.Background(), lis) }()
 	t.Cleanup(func() { srv.Close() })
 	return sock

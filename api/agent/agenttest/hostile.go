@@ -3,7 +3,6 @@ package agenttest
 import (
 	"context"
 	"net"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -108,18 +107,7 @@ func (h *Hostile) end(key string) {
 func ServeAgent(t testing.TB, h *Hostile) agentapi.AgentClient {
 	t.Helper()
 	h.stop = make(chan struct{})
-	sock := filepath.Join(t.TempDir(), "agent.sock")
-	lis, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := ttrpc.NewServer()
-	if err != nil {
-		t.Fatal(err)
-	}
-	agentapi.RegisterAgentService(srv, h)
-	agentapi.RegisterHealthService(srv, Healthy{})
-	go func() { _ = srv.Serve(context.Background(), lis) }()
+	sock := Serve(t, h, Healthy{})
 	conn, err := net.Dial("unix", sock)
 	if err != nil {
 		t.Fatal(err)
@@ -128,7 +116,6 @@ func ServeAgent(t testing.TB, h *Hostile) agentapi.AgentClient {
 	t.Cleanup(func() {
 		close(h.stop)
 		client.Close()
-		srv.Close()
 	})
 	return agentapi.NewAgentClient(client)
 }
