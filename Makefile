@@ -13,6 +13,11 @@ export GOFLAGS     := -buildvcs=false -tags=$(GOTAGS)
 
 CRI_TOOLS_VERSION := v1.36.0
 CRI_TOOLS_DIR      = $(shell $(GO) env GOMODCACHE)/sigs.k8s.io/cri-tools@$(CRI_TOOLS_VERSION)
+# golangci-lint is built from the module proxy, not from go.mod: its
+# dependency tree would swamp ours. The version is in the binary's name so a
+# bump rebuilds it.
+GOLANGCI_LINT_VERSION := v2.15.0
+GOLANGCI_LINT          := $(BIN)/golangci-lint-$(GOLANGCI_LINT_VERSION)
 
 # Where `make run` keeps the daemon's pid and log.
 RUN_PID     := /run/cocoon/cocoond.pid
@@ -22,7 +27,7 @@ SOCKET      := /run/cocoon/cocoon.sock
 GUEST_DIR   ?= /var/lib/cocoon/guest
 TEST_GUEST  := $(CURDIR)/_output/guest
 
-.PHONY: all build guest deps check-deps tools run registry registry-down stop test test-unit fuzz verify-generate test-integration test-critest conformance bench generate fmt vet clean
+.PHONY: all build guest deps check-deps tools run registry registry-down stop test test-unit lint fuzz verify-generate test-integration test-critest conformance bench generate fmt vet clean
 
 all: build
 
@@ -93,7 +98,7 @@ stop:
 	@if [ -f $(RUN_PID) ]; then kill -TERM $$(cat $(RUN_PID)) 2>/dev/null || true; rm -f $(RUN_PID); fi
 
 ## test: everything CI runs (unit, integration as root, critest)
-test: deps check-deps build tools test-unit fuzz test-integration test-critest
+test: deps check-deps build tools test-unit lint fuzz test-integration test-critest
 
 # The agent links libcontainer's C nsenter, so tests build with cgo; cocoond itself stays CGO_ENABLED=0.
 test-unit: verify-generate
@@ -101,6 +106,16 @@ test-unit: verify-generate
 	CGO_ENABLED=1 $(GO) test -count=1 ./...
 	@# The pod and container pipelines race each other (a stop against a start): again under the race detector.
 	CGO_ENABLED=1 $(GO) test -race -count=1 ./sandbox/... ./cri/...
+
+## lint: golangci-lint with .golangci.yml (the first run builds the linter, a few minutes)
+lint: $(GOLANGCI_LINT)
+	CGO_ENABLED=1 $(GOLANGCI_LINT) run --build-tags '$(GOTAGS)' ./...
+
+$(GOLANGCI_LINT):
+	@mkdir -p $(BIN)
+	@# Our GOFLAGS (build tags, -buildvcs) are not the linter's.
+	GOFLAGS= GOBIN=$(BIN)/.golangci-lint $(GO) install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)
+	mv $(BIN)/.golangci-lint/golangci-lint $@ && rmdir $(BIN)/.golangci-lint
 
 ## fuzz: each fuzz target for FUZZTIME, one at a time (go test runs one -fuzz target per call).
 ## Crashers land in <pkg>/testdata/fuzz/<Target>/ and then run as seeds in test-unit.

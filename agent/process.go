@@ -29,16 +29,15 @@ type process struct {
 	stderr  *os.File
 	claimed [2]atomic.Bool // one reader per output stream
 
-	childEnds    []*os.File // closed in the agent once the child has them
-	consoleSock  *os.File   // parent end: the pty master arrives here
-	stdinMu      sync.Mutex
-	stdinClosed  bool
-	done         chan struct{}
-	exitCode     int32
-	reason       string
-	exitedAt     time.Time
-	oomCheck     func() bool // reports whether the cgroup OOM-killed something
-	waitReported atomic.Bool
+	childEnds   []*os.File // closed in the agent once the child has them
+	consoleSock *os.File   // parent end: the pty master arrives here
+	stdinMu     sync.Mutex
+	stdinClosed bool
+	done        chan struct{}
+	exitCode    int32
+	reason      string
+	exitedAt    time.Time
+	oomCheck    func() bool // reports whether the cgroup OOM-killed something
 }
 
 // runner waits for and signals a process: libcontainer's Process is one,

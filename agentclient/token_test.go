@@ -51,7 +51,7 @@ func TestWaitSendsTheConnectionsToken(t *testing.T) {
 			}
 			srv, _ := ttrpc.NewServer()
 			agentapi.RegisterHealthService(srv, fakeHealth{token: hex.EncodeToString(token)})
-			go srv.Serve(context.Background(), l)
+			go func() { _ = srv.Serve(context.Background(), l) }() // ends with srv.Close
 			defer srv.Close()
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			defer cancel()

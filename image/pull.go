@@ -107,7 +107,8 @@ func (s *Service) pull(ctx context.Context, named reference.Named, auth *Auth) (
 		log.WithError(err).WithField("took", time.Since(start).String()).Warn("pull failed")
 		return PullResult{}, err
 	}
-	img, err := istorage.Transport.GetStoreImage(s.store, destRef)
+	// The reference names what was just copied (destRef carries our store).
+	_, img, err := istorage.ResolveReference(destRef)
 	if err != nil {
 		return PullResult{}, fmt.Errorf("pulled image not found in store: %w", err)
 	}

@@ -199,5 +199,3 @@ func mkdirs(dirs ...string) error {
 	}
 	return nil
 }
-
-func readFile(path string) ([]byte, error) { return os.ReadFile(path) }

@@ -112,7 +112,11 @@ func serve(loaded *config.Loaded, configPath string) error {
 			log.WithError(err).Error("streaming server stopped")
 		}
 	}()
-	defer streams.Stop()
+	defer func() {
+		if err := streams.Stop(); err != nil {
+			log.WithError(err).Warn("stopping streaming server")
+		}
+	}()
 
 	adminCtx, stopAdmin := context.WithCancel(context.Background())
 	defer stopAdmin()
@@ -173,7 +177,9 @@ func serve(loaded *config.Loaded, configPath string) error {
 	// Debug consoles end first: their shells are killed while the agents
 	// are still reachable.
 	stopAdmin()
-	<-adminDone
+	if err := <-adminDone; err != nil {
+		log.WithError(err).Warn("admin server stopped")
+	}
 	stopGracefully(g, cfg.Daemon.ShutdownTimeout.Std(), log)
 	log.Info("cocoond stopped")
 	return nil

@@ -227,7 +227,7 @@ func startDaemon(bin, dir string, extraConfig ...string) (*env, error) {
 			break
 		}
 		if time.Now().After(deadline) {
-			e.stop()
+			_ = e.stop() // the startup failure is the error to report
 			log, _ := os.ReadFile(logFile.Name())
 			return nil, fmt.Errorf("cocoond did not create its socket:\n%s", log)
 		}
@@ -235,12 +235,12 @@ func startDaemon(bin, dir string, extraConfig ...string) (*env, error) {
 	}
 	// The metrics server starts before the CRI socket, so its line is logged.
 	if e.metrics, err = loggedMetricsAddress(logFile.Name()); err != nil {
-		e.stop()
+		_ = e.stop()
 		return nil, err
 	}
 	conn, err := grpc.NewClient("unix://"+e.socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
-		e.stop()
+		_ = e.stop()
 		return nil, err
 	}
 	e.runtime = runtimeapi.NewRuntimeServiceClient(conn)

@@ -214,7 +214,8 @@ func (f *fakeVM) handle(req *http.Request, body []byte, fds []int) (int, []byte)
 		e.FDKinds = append(e.FDKinds, fdKind(fd))
 		unix.Close(fd)
 	}
-	status, out := http.StatusBadRequest, []byte(nil)
+	var status int
+	var out []byte
 	cr, err := f.contract.checkRequest(req, body)
 	if err != nil {
 		e.Violation = err.Error()

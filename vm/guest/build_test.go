@@ -253,7 +253,9 @@ func TestBuildBusybox(t *testing.T) {
 			agent := writeFakeAgent(t, dir)
 			busybox := filepath.Join(dir, "busybox")
 			if tt.content != nil {
-				os.WriteFile(busybox, tt.content, 0o755)
+				if err := os.WriteFile(busybox, tt.content, 0o755); err != nil {
+					t.Fatal(err)
+				}
 			}
 			out := filepath.Join(dir, "guest")
 			m, err := Build(context.Background(), Options{Out: out, Agent: agent, Busybox: busybox,

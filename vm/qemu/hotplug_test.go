@@ -50,7 +50,7 @@ func serveQMP(t *testing.T, h qmpHandler) string {
 		}
 		defer c.Close()
 		w := &qmpConn{Writer: bufio.NewWriterSize(c, 64<<10)}
-		w.WriteString(`{"QMP": {"version": {}, "capabilities": ["oob"]}}` + "\n")
+		_, _ = w.WriteString(`{"QMP": {"version": {}, "capabilities": ["oob"]}}` + "\n")
 		if w.Flush() != nil {
 			return
 		}
@@ -121,7 +121,7 @@ func TestUnplugSeesItsEventThroughAFlood(t *testing.T) {
 						qmpReturn(w, id, `{}`)
 					}
 					qmpFlood(w, tc.before)
-					w.WriteString(`{"event": "DEVICE_DELETED", "data": {"device": "disk1", "path": "/machine/peripheral/disk1"}}` + "\n")
+					_, _ = w.WriteString(`{"event": "DEVICE_DELETED", "data": {"device": "disk1", "path": "/machine/peripheral/disk1"}}` + "\n")
 					qmpFlood(w, tc.after)
 					if tc.eventFirst {
 						qmpReturn(w, id, `{}`)
@@ -203,8 +203,8 @@ func TestUnplugSeesItsEventThroughAFlood(t *testing.T) {
 func TestUnplugIgnoresOtherDevicesDeletion(t *testing.T) {
 	sock := serveQMP(t, func(w *qmpConn, execute, id string, args json.RawMessage) {
 		if execute == "device_del" {
-			w.WriteString(`{"event": "DEVICE_DELETED", "data": {"path": "/machine/peripheral/nic1-dev/virtio-backend"}}` + "\n")
-			w.WriteString(`{"event": "DEVICE_DELETED", "data": {"device": "nic2-dev", "path": "/machine/peripheral/nic2-dev"}}` + "\n")
+			_, _ = w.WriteString(`{"event": "DEVICE_DELETED", "data": {"path": "/machine/peripheral/nic1-dev/virtio-backend"}}` + "\n")
+			_, _ = w.WriteString(`{"event": "DEVICE_DELETED", "data": {"device": "nic2-dev", "path": "/machine/peripheral/nic2-dev"}}` + "\n")
 		}
 		qmpReturn(w, id, `{}`)
 	})

@@ -58,7 +58,12 @@ func tapInTestNetns(t testing.TB, name string) *os.File {
 		t.Fatal(err)
 	}
 	defer ns.Close()
-	defer netns.Set(orig)
+	defer func() {
+		// A thread left in the test netns would run the next tests there.
+		if err := netns.Set(orig); err != nil {
+			t.Fatalf("restoring the netns: %v", err)
+		}
+	}()
 	f, err := os.OpenFile("/dev/net/tun", os.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -293,7 +298,7 @@ func TestQEMUFailedCreateLeavesNothing(t *testing.T) {
 			before := childProcesses()
 			v, err := quietDriver().Create(ctx, spec)
 			if err == nil {
-				v.Stop(context.Background())
+				_ = v.Stop(context.Background()) // cleanup: the test already fails
 				t.Fatal("create succeeded")
 			}
 			time.Sleep(100 * time.Millisecond)

@@ -33,7 +33,8 @@ func fakeQMP(t *testing.T, replies map[string]string) (string, <-chan int) {
 		}
 		uc := c.(*net.UnixConn)
 		defer uc.Close()
-		uc.Write([]byte(`{"QMP": {"version": {}, "capabilities": []}}` + "\n"))
+		// The fake's writes fail only once the client hung up, which the test checks.
+		_, _ = uc.Write([]byte(`{"QMP": {"version": {}, "capabilities": []}}` + "\n"))
 		buf := make([]byte, 4096)
 		oob := make([]byte, unix.CmsgSpace(4))
 		for {
@@ -59,12 +60,12 @@ func fakeQMP(t *testing.T, replies map[string]string) (string, <-chan int) {
 				if json.Unmarshal(sc.Bytes(), &req) != nil {
 					continue
 				}
-				uc.Write([]byte(`{"event": "NOISE", "data": {}}` + "\n"))
+				_, _ = uc.Write([]byte(`{"event": "NOISE", "data": {}}` + "\n"))
 				body, ok := replies[req.Execute]
 				if !ok {
 					body = `"return": {}`
 				}
-				uc.Write([]byte(`{` + body + `, "id": "` + req.ID + `"}` + "\n"))
+				_, _ = uc.Write([]byte(`{` + body + `, "id": "` + req.ID + `"}` + "\n"))
 			}
 		}
 	}()
@@ -127,10 +128,10 @@ func TestQMPSubscriptions(t *testing.T) {
 		switch execute {
 		case "flood":
 			qmpFlood(w, 5000)
-			w.WriteString(`{"event": "JOB_STATUS_CHANGE", "data": {"id": "j1", "status": "concluded"}}` + "\n")
+			_, _ = w.WriteString(`{"event": "JOB_STATUS_CHANGE", "data": {"id": "j1", "status": "concluded"}}` + "\n")
 			qmpFlood(w, 5000)
 		case "goodbye":
-			w.WriteString(`{"event": "SHUTDOWN", "data": {"guest": false}}` + "\n")
+			_, _ = w.WriteString(`{"event": "SHUTDOWN", "data": {"guest": false}}` + "\n")
 			qmpReturn(w, id, `{}`)
 			w.hangUp = true
 			return
@@ -226,7 +227,7 @@ func TestQMPWaitHonoursContext(t *testing.T) {
 // maxQMPLine ends the connection instead of growing cocoond's memory.
 func TestQMPRefusesAHugeLine(t *testing.T) {
 	sock := serveQMP(t, func(w *qmpConn, execute, id string, args json.RawMessage) {
-		w.WriteString(`{"return": "` + strings.Repeat("x", maxQMPLine) + `", "id": "` + id + `"}` + "\n")
+		_, _ = w.WriteString(`{"return": "` + strings.Repeat("x", maxQMPLine) + `", "id": "` + id + `"}` + "\n")
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
