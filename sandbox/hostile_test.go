@@ -182,22 +182,28 @@ func TestStatsSilentAgent(t *testing.T) {
 
 	slow := make(chan error, 1)
 	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 		defer cancel()
 		_, err := m.ContainerStats(ctx, silent)
 		slow <- err
 	}()
-	start := time.Now()
 	st, err := m.ContainerStats(context.Background(), fine)
-	if err != nil || st.MemoryWorkingSet != 50 || time.Since(start) > 500*time.Millisecond {
-		t.Fatalf("the answering pod's stats: %+v, %v after %v", st, err, time.Since(start))
+	if err != nil || st.MemoryWorkingSet != 50 {
+		t.Fatalf("the answering pod's stats: %+v, %v", st, err)
+	}
+	// The answer came while the silent pod's call was still waiting: one
+	// silent agent holds up nobody else.
+	select {
+	case err := <-slow:
+		t.Fatalf("the silent pod's call ended (%v) before the other pod was answered", err)
+	default:
 	}
 	select {
 	case err := <-slow:
 		if !errors.Is(err, errdefs.ErrUnavailable) {
 			t.Fatalf("silent agent's stats error %v, want ErrUnavailable", err)
 		}
-	case <-time.After(3 * time.Second):
+	case <-time.After(15 * time.Second):
 		t.Fatal("ContainerStats outlived its caller's deadline on a silent agent")
 	}
 }
