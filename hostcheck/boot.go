@@ -150,7 +150,9 @@ func (p *prober) try(ctx context.Context, name string, hd config.Handler, g *gue
 		a.err = err
 		return a
 	}
-	defer os.RemoveAll(share)
+	// The probe's guest could write its share: remove it without following
+	// a link or crossing a mount, as pod shares are.
+	defer func() { _ = vm.RemoveAllBeneath(p.dir, id+"-share") }()
 	spec := &vm.Spec{
 		ID: "check-" + id, RunDir: filepath.Join(p.dir, id),
 		Kernel: g.KernelPath(), Initramfs: g.InitramfsPath(), KernelArgs: hd.KernelArgs,
