@@ -97,12 +97,7 @@ func (v *fakeVMM) Stop(context.Context) error {
 }
 func (v *fakeVMM) Done() <-chan struct{}                        { return v.done }
 func (v *fakeVMM) Err() error                                   { return nil }
-func (v *fakeVMM) AddNet(context.Context, vm.NIC) error         { return nil }
-func (v *fakeVMM) RemoveNet(context.Context, string) error      { return nil }
-func (v *fakeVMM) AddDisk(context.Context, vm.Disk) error       { return nil }
-func (v *fakeVMM) RemoveDisk(context.Context, string) error     { return nil }
 func (v *fakeVMM) Resize(context.Context, uint32, uint64) error { return nil }
-func (v *fakeVMM) Pids() []int                                  { return nil }
 func (v *fakeVMM) State() *vm.State                             { return &vm.State{ID: v.spec.ID, RunDir: v.spec.RunDir} }
 func (v *fakeVMM) DialAgent(ctx context.Context) (net.Conn, error) {
 	if v.agentSock != "" {

@@ -18,6 +18,7 @@ import (
 var ErrNotRunning = errors.New("vm is not running")
 
 // Driver creates VMs of one hypervisor and re-adopts the ones it left running.
+// Drivers build on Supervisor, which owns what is not about the hypervisor.
 type Driver interface {
 	// Name is the driver's name in config and state ("qemu", "clh").
 	Name() string
@@ -25,9 +26,9 @@ type Driver interface {
 	// yet. On error nothing it started or wrote is left behind.
 	Create(ctx context.Context, spec *Spec) (VMM, error)
 	// Adopt re-attaches to a VM from the state a previous cocoond persisted.
-	// A VM whose VMM process is gone is an error wrapping ErrNotRunning, and
-	// the driver has already removed what it left (helpers, run dir): the
-	// caller has no VMM to Stop.
+	// A VM whose VMM or helper is gone, or whose VMM does not answer, is an
+	// error wrapping ErrNotRunning, and the driver has already removed what
+	// it left (processes, run dir): the caller has no VMM to Stop.
 	Adopt(ctx context.Context, st *State) (VMM, error)
 }
 
@@ -38,19 +39,13 @@ type VMM interface {
 	// Stop ends the VM: gracefully through the VMM, then by killing it, and
 	// removes its helpers, sockets and files. Stopping a stopped VM is fine.
 	Stop(ctx context.Context) error
-	// Done is closed when the VMM process has exited; Err then says why.
+	// Done is closed when the VMM process has exited; Err then says why,
+	// wrapping ErrNotRunning. A dead helper (virtiofsd) ends the VM too.
 	Done() <-chan struct{}
 	Err() error
 
-	AddNet(ctx context.Context, nic NIC) error
-	RemoveNet(ctx context.Context, id string) error
-	AddDisk(ctx context.Context, disk Disk) error
-	RemoveDisk(ctx context.Context, id string) error
 	// Resize sets the guest's vCPUs and memory within the limits of the spec.
 	Resize(ctx context.Context, vcpus uint32, memoryMiB uint64) error
-
-	// Pids are the VMM process and its helpers (virtiofsd).
-	Pids() []int
 	// DialAgent connects to the agent's ttRPC endpoint in the guest.
 	DialAgent(ctx context.Context) (net.Conn, error)
 	// State is what to persist so a restarted cocoond can Adopt the VM.

@@ -148,7 +148,10 @@ func (e *netEnv) startPod(t *testing.T, name string, ports []cni.PortMapping) *n
 	if p.vm, err = e.driver.Create(ctx, spec); err != nil {
 		t.Fatal(err)
 	}
-	p.pids = p.vm.Pids()
+	p.pids = []int{p.vm.State().Pid}
+	for _, h := range p.vm.State().Helpers {
+		p.pids = append(p.pids, h.Pid)
+	}
 	if err := p.vm.Start(ctx); err != nil {
 		t.Fatal(err)
 	}

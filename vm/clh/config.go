@@ -13,7 +13,6 @@ import (
 const (
 	apiSocketName   = "api.sock"
 	vsockSocketName = "vsock.sock"
-	vmmLogName      = "cloud-hypervisor.log"
 )
 
 const (

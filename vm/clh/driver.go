@@ -11,8 +11,6 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"path/filepath"
-	"time"
 
 	"github.com/sirupsen/logrus"
 
@@ -78,11 +76,12 @@ func (d *Driver) create(ctx context.Context, spec *vm.Spec) (*VMM, error) {
 	if err := validate(spec); err != nil {
 		return nil, err
 	}
-	v, steps, err := d.launch(spec)
+	v, l, err := d.launch(spec)
 	if err != nil {
 		return nil, err
 	}
-	steps = append(steps,
+	l.Pipeline = "clh-create"
+	l.Ready = append(l.Ready,
 		pipeline.Step{Name: "vm.create", Run: func(ctx context.Context) (func() error, error) {
 			resp, err := v.api.c.CreateVM(ctx, vmConfig(withAgentPolicy(spec, d.debugConsole)))
 			// Nothing to undo: killing the process discards the VM.
@@ -93,24 +92,25 @@ func (d *Driver) create(ctx context.Context, spec *vm.Spec) (*VMM, error) {
 		}},
 	)
 	for _, n := range spec.NICs {
-		steps = append(steps, pipeline.Step{Name: "vm.add-net " + n.ID, Run: func(ctx context.Context) (func() error, error) {
+		l.Ready = append(l.Ready, pipeline.Step{Name: "vm.add-net " + n.ID, Run: func(ctx context.Context) (func() error, error) {
 			// Before boot CH answers 204 and no device info.
 			return nil, v.api.putWithFiles(ctx, "vm.add-net", netConfig(n), []*os.File{n.Tap}, nil)
 		}})
 	}
-	if err := v.run(pipeline.WithName(ctx, "clh-create"), steps); err != nil {
+	if err := v.Launch(ctx, spec, l); err != nil {
 		return nil, err
 	}
 	return v, nil
 }
 
-// launch prepares a VMM for spec and the steps that bring its process up to
-// an answering, VM-less API: run dir, virtiofsd per share, API socket,
-// cloud-hypervisor, ping. Create and Restore continue from there.
-func (d *Driver) launch(spec *vm.Spec) (*VMM, []pipeline.Step, error) {
+// launch prepares a VMM for spec and what brings its process up to an
+// answering, VM-less API (the supervisor adds run dir, console and
+// virtiofsd): API socket, cloud-hypervisor, ping. Create and Restore
+// continue from there.
+func (d *Driver) launch(spec *vm.Spec) (*VMM, vm.Launch, error) {
 	bin, err := exec.LookPath(d.binary)
 	if err != nil {
-		return nil, nil, fmt.Errorf("clh: %w", err)
+		return nil, vm.Launch{}, fmt.Errorf("clh: %w", err)
 	}
 	maxV, maxM := spec.MaxVCPUs, spec.MaxMemoryMiB
 	if maxV == 0 {
@@ -119,45 +119,24 @@ func (d *Driver) launch(spec *vm.Spec) (*VMM, []pipeline.Step, error) {
 	if maxM == 0 {
 		maxM = spec.MemoryMiB
 	}
-	v := &VMM{
-		log: d.log.WithField("vm", spec.ID), id: spec.ID, runDir: spec.RunDir,
-		api: newAPI(apiSocket(spec.RunDir)), vsock: vsockSocket(spec.RunDir),
-		vcpus: spec.VCPUs, maxVCPUs: maxV, memMiB: spec.MemoryMiB, maxMemMiB: maxM,
-	}
-	var listener *net.UnixListener
-	// The record exists before the processes it names and is rewritten as
-	// each starts, so a restart after a crash here finds them.
-	steps := []pipeline.Step{{Name: "run dir", Run: func(context.Context) (func() error, error) {
-		undo, err := makeRunDir(spec.RunDir)
-		if err != nil {
-			return undo, err
+	log := d.log.WithField("vm", spec.ID)
+	v := &VMM{log: log, api: newAPI(apiSocket(spec.RunDir)), vsock: vsockSocket(spec.RunDir), maxVCPUs: maxV, maxMemMiB: maxM}
+	v.Supervisor = vm.NewSupervisor(vm.State{
+		Driver: Name, ID: spec.ID, RunDir: spec.RunDir, ControlSocket: v.api.sock, AgentSocket: v.vsock,
+		VCPUs: spec.VCPUs, MemoryMiB: spec.MemoryMiB,
+	}, processName, v.shutdown, log)
+	// Our copy of the API socket, until cloud-hypervisor holds its own.
+	var listener *os.File
+	release := func() error {
+		if listener == nil {
+			return nil
 		}
-		return undo, vm.SaveState(v.State())
-	}}, {Name: "console", Run: func(context.Context) (func() error, error) {
-		// CH opens the serial "file", a FIFO we copy into a capped log, at
-		// vm.create or vm.restore: the reader must be there first.
-		c, err := vm.OpenConsole(spec.RunDir, true, v.log)
-		if err != nil {
-			return nil, err
-		}
-		return c.Close, nil
-	}}}
-	for _, sh := range spec.Shares {
-		steps = append(steps, pipeline.Step{Name: "virtiofsd " + sh.Tag, Run: func(ctx context.Context) (func() error, error) {
-			w, sock, err := vm.StartVirtiofsd(ctx, spec.RunDir, sh, v.log)
-			if err != nil {
-				return nil, err
-			}
-			v.mu.Lock()
-			v.helpers = append(v.helpers, w)
-			v.mu.Unlock()
-			return func() error {
-				return errors.Join(w.Terminate(time.Second), removeIfExists(sock))
-			}, vm.SaveState(v.State())
-		}})
+		err := listener.Close()
+		listener = nil
+		return err
 	}
-	steps = append(steps,
-		pipeline.Step{Name: "api socket", Run: func(context.Context) (func() error, error) {
+	return v, vm.Launch{
+		Prepare: []pipeline.Step{{Name: "api socket", Run: func(context.Context) (func() error, error) {
 			// Bound by us and inherited as fd 3: it accepts connections
 			// before CH runs, so there is no socket file to wait for.
 			l, err := net.ListenUnix("unix", &net.UnixAddr{Name: v.api.sock, Net: "unix"})
@@ -166,73 +145,27 @@ func (d *Driver) launch(spec *vm.Spec) (*VMM, []pipeline.Step, error) {
 			}
 			// Closing our copy once CH holds it must not unlink CH's socket.
 			l.SetUnlinkOnClose(false)
-			listener = l
-			return func() error {
-				_ = listener.Close()
-				return removeIfExists(v.api.sock)
-			}, nil
-		}},
-		pipeline.Step{Name: "spawn cloud-hypervisor", Run: func(context.Context) (func() error, error) {
-			w, err := spawn(bin, spec.RunDir, listener)
-			if err != nil {
+			listener, err = l.File()
+			_ = l.Close()
+			return func() error { return errors.Join(release(), removeIfExists(v.api.sock)) }, err
+		}}},
+		Command: func([]string) (*exec.Cmd, error) {
+			cmd := exec.Command(bin, "--api-socket", "fd=3")
+			cmd.ExtraFiles = []*os.File{listener}
+			return cmd, nil
+		},
+		Ready: []pipeline.Step{{Name: "vmm.ping", Run: func(ctx context.Context) (func() error, error) {
+			if err := release(); err != nil {
 				return nil, err
 			}
-			v.mu.Lock()
-			v.proc = w
-			v.mu.Unlock()
-			v.log.WithField("pid", w.Pid).Debug("cloud-hypervisor started")
-			return func() error { return w.Kill() }, vm.SaveState(v.State())
-		}},
-		pipeline.Step{Name: "vmm.ping", Run: func(ctx context.Context) (func() error, error) {
-			pong, err := v.api.ping(ctx, v.proc.Done())
+			pong, err := v.api.ping(ctx, v.Done())
 			if err != nil {
-				return nil, fmt.Errorf("%w (see %s)", err, filepath.Join(spec.RunDir, vmmLogName))
+				return nil, fmt.Errorf("%w (see %s)", err, vm.VMMLog(spec.RunDir, processName))
 			}
 			v.log.WithField("version", pong.Version).Debug("cloud-hypervisor API up")
 			return nil, nil
-		}},
-	)
-	return v, steps, nil
-}
-
-// spawn starts cloud-hypervisor serving its API on the listener (fd 3), in
-// its own session, logging to the run dir. Our copy of the listener is
-// closed afterwards: only CH accepts on it from then on.
-func spawn(bin, runDir string, l *net.UnixListener) (*vm.Watched, error) {
-	lf, err := l.File()
-	_ = l.Close()
-	if err != nil {
-		return nil, err
-	}
-	defer lf.Close()
-	logFile, err := os.OpenFile(filepath.Join(runDir, vmmLogName), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		return nil, err
-	}
-	defer logFile.Close()
-	cmd := exec.Command(bin, "--api-socket", "fd=3")
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	cmd.ExtraFiles = []*os.File{lf}
-	cmd.Dir = "/"
-	return vm.StartWatched("cloud-hypervisor", cmd)
-}
-
-// makeRunDir creates the run dir. One left empty by a crash is taken over;
-// a non-empty one is refused so the undo never deletes files we did not write.
-func makeRunDir(dir string) (func() error, error) {
-	if err := os.MkdirAll(filepath.Dir(dir), 0o711); err != nil {
-		return nil, err
-	}
-	if err := os.Mkdir(dir, 0o700); err != nil {
-		if !errors.Is(err, fs.ErrExist) {
-			return nil, err
-		}
-		entries, rerr := os.ReadDir(dir)
-		if rerr != nil || len(entries) > 0 {
-			return nil, fmt.Errorf("run dir %s already exists and is not empty", dir)
-		}
-	}
-	return func() error { return os.RemoveAll(dir) }, nil
+		}}},
+	}, nil
 }
 
 func removeIfExists(path string) error {
@@ -245,72 +178,40 @@ func removeIfExists(path string) error {
 // Adopt implements vm.Driver. It returns a working VMM or nothing: a VM that
 // is half gone (CH or a virtiofsd dead, API silent, guest shut down) is torn
 // down, its leftovers removed, and the error wraps vm.ErrNotRunning, since
-// without a VMM the caller could not clean it up.
+// without a VMM the caller could not clean it up (vm.Supervisor.Adopt).
 func (d *Driver) Adopt(ctx context.Context, st *vm.State) (vm.VMM, error) {
-	v, err := d.adopt(ctx, st)
-	if err != nil {
+	if st.Driver != Name {
+		return nil, fmt.Errorf("clh: cannot adopt a %q VM", st.Driver)
+	}
+	if st.ControlSocket == "" {
+		return nil, fmt.Errorf("clh: state of %s lacks the API socket", st.ID)
+	}
+	log := d.log.WithField("vm", st.ID)
+	v := &VMM{log: log, api: newAPI(st.ControlSocket), vsock: st.AgentSocket}
+	if v.vsock == "" {
+		v.vsock = vsockSocket(st.RunDir)
+	}
+	v.Supervisor = vm.NewSupervisor(*st, processName, v.shutdown, log)
+	if err := v.Adopt(ctx, v.reattach); err != nil {
 		return nil, err
 	}
 	return v, nil
 }
 
-func (d *Driver) adopt(ctx context.Context, st *vm.State) (*VMM, error) {
-	if st.Driver != Name {
-		return nil, fmt.Errorf("clh: cannot adopt a %q VM", st.Driver)
+// reattach checks an adopted VM is still there and reads its limits.
+func (v *VMM) reattach(ctx context.Context) (func() error, error) {
+	if _, err := v.api.ping(ctx, v.Done()); err != nil {
+		return nil, err
 	}
-	if st.RunDir == "" || st.ControlSocket == "" {
-		return nil, fmt.Errorf("clh: state of %s lacks run dir or API socket", st.ID)
-	}
-	v := &VMM{
-		log: d.log.WithField("vm", st.ID), id: st.ID, runDir: st.RunDir,
-		api: newAPI(st.ControlSocket), vsock: st.AgentSocket,
-		vcpus: st.VCPUs, memMiB: st.MemoryMiB, cleanup: &pipeline.Cleanup{},
-	}
-	if v.vsock == "" {
-		v.vsock = vsockSocket(st.RunDir)
-	}
-	runDir := st.RunDir
-	v.cleanup.Push("run dir", func() error { return os.RemoveAll(runDir) })
-	var gone []error
-	for _, h := range st.Helpers {
-		w, err := vm.AdoptWatched(h)
-		if err != nil {
-			gone = append(gone, err)
-			continue
-		}
-		v.helpers = append(v.helpers, w)
-		v.cleanup.Push(h.Name, func() error { return w.Terminate(time.Second) })
-		vm.AdoptHelperLog(filepath.Join(runDir, h.Name+".log"), w.Done(), v.log)
-	}
-	proc, err := vm.AdoptWatched(vm.Process{Name: "cloud-hypervisor", Pid: st.Pid, StartTime: st.StartTime})
+	info, err := v.api.info(ctx)
 	if err != nil {
-		gone = append(gone, err)
-	} else {
-		v.proc = proc
-		v.cleanup.Push("cloud-hypervisor", func() error { return proc.Kill() })
-	}
-	if len(gone) > 0 {
-		return nil, v.abandon(errors.Join(gone...))
-	}
-
-	// Read the console before talking to the VMM: one started just before
-	// the last cocoond died may be blocked opening the console FIFO.
-	if c, err := vm.OpenConsole(runDir, false, v.log); err == nil {
-		v.cleanup.Push("console", c.Close)
-	} else {
-		v.log.WithError(err).Warn("guest console not copied: its output is dropped")
-	}
-	info, err := v.adoptInfo(ctx)
-	if err != nil {
-		if ctx.Err() != nil {
-			// Our caller gave up, the VM did not: leave it for the next try.
-			return nil, fmt.Errorf("clh: adopt %s: %w", st.ID, err)
-		}
-		return nil, v.abandon(fmt.Errorf("cloud-hypervisor (pid %d) API: %w: %w", st.Pid, err, vm.ErrNotRunning))
+		return nil, err
 	}
 	if info.State == clhapi.Shutdown {
-		return nil, v.abandon(fmt.Errorf("guest is shut down: %w", vm.ErrNotRunning))
+		return nil, fmt.Errorf("guest is shut down: %w", vm.ErrNotRunning)
 	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
 	if c := info.Config.Cpus; c != nil {
 		v.maxVCPUs = uint32(c.MaxVcpus)
 	}
@@ -321,31 +222,5 @@ func (d *Driver) adopt(ctx context.Context, st *vm.State) (*VMM, error) {
 		}
 		v.maxMemMiB = uint64((m.Size + hot) / mib)
 	}
-	v.superviseHelpers()
-	v.log.WithFields(logrus.Fields{"pid": st.Pid, "state": info.State}).Info("adopted VM")
-	return v, nil
-}
-
-func (v *VMM) adoptInfo(ctx context.Context) (*clhapi.VmInfo, error) {
-	if _, err := v.api.ping(ctx, v.proc.Done()); err != nil {
-		return nil, err
-	}
-	return v.api.info(ctx)
-}
-
-// abandon tears down what is left of a VM that cannot be adopted.
-func (v *VMM) abandon(why error) error {
-	v.log.WithError(why).Warn("VM cannot be adopted, removing what is left of it")
-	return errors.Join(fmt.Errorf("clh: adopt %s: %w", v.id, why), v.cleanup.Unwind(v.log))
-}
-
-// run runs steps and keeps the cleanup stack for Stop.
-func (v *VMM) run(ctx context.Context, steps []pipeline.Step) error {
-	c, err := pipeline.Run(ctx, v.log, steps)
-	if err != nil {
-		return fmt.Errorf("clh: %s: %w", v.id, err)
-	}
-	v.cleanup = c
-	v.superviseHelpers()
-	return nil
+	return nil, nil
 }

@@ -60,7 +60,10 @@ func TestEndToEnd(t *testing.T) {
 		t.Fatalf("Create: %v", err)
 	}
 	v := m.(*VMM)
-	pids := v.Pids()
+	pids := []int{v.State().Pid}
+	for _, h := range v.State().Helpers {
+		pids = append(pids, h.Pid)
+	}
 	defer func() {
 		if t.Failed() {
 			if b, err := os.ReadFile(vm.ConsoleLog(spec.RunDir)); err == nil {

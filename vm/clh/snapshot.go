@@ -54,12 +54,13 @@ func (d *Driver) Restore(ctx context.Context, spec *vm.Spec, snapshotDir string)
 	if err := validate(spec); err != nil {
 		return nil, err
 	}
-	v, steps, err := d.launch(spec)
+	v, l, err := d.launch(spec)
 	if err != nil {
 		return nil, err
 	}
 	clone := filepath.Join(spec.RunDir, "snapshot")
-	steps = append(steps,
+	l.Pipeline = "clh-restore"
+	l.Ready = append(l.Ready,
 		pipeline.Step{Name: "snapshot copy", Run: func(context.Context) (func() error, error) {
 			// Removed with the run dir.
 			return nil, cloneSnapshot(snapshotDir, clone, spec)
@@ -87,7 +88,7 @@ func (d *Driver) Restore(ctx context.Context, spec *vm.Spec, snapshotDir string)
 			return nil, v.api.expectState(ctx, clhapi.Running)
 		}},
 	)
-	if err := v.run(ctx, steps); err != nil {
+	if err := v.Launch(ctx, spec, l); err != nil {
 		return nil, err
 	}
 	return v, nil

@@ -26,7 +26,7 @@ func TestSnapshotRestore(t *testing.T) {
 	if err := src.Snapshot(ctx, snap); err != nil {
 		t.Fatalf("Snapshot: %v", err)
 	}
-	seq := h.requests(src.proc.Pid)
+	seq := h.requests(src.State().Pid)
 	if got := seq[len(seq)-3:]; !slices.Equal(got, []string{"PUT vm.pause", "PUT vm.snapshot", "PUT vm.resume"}) {
 		t.Errorf("snapshot requests %q", got)
 	}
@@ -38,7 +38,7 @@ func TestSnapshotRestore(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = clone.Stop(context.Background()) })
 	want := []string{"GET vmm.ping", "PUT vm.restore", "PUT vm.resume", "GET vm.info"}
-	if got := h.requests(clone.proc.Pid); !slices.Equal(got, want) {
+	if got := h.requests(clone.State().Pid); !slices.Equal(got, want) {
 		t.Errorf("restore requests %q, want %q", got, want)
 	}
 	r := h.find("vm.restore")[0]
@@ -49,7 +49,7 @@ func TestSnapshotRestore(t *testing.T) {
 	for _, v := range []*VMM{clone, src} {
 		conn, err := v.DialAgent(ctx)
 		if err != nil {
-			t.Fatalf("DialAgent %s: %v", v.id, err)
+			t.Fatalf("DialAgent %s: %v", v.State().ID, err)
 		}
 		conn.Close()
 	}

@@ -96,7 +96,7 @@ func TestQEMUIsConfinedAndItsAgentWantsTheToken(t *testing.T) {
 	if err := v.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
-	pid := v.Pids()[0]
+	pid := v.State().Pid
 	// setpriv execs QEMU in place: the recorded pid and start time are QEMU's.
 	if exe, err := os.Readlink("/proc/" + strconv.Itoa(pid) + "/exe"); err != nil || !strings.Contains(exe, "qemu-system") {
 		t.Fatalf("recorded pid %d runs %q (%v), want QEMU", pid, exe, err)
@@ -147,7 +147,8 @@ func TestQEMUIsConfinedAndItsAgentWantsTheToken(t *testing.T) {
 	client, _ := agentClient(t, v)
 	client.Close()
 	state := v.State()
-	v.(*qemuVM).qmp.Close()
+	v.(*qemuVM).qmp.Close() // as a cocoond restart would
+	v.(*qemuVM).Detach()
 	adopted, err := quietDriver().Adopt(ctx, state)
 	if err != nil {
 		t.Fatal(err)

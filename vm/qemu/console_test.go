@@ -108,7 +108,7 @@ func TestQEMUConsoleCapped(t *testing.T) {
 	client.Close()
 	state := v.State()
 	v.(*qemuVM).qmp.Close()
-	v.(*qemuVM).console.Close() // the old cocoond's copier dies with it
+	v.(*qemuVM).Detach() // the old cocoond's console copier dies with it
 	adopted, err := quietDriver().Adopt(ctx, state)
 	if err != nil {
 		t.Fatal(err)

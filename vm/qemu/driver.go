@@ -81,81 +81,32 @@ func (d *Driver) Create(ctx context.Context, spec *vm.Spec) (vm.VMM, error) {
 		accel = d.resolveAuto(ctx, spec)
 	}
 	log := d.opts.Log.WithField("vm", spec.ID)
-	v := &qemuVM{driver: d, spec: *spec, paths: vmPaths(spec.RunDir), log: log, accel: accel,
-		vcpus: spec.VCPUs, memMiB: spec.MemoryMiB, ports: map[string]int{}, done: make(chan struct{})}
+	v := &qemuVM{log: log, paths: vmPaths(spec.RunDir)}
 	if _, err := os.Stat("/dev/vhost-vsock"); err == nil {
 		v.vsockCID = randomCID()
 	}
-	var vfsSockets []string
+	v.Supervisor = vm.NewSupervisor(vm.State{
+		Driver: d.Name(), ID: spec.ID, RunDir: spec.RunDir,
+		ControlSocket: v.paths.qmp, AgentSocket: v.paths.agent, AgentVsockCID: v.vsockCID,
+		VCPUs: spec.VCPUs, MemoryMiB: spec.MemoryMiB, Accel: accel,
+	}, processName, v.quit, log)
 	var tokenFile string
-	steps := []pipeline.Step{
-		{Name: "rundir", Run: func(context.Context) (func() error, error) {
-			if err := os.MkdirAll(spec.RunDir, 0o700); err != nil {
-				return nil, err
-			}
-			return func() error { return os.RemoveAll(spec.RunDir) }, nil
-		}},
-		{Name: "agent-token", Run: func(context.Context) (func() error, error) {
+	err = v.Launch(ctx, spec, vm.Launch{
+		Pipeline: "qemu-create",
+		Prepare: []pipeline.Step{{Name: "agent-token", Run: func(context.Context) (func() error, error) {
 			var err error
 			tokenFile, v.token, err = vm.NewAgentToken(spec.RunDir)
 			return nil, err // the run dir's undo removes it
-		}},
-		// The record exists before the processes it names, and is rewritten
-		// as each starts: a cocoond killed in between leaves a run dir whose
-		// processes a restart finds (vm.RemoveOrphans).
-		{Name: "record", Run: func(context.Context) (func() error, error) {
-			return nil, vm.SaveState(v.State())
-		}},
-		{Name: "virtiofsd", Run: func(ctx context.Context) (func() error, error) {
-			var started []*vm.Watched
-			undo := func() error {
-				var errs []error
-				for _, w := range started {
-					errs = append(errs, w.Terminate(2*time.Second))
-				}
-				return errors.Join(errs...)
-			}
-			for _, sh := range spec.Shares {
-				w, sock, err := vm.StartVirtiofsd(ctx, spec.RunDir, sh, log)
-				if err != nil {
-					return undo, err
-				}
-				started = append(started, w)
-				vfsSockets = append(vfsSockets, sock)
-			}
-			v.helpers = started
-			return undo, vm.SaveState(v.State())
-		}},
-		{Name: "console", Run: func(context.Context) (func() error, error) {
-			c, err := vm.OpenConsole(spec.RunDir, true, log)
-			if err != nil {
-				return nil, err
-			}
-			v.console = c
-			return c.Close, nil
-		}},
-		{Name: "qemu", Run: func(context.Context) (func() error, error) {
-			logFile, err := os.OpenFile(filepath.Join(spec.RunDir, "qemu.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-			if err != nil {
-				return nil, err
-			}
-			defer logFile.Close()
+		}}},
+		Command: func(vfsSockets []string) (*exec.Cmd, error) {
 			argv := confinedCommand(setpriv, bin, commandLine(spec, accel, vfsSockets, v.vsockCID, tokenFile, d.opts.DebugConsole))
 			cmd := exec.Command(argv[0], argv[1:]...)
-			cmd.Stdout, cmd.Stderr = logFile, logFile
 			for _, nic := range spec.NICs {
 				cmd.ExtraFiles = append(cmd.ExtraFiles, nic.Tap)
 			}
-			w, err := vm.StartWatched("qemu", cmd)
-			if err != nil {
-				return nil, err
-			}
-			v.mu.Lock()
-			v.proc = w
-			v.mu.Unlock()
-			return func() error { return w.Terminate(time.Second) }, vm.SaveState(v.State())
-		}},
-		{Name: "qmp", Run: func(ctx context.Context) (func() error, error) {
+			return cmd, nil
+		},
+		Ready: []pipeline.Step{{Name: "qmp", Run: func(ctx context.Context) (func() error, error) {
 			q, err := v.connectQMP(ctx)
 			if err != nil {
 				// Read QEMU's log now: the unwind removes the run dir.
@@ -163,14 +114,11 @@ func (d *Driver) Create(ctx context.Context, spec *vm.Spec) (vm.VMM, error) {
 			}
 			v.qmp = q
 			return q.Close, nil
-		}},
-	}
-	cleanup, err := pipeline.Run(pipeline.WithName(ctx, "qemu-create"), log, steps)
+		}}},
+	})
 	if err != nil {
-		return nil, fmt.Errorf("qemu: create %s: %w", spec.ID, err)
+		return nil, err
 	}
-	v.cleanup = cleanup
-	go v.supervise()
 	return v, nil
 }
 
@@ -229,54 +177,30 @@ func randomCID() uint32 {
 	return 3 + binary.LittleEndian.Uint32(b[:])%(1<<30)
 }
 
-// Adopt implements vm.Driver: re-attach to a VM a previous cocoond started.
+// Adopt implements vm.Driver: re-attach to a VM a previous cocoond started
+// (vm.Supervisor.Adopt says when a VM is removed instead).
 func (d *Driver) Adopt(ctx context.Context, st *vm.State) (vm.VMM, error) {
 	if st.Driver != d.Name() {
 		return nil, fmt.Errorf("qemu: state belongs to driver %q", st.Driver)
 	}
-	proc, err := vm.AdoptWatched(vm.Process{Name: "qemu", Pid: st.Pid, StartTime: st.StartTime})
-	if err != nil {
-		if errors.Is(err, vm.ErrNotRunning) {
-			if rerr := vm.RemoveDead(st); rerr != nil {
-				return nil, errors.Join(err, rerr)
-			}
+	log := d.opts.Log.WithField("vm", st.ID)
+	v := &qemuVM{log: log, paths: vmPaths(st.RunDir), vsockCID: st.AgentVsockCID}
+	v.Supervisor = vm.NewSupervisor(*st, processName, v.quit, log)
+	err := v.Adopt(ctx, func(ctx context.Context) (func() error, error) {
+		token, err := adoptToken(st.RunDir)
+		if err != nil {
+			return nil, err
 		}
+		v.token = token
+		q, err := v.connectQMP(ctx)
+		if err != nil {
+			return nil, err
+		}
+		v.qmp = q
+		return q.Close, nil
+	})
+	if err != nil {
 		return nil, err
 	}
-	token, err := adoptToken(st.RunDir)
-	if err != nil {
-		return nil, fmt.Errorf("qemu: adopt %s: %w", st.ID, err)
-	}
-	v := &qemuVM{driver: d, spec: vm.Spec{ID: st.ID, RunDir: st.RunDir}, paths: vmPaths(st.RunDir), token: token,
-		log: d.opts.Log.WithField("vm", st.ID), accel: st.Accel, proc: proc, vsockCID: st.AgentVsockCID,
-		vcpus: st.VCPUs, memMiB: st.MemoryMiB, ports: map[string]int{}, done: make(chan struct{}), cleanup: &pipeline.Cleanup{}}
-	v.cleanup.Push("rundir", func() error { return os.RemoveAll(st.RunDir) })
-	for _, h := range st.Helpers {
-		w, err := vm.AdoptWatched(h)
-		if err != nil {
-			v.log.WithError(err).Warn("helper of adopted VM is gone")
-			continue
-		}
-		v.helpers = append(v.helpers, w)
-		v.cleanup.Push(h.Name, func() error { return w.Terminate(2 * time.Second) })
-		vm.AdoptHelperLog(filepath.Join(st.RunDir, h.Name+".log"), w.Done(), v.log)
-	}
-	v.cleanup.Push("qemu", func() error { return proc.Terminate(time.Second) })
-	// Read the console before talking to QEMU: a QEMU started just before
-	// the last cocoond died may still be opening the console FIFO, which
-	// blocks it (QMP included) until a reader is there.
-	if c, err := vm.OpenConsole(st.RunDir, false, v.log); err == nil {
-		v.console = c
-		v.cleanup.Push("console", c.Close)
-	} else {
-		v.log.WithError(err).Warn("guest console not copied: its output is dropped")
-	}
-	q, err := v.connectQMP(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("qemu: adopt %s: %w", st.ID, err)
-	}
-	v.qmp = q
-	v.cleanup.Push("qmp", q.Close)
-	go v.supervise()
 	return v, nil
 }

@@ -2,10 +2,8 @@ package qemu
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
-	"path/filepath"
 	"sync"
 	"time"
 
@@ -13,36 +11,24 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/cocoon-runtime/cocoon/agentclient"
-	"github.com/cocoon-runtime/cocoon/internal/pipeline"
 	"github.com/cocoon-runtime/cocoon/vm"
 )
 
-// qemuVM is one QEMU process and what it needs.
+// processName names the QEMU process in logs, errors and its log file.
+const processName = "qemu"
+
+// qemuVM is one QEMU VM: the shared supervisor runs its processes, the
+// driver speaks QMP to it.
 type qemuVM struct {
-	driver   *Driver
-	spec     vm.Spec
-	paths    paths
+	*vm.Supervisor
 	log      *logrus.Entry
-	accel    string
+	paths    paths
 	vsockCID uint32
 	token    []byte // the agent's token (vm.NewAgentToken)
+	qmp      *qmpClient
 
-	proc    *vm.Watched
-	helpers []*vm.Watched
-	qmp     *qmpClient
-	console *vm.Console // copies the serial console while this cocoond runs
-	cleanup *pipeline.Cleanup
-
-	mu       sync.Mutex
-	vcpus    uint32
-	memMiB   uint64
-	ports    map[string]int // hotplugged device id → root port index
-	dimms    int
-	stopping bool
-
-	done     chan struct{}
-	doneOnce sync.Once
-	err      error
+	mu    sync.Mutex // serialises Resize
+	dimms int
 }
 
 func (v *qemuVM) connectQMP(ctx context.Context) (*qmpClient, error) {
@@ -54,8 +40,8 @@ func (v *qemuVM) connectQMP(ctx context.Context) (*qmpClient, error) {
 			return q, nil
 		}
 		select {
-		case <-v.proc.Done():
-			return nil, fmt.Errorf("qemu exited: %v", v.proc.Err())
+		case <-v.Done():
+			return nil, v.Err()
 		case <-ctx.Done():
 			return nil, fmt.Errorf("qmp: %w (last: %v)", ctx.Err(), err)
 		case <-time.After(10 * time.Millisecond):
@@ -63,120 +49,28 @@ func (v *qemuVM) connectQMP(ctx context.Context) (*qmpClient, error) {
 	}
 }
 
-// supervise reports the VM dead when QEMU exits, and kills QEMU when a helper
-// it cannot work without (virtiofsd) dies.
-func (v *qemuVM) supervise() {
-	helperDied := make(chan *vm.Watched, len(v.helpers))
-	for _, h := range v.helpers {
-		go func() {
-			select {
-			case <-h.Done():
-				helperDied <- h
-			case <-v.proc.Done():
-			}
-		}()
-	}
-	select {
-	case <-v.proc.Done():
-		v.finish(v.proc.Err())
-	case h := <-helperDied:
-		// A guest powering off (DestroySandbox) closes virtiofsd's
-		// connection before QEMU has quite exited: give QEMU a moment to
-		// show that this is a shutdown, not a broken VM.
-		select {
-		case <-v.proc.Done():
-			v.finish(v.proc.Err())
-			return
-		case <-time.After(helperGrace):
-		}
-		v.mu.Lock()
-		stopping := v.stopping
-		v.mu.Unlock()
-		if !stopping {
-			v.log.WithField("helper", h.Name).Error("VM helper died, stopping the VM")
-		}
-		_ = v.proc.Terminate(time.Second)
-		v.finish(fmt.Errorf("%s died: %v", h.Name, h.Err()))
-	}
-}
-
-// helperGrace is how long QEMU may take to exit after its virtiofsd did
-// before the VM counts as broken.
-const helperGrace = 2 * time.Second
-
-func (v *qemuVM) finish(err error) {
-	v.doneOnce.Do(func() {
-		v.mu.Lock()
-		stopping := v.stopping
-		v.mu.Unlock()
-		if err == nil {
-			err = errors.New("qemu exited")
-		}
-		v.err = fmt.Errorf("%w: %v", vm.ErrNotRunning, err)
-		if !stopping {
-			v.log.WithError(err).Warn("VM died")
-		}
-		close(v.done)
-	})
-}
-
-func (v *qemuVM) Done() <-chan struct{} { return v.done }
-
-func (v *qemuVM) Err() error {
-	select {
-	case <-v.done:
-		return v.err
-	default:
-		return nil
-	}
-}
-
-func (v *qemuVM) alive() error {
-	select {
-	case <-v.done:
-		return v.err
-	default:
-		return nil
-	}
+// quit asks QEMU to exit (vm.Supervisor's graceful stop). The guest's own
+// graceful shutdown is the agent's DestroySandbox, which the caller sends
+// first.
+func (v *qemuVM) quit(ctx context.Context) error {
+	return v.qmp.Execute(ctx, "quit", nil, nil)
 }
 
 // Start runs the guest CPUs (QEMU was started with -S).
 func (v *qemuVM) Start(ctx context.Context) error {
-	if err := v.alive(); err != nil {
+	if err := v.Err(); err != nil {
 		return err
 	}
 	if err := v.qmp.Execute(ctx, "cont", nil, nil); err != nil {
-		return fmt.Errorf("qemu: start %s: %w%s", v.spec.ID, err, v.logTail())
+		return fmt.Errorf("qemu: start %s: %w%s", v.State().ID, err, v.logTail())
 	}
 	return nil
-}
-
-// Stop asks QEMU to quit, kills it if it does not, and removes everything the
-// VM had: helpers, sockets, the run dir. The guest's own graceful shutdown is
-// the agent's DestroySandbox, which the caller sends first.
-func (v *qemuVM) Stop(ctx context.Context) error {
-	v.mu.Lock()
-	v.stopping = true
-	v.mu.Unlock()
-	if v.alive() == nil {
-		qctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		_ = v.qmp.Execute(qctx, "quit", nil, nil)
-		cancel()
-		select {
-		case <-v.done:
-		case <-time.After(3 * time.Second):
-		case <-ctx.Done():
-		}
-	}
-	err := v.cleanup.Unwind(v.log)
-	<-v.done
-	return err
 }
 
 // DialAgent connects to the agent: vhost-vsock where the host has it, else the
 // virtio-serial port's socket (one connection at a time).
 func (v *qemuVM) DialAgent(ctx context.Context) (net.Conn, error) {
-	if err := v.alive(); err != nil {
+	if err := v.Err(); err != nil {
 		return nil, err
 	}
 	var conn net.Conn
@@ -193,36 +87,9 @@ func (v *qemuVM) DialAgent(ctx context.Context) (net.Conn, error) {
 	return &agentclient.TokenConn{Conn: conn, Token: v.token}, nil
 }
 
-// Pids are QEMU and its virtiofsd helpers.
-func (v *qemuVM) Pids() []int {
-	pids := []int{v.proc.Pid}
-	for _, h := range v.helpers {
-		pids = append(pids, h.Pid)
-	}
-	return pids
-}
-
-// State is what a restarted cocoond needs to Adopt this VM.
-func (v *qemuVM) State() *vm.State {
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	st := &vm.State{
-		Driver: "qemu", ID: v.spec.ID, RunDir: v.spec.RunDir,
-		ControlSocket: v.paths.qmp, AgentSocket: v.paths.agent, AgentVsockCID: v.vsockCID,
-		VCPUs: v.vcpus, MemoryMiB: v.memMiB, Accel: v.accel,
-	}
-	if v.proc != nil { // nil while Create has not started QEMU yet
-		st.Pid, st.StartTime = v.proc.Pid, v.proc.StartTime
-	}
-	for _, h := range v.helpers {
-		st.Helpers = append(st.Helpers, h.Process)
-	}
-	return st
-}
-
 // logTail adds the end of QEMU's own log to an error, where the reason is.
 func (v *qemuVM) logTail() string {
-	if s := vm.FileTail(filepath.Join(v.spec.RunDir, "qemu.log"), 600); s != "" {
+	if s := vm.FileTail(vm.VMMLog(v.State().RunDir, processName), 600); s != "" {
 		return " (qemu: " + s + ")"
 	}
 	return ""
