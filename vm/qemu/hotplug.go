@@ -69,8 +69,38 @@ func (v *qemuVM) addCPUs(ctx context.Context, cur, want uint32) error {
 	return nil
 }
 
+// memoryDevice is an entry of query-memory-devices.
+type memoryDevice struct {
+	Type string `json:"type"`
+	Data struct {
+		ID string `json:"id"`
+	} `json:"data"`
+}
+
+// nextDIMM is the lowest dimm<N> the VM does not have. QEMU is asked rather
+// than a counter kept: a counter would restart at 0 after cocoond re-adopts
+// the VM, and the next resize would reuse a name.
+func (v *qemuVM) nextDIMM(ctx context.Context) (int, error) {
+	var devs []memoryDevice
+	if err := v.qmp.Execute(ctx, "query-memory-devices", nil, &devs); err != nil {
+		return 0, err
+	}
+	taken := map[string]bool{}
+	for _, d := range devs {
+		taken[d.Data.ID] = true
+	}
+	n := 0
+	for taken[fmt.Sprintf("dimm%d", n)] {
+		n++
+	}
+	return n, nil
+}
+
 func (v *qemuVM) addMemory(ctx context.Context, mib uint64) error {
-	n := v.dimms
+	n, err := v.nextDIMM(ctx)
+	if err != nil {
+		return err
+	}
 	mem, dimm := fmt.Sprintf("hpmem%d", n), fmt.Sprintf("dimm%d", n)
 	// The same shared memfd backing as boot RAM, so virtiofsd can map it too.
 	if err := v.qmp.Execute(ctx, "object-add", map[string]any{"qom-type": "memory-backend-memfd", "id": mem, "size": mib << 20, "share": true}, nil); err != nil {
@@ -80,7 +110,6 @@ func (v *qemuVM) addMemory(ctx context.Context, mib uint64) error {
 		_ = v.qmp.Execute(ctx, "object-del", map[string]any{"id": mem}, nil)
 		return err
 	}
-	v.dimms++
 	v.UpdateState(func(st *vm.State) { st.MemoryMiB += mib })
 	return nil
 }

@@ -14,6 +14,10 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/cocoon-runtime/cocoon/vm"
 )
 
 // qmpHandler answers one command of a scripted QMP server: it writes to w
@@ -268,5 +272,61 @@ func TestQMPEchoUnderConcurrency(t *testing.T) {
 	close(errs)
 	for err := range errs {
 		t.Error(err)
+	}
+}
+
+// TestResizeAfterAdoptPicksAFreeDIMM grows a VM that already has a DIMM, as
+// one re-adopted after a cocoond restart does: the new DIMM must not reuse a
+// name QEMU already has.
+func TestResizeAfterAdoptPicksAFreeDIMM(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		existing string
+		want     string
+	}{
+		{"no DIMM yet", `[]`, "dimm0"},
+		{"dimm0 plugged before the restart", `[{"type":"dimm","data":{"id":"dimm0"}}]`, "dimm1"},
+		{"a gap is reused", `[{"type":"dimm","data":{"id":"dimm1"}}]`, "dimm0"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var mu sync.Mutex
+			var added []string
+			sock := serveQMP(t, func(w *qmpConn, execute, id string, args json.RawMessage) {
+				switch execute {
+				case "query-memory-devices":
+					qmpReturn(w, id, tc.existing)
+				case "device_add":
+					var a struct {
+						ID string `json:"id"`
+					}
+					_ = json.Unmarshal(args, &a)
+					mu.Lock()
+					added = append(added, a.ID)
+					mu.Unlock()
+					qmpReturn(w, id, `{}`)
+				default:
+					qmpReturn(w, id, `{}`)
+				}
+			})
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			q, err := dialQMP(ctx, sock)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer q.Close()
+			v := &qemuVM{qmp: q, Supervisor: vm.NewSupervisor(vm.State{ID: "t", VCPUs: 1, MemoryMiB: 256}, processName, nil, logrus.NewEntry(logrus.New()))}
+			if err := v.addMemory(ctx, 128); err != nil {
+				t.Fatal(err)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if len(added) != 1 || added[0] != tc.want {
+				t.Fatalf("plugged %v, want [%s]", added, tc.want)
+			}
+			if got := v.State().MemoryMiB; got != 384 {
+				t.Fatalf("state says %d MiB, want 384", got)
+			}
+		})
 	}
 }

@@ -27,8 +27,7 @@ type qemuVM struct {
 	token    []byte // the agent's token (vm.NewAgentToken)
 	qmp      *qmpClient
 
-	mu    sync.Mutex // serialises Resize
-	dimms int
+	mu sync.Mutex // serialises Resize
 }
 
 func (v *qemuVM) connectQMP(ctx context.Context) (*qmpClient, error) {
