@@ -25,7 +25,7 @@ import (
 )
 
 // addPod stores a pod record as RunPod would.
-func addPod(t *testing.T, m *Manager, id, name, namespace, state string) {
+func addPod(t *testing.T, m *Manager, id, name, namespace string, state PodState) {
 	t.Helper()
 	md := &runtimeapi.PodSandboxMetadata{Name: name, Namespace: namespace, Uid: "uid-" + id[:4], Attempt: 0}
 	raw, err := marshalConfig(&runtimeapi.PodSandboxConfig{Metadata: md})

@@ -16,7 +16,7 @@ import (
 type recordCheckingNetwork struct {
 	fakeNetwork
 	m             *Manager
-	stateAtAttach string
+	stateAtAttach PodState
 	detachErr     error
 }
 

@@ -20,7 +20,7 @@ func (r testRec) id() string { return r.ID }
 
 func TestStorePersistsAndReloads(t *testing.T) {
 	dir := t.TempDir()
-	s := newStore[testRec](dir)
+	s := newStore(dir, storeHooks[testRec]{})
 	if err := s.load(testLog()); err != nil {
 		t.Fatal(err)
 	}
@@ -43,7 +43,7 @@ func TestStorePersistsAndReloads(t *testing.T) {
 	}
 
 	// A new store over the same dir sees exactly what was persisted.
-	s2 := newStore[testRec](dir)
+	s2 := newStore(dir, storeHooks[testRec]{})
 	if err := s2.load(testLog()); err != nil {
 		t.Fatal(err)
 	}
@@ -85,7 +85,7 @@ func TestStoreMovesBadRecordsAside(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
-			good := newStore[testRec](dir)
+			good := newStore(dir, storeHooks[testRec]{})
 			if err := good.load(testLog()); err != nil {
 				t.Fatal(err)
 			}
@@ -96,7 +96,7 @@ func TestStoreMovesBadRecordsAside(t *testing.T) {
 			if err := tc.setup(bad); err != nil {
 				t.Fatal(err)
 			}
-			s := newStore[testRec](dir)
+			s := newStore(dir, storeHooks[testRec]{})
 			if err := s.load(testLog()); err != nil {
 				t.Fatalf("load stopped at a bad record: %v", err)
 			}
