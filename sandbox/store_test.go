@@ -19,6 +19,7 @@ type testRec struct {
 func (r testRec) id() string { return r.ID }
 
 func TestStorePersistsAndReloads(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	s := newStore(dir, storeHooks[testRec]{})
 	if err := s.load(testLog()); err != nil {
@@ -73,6 +74,7 @@ func TestStorePersistsAndReloads(t *testing.T) {
 // TestStoreMovesBadRecordsAside: a record that cannot be read is moved aside
 // and the good ones still load, so one bad file never stops the daemon.
 func TestStoreMovesBadRecordsAside(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name  string
 		setup func(path string) error
@@ -114,6 +116,7 @@ func TestStoreMovesBadRecordsAside(t *testing.T) {
 }
 
 func TestRegistrar(t *testing.T) {
+	t.Parallel()
 	r := newRegistrar()
 	if err := r.reserve("pod_ns_uid_0", "a"); err != nil {
 		t.Fatal(err)
