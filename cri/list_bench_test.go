@@ -83,3 +83,33 @@ func BenchmarkListContainers(b *testing.B) {
 		}
 	}
 }
+
+// TestListsFromLoadedRecords: records loaded from disk answer the list and
+// status RPCs with their configs' metadata and labels, through the filters.
+func TestListsFromLoadedRecords(t *testing.T) {
+	t.Parallel()
+	s := newListServer(t, 3, 2)
+	ctx := context.Background()
+	pods, err := s.ListPodSandbox(ctx, &runtimeapi.ListPodSandboxRequest{Filter: &runtimeapi.PodSandboxFilter{
+		LabelSelector: map[string]string{"app": "web"},
+		State:         &runtimeapi.PodSandboxStateValue{State: runtimeapi.PodSandboxState_SANDBOX_NOTREADY},
+	}})
+	if err != nil || len(pods.Items) != 3 || pods.Items[1].GetMetadata().GetName() != "pod-1" {
+		t.Fatalf("pods %v, %v", pods, err)
+	}
+	ctrs, err := s.ListContainers(ctx, &runtimeapi.ListContainersRequest{Filter: &runtimeapi.ContainerFilter{
+		PodSandboxId: pods.Items[1].Id,
+		State:        &runtimeapi.ContainerStateValue{State: runtimeapi.ContainerState_CONTAINER_EXITED},
+	}})
+	if err != nil || len(ctrs.Containers) != 2 || ctrs.Containers[0].GetMetadata().GetName() != "c0" || ctrs.Containers[0].GetLabels()["tier"] != "front" {
+		t.Fatalf("containers %v, %v", ctrs, err)
+	}
+	none, err := s.ListContainers(ctx, &runtimeapi.ListContainersRequest{Filter: &runtimeapi.ContainerFilter{LabelSelector: map[string]string{"app": "db"}}})
+	if err != nil || len(none.Containers) != 0 {
+		t.Fatalf("label filter: %v, %v", none, err)
+	}
+	st, err := s.ContainerStatus(ctx, &runtimeapi.ContainerStatusRequest{ContainerId: ctrs.Containers[1].Id})
+	if err != nil || st.Status.GetMetadata().GetName() != "c1" || st.Status.GetState() != runtimeapi.ContainerState_CONTAINER_EXITED || len(st.Status.GetMounts()) != 1 {
+		t.Fatalf("status %v, %v", st, err)
+	}
+}
