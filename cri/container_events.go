@@ -7,13 +7,6 @@ import (
 	"github.com/cocoon-runtime/cocoon/sandbox"
 )
 
-var eventTypes = map[string]runtimeapi.ContainerEventType{
-	sandbox.EventCreated: runtimeapi.ContainerEventType_CONTAINER_CREATED_EVENT,
-	sandbox.EventStarted: runtimeapi.ContainerEventType_CONTAINER_STARTED_EVENT,
-	sandbox.EventStopped: runtimeapi.ContainerEventType_CONTAINER_STOPPED_EVENT,
-	sandbox.EventDeleted: runtimeapi.ContainerEventType_CONTAINER_DELETED_EVENT,
-}
-
 // GetContainerEvents streams container and pod lifecycle events, each with
 // the pod's status and its containers' statuses (kubelet's evented PLEG).
 func (s *Server) GetContainerEvents(_ *runtimeapi.GetEventsRequest, stream grpc.ServerStreamingServer[runtimeapi.ContainerEventResponse]) error {

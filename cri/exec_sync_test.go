@@ -26,6 +26,7 @@ func (f execPods) ExecSync(context.Context, string, []string, time.Duration) (*s
 // TestExecSyncReplyFits: whatever the sandbox kept (up to 16 MiB per
 // stream), the reply fits kubelet's and cocoond's 16 MiB message limit.
 func TestExecSyncReplyFits(t *testing.T) {
+	t.Parallel()
 	const mib = 1 << 20
 	for _, tt := range []struct {
 		name                   string

@@ -21,6 +21,7 @@ import (
 // with the real metrics registry and checks each lands under its short method
 // name and the gRPC code the caller saw.
 func TestInstrumentRecordsRequests(t *testing.T) {
+	t.Parallel()
 	m := metrics.New(nil)
 	log := logrus.New()
 	log.SetLevel(logrus.PanicLevel)
@@ -74,6 +75,7 @@ func TestInstrumentRecordsRequests(t *testing.T) {
 // code kubelet sees; a gRPC status that reached the CRI boundary, wrapped or
 // not, came from elsewhere (a guest agent, a library) and is Unknown.
 func TestToStatusMapsOnlyOurErrors(t *testing.T) {
+	t.Parallel()
 	for _, tt := range []struct {
 		name string
 		err  error

@@ -27,7 +27,6 @@ func (s *Server) PodSandboxStats(ctx context.Context, req *runtimeapi.PodSandbox
 // podStats sums the pod's containers; an agent that does not answer fails it
 // (zeros would read as real usage).
 func (s *Server) podStats(ctx context.Context, p *sandbox.Pod) (*runtimeapi.PodSandboxStats, error) {
-	cfg := p.PodConfig()
 	ts := time.Now().UnixNano()
 	linux := &runtimeapi.LinuxPodSandboxStats{
 		Cpu:     &runtimeapi.CpuUsage{Timestamp: ts, UsageCoreNanoSeconds: u64(0), UsageNanoCores: u64(0)},
@@ -54,7 +53,7 @@ func (s *Server) podStats(ctx context.Context, p *sandbox.Pod) (*runtimeapi.PodS
 		linux.Process.ProcessCount.Value += st.Processes
 	}
 	return &runtimeapi.PodSandboxStats{
-		Attributes: &runtimeapi.PodSandboxAttributes{Id: p.ID, Metadata: cfg.GetMetadata(), Labels: cfg.GetLabels(), Annotations: cfg.GetAnnotations()},
+		Attributes: podAttributes(p),
 		Linux:      linux,
 	}, nil
 }

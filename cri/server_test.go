@@ -75,6 +75,7 @@ func testImage(user string) *image.Image {
 }
 
 func TestImageUser(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		user     string
 		uid      *int64
@@ -97,6 +98,7 @@ func TestImageUser(t *testing.T) {
 func ptr[T any](v T) *T { return &v }
 
 func TestImageRPCs(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	f := &fakeImages{img: testImage("1000")}
 	s := newTestServer(f, nil)
@@ -135,6 +137,7 @@ func TestImageRPCs(t *testing.T) {
 }
 
 func TestStatusConditions(t *testing.T) {
+	t.Parallel()
 	for _, tt := range []struct {
 		name    string
 		netErr  error
@@ -175,6 +178,7 @@ func TestStatusConditions(t *testing.T) {
 }
 
 func TestContainerUser(t *testing.T) {
+	t.Parallel()
 	if got := containerUser(nil); got != nil {
 		t.Errorf("no recorded user: %v, want nil (records from before users were kept)", got)
 	}
@@ -186,6 +190,7 @@ func TestContainerUser(t *testing.T) {
 }
 
 func TestRuntimeConfigAndUpdate(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	s := newTestServer(&fakeImages{}, nil)
 	rc, err := s.RuntimeConfig(ctx, &runtimeapi.RuntimeConfigRequest{})
@@ -207,6 +212,7 @@ func TestRuntimeConfigAndUpdate(t *testing.T) {
 }
 
 func TestInstrumentMapsErrors(t *testing.T) {
+	t.Parallel()
 	s := newTestServer(&fakeImages{}, nil)
 	info := &grpc.UnaryServerInfo{FullMethod: "/runtime.v1.ImageService/PullImage"}
 	for _, tt := range []struct {

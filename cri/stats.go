@@ -65,10 +65,9 @@ func u64(v uint64) *runtimeapi.UInt64Value { return &runtimeapi.UInt64Value{Valu
 
 // toCRIStats maps one container's usage, with its identity for kubelet.
 func (s *Server) toCRIStats(c *sandbox.Container, st *sandbox.Stats) *runtimeapi.ContainerStats {
-	cfg := c.ContainerConfig()
 	ts := st.Timestamp.UnixNano()
 	out := &runtimeapi.ContainerStats{
-		Attributes: &runtimeapi.ContainerAttributes{Id: c.ID, Metadata: cfg.GetMetadata(), Labels: cfg.GetLabels(), Annotations: cfg.GetAnnotations()},
+		Attributes: containerAttributes(c),
 		Cpu:        &runtimeapi.CpuUsage{Timestamp: ts, UsageCoreNanoSeconds: u64(st.CPUUsageNs), UsageNanoCores: u64(st.CPUNanoCores)},
 		Memory: &runtimeapi.MemoryUsage{
 			Timestamp: ts, WorkingSetBytes: u64(st.MemoryWorkingSet), UsageBytes: u64(st.MemoryUsage), RssBytes: u64(st.MemoryRSS),

@@ -97,6 +97,7 @@ func inTime[T any](t *testing.T, d time.Duration, call func() (T, error)) (T, er
 }
 
 func TestListStatsSilentAgent(t *testing.T) {
+	t.Parallel()
 	for _, tt := range []struct {
 		name   string
 		silent []string
@@ -167,6 +168,7 @@ func TestListStatsBounded(t *testing.T) {
 // TestPodSandboxStatsSilentAgent: one pod's stats fail, in time, when its
 // agent does not answer, rather than reading as zero usage.
 func TestPodSandboxStatsSilentAgent(t *testing.T) {
+	t.Parallel()
 	s, _ := newStatsServer(2, "p1")
 	if _, err := inTime(t, podStatsTimeout+time.Second, func() (*runtimeapi.PodSandboxStatsResponse, error) {
 		return s.PodSandboxStats(context.Background(), &runtimeapi.PodSandboxStatsRequest{PodSandboxId: "p1"})

@@ -156,6 +156,7 @@ func with[T any](base func() T, edit func(T)) T {
 }
 
 func TestValidateRequests(t *testing.T) {
+	t.Parallel()
 	plainPod := critestPod()
 	privPod := critestPod()
 	privPod.Linux.SecurityContext = &runtimeapi.LinuxSandboxSecurityContext{Privileged: true}

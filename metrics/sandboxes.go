@@ -22,8 +22,8 @@ var (
 // Label values; every one is exported, zero or not, so a state that empties
 // reads 0 rather than vanishing.
 var (
-	podStates = map[string]string{sandbox.StateReady: "ready", sandbox.StateNotReady: "notready"}
-	ctrStates = map[string]string{sandbox.StateCreated: "created", sandbox.StateRunning: "running", sandbox.StateExited: "exited"}
+	podStates = map[sandbox.PodState]string{sandbox.StateReady: "ready", sandbox.StateNotReady: "notready"}
+	ctrStates = map[sandbox.ContainerState]string{sandbox.StateCreated: "created", sandbox.StateRunning: "running", sandbox.StateExited: "exited"}
 )
 
 const stateUnknown = "unknown"

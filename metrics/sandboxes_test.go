@@ -78,7 +78,10 @@ func TestStateCollectorFollowsTheStore(t *testing.T) {
 	store := &fakeStore{pods: []sandbox.Pod{{State: sandbox.StateReady}}}
 	c := &stateCollector{store: store}
 	const head = "# HELP cocoon_sandboxes Pod sandboxes by state.\n# TYPE cocoon_sandboxes gauge\n"
-	for _, step := range []struct{ state, want string }{
+	for _, step := range []struct {
+		state sandbox.PodState
+		want  string
+	}{
 		{sandbox.StateReady, `cocoon_sandboxes{state="notready"} 0` + "\n" + `cocoon_sandboxes{state="ready"} 1`},
 		{sandbox.StateNotReady, `cocoon_sandboxes{state="notready"} 1` + "\n" + `cocoon_sandboxes{state="ready"} 0`},
 	} {

@@ -110,7 +110,7 @@ func writeProc(t *testing.T, dir string, pid int, comm string, rssKB, utime, sti
 	}
 }
 
-func podWithVM(t *testing.T, id, name, namespace, state string, st *vm.State) sandbox.Pod {
+func podWithVM(t *testing.T, id, name, namespace string, state sandbox.PodState, st *vm.State) sandbox.Pod {
 	t.Helper()
 	cfg, err := json.Marshal(map[string]any{"metadata": map[string]string{"name": name, "namespace": namespace, "uid": "u-" + name}})
 	if err != nil {

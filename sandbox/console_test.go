@@ -25,7 +25,7 @@ import (
 )
 
 // addPod stores a pod record as RunPod would.
-func addPod(t *testing.T, m *Manager, id, name, namespace, state string) {
+func addPod(t *testing.T, m *Manager, id, name, namespace string, state PodState) {
 	t.Helper()
 	md := &runtimeapi.PodSandboxMetadata{Name: name, Namespace: namespace, Uid: "uid-" + id[:4], Attempt: 0}
 	raw, err := marshalConfig(&runtimeapi.PodSandboxConfig{Metadata: md})
@@ -40,6 +40,7 @@ func addPod(t *testing.T, m *Manager, id, name, namespace, state string) {
 func pad(prefix string) string { return prefix + strings.Repeat("0", 64-len(prefix)) }
 
 func TestFindPod(t *testing.T) {
+	t.Parallel()
 	m := testManager(t, &fakeNetwork{}, &fakeDriver{})
 	addPod(t, m, pad("aaaa1"), "web", "default", StateReady)
 	addPod(t, m, pad("aaaa2"), "db", "prod", StateReady)
@@ -205,6 +206,7 @@ type nopCloser struct{ strings.Builder }
 func (*nopCloser) Close() error { return nil }
 
 func TestDebugConsole(t *testing.T) {
+	t.Parallel()
 	m := testManager(t, &fakeNetwork{}, &fakeDriver{})
 	id := pad("dddd")
 	addPod(t, m, id, "web", "default", StateReady)
@@ -253,6 +255,7 @@ func TestDebugConsole(t *testing.T) {
 
 // TestDebugConsoleCallerLeaves: the shell dies with the session.
 func TestDebugConsoleCallerLeaves(t *testing.T) {
+	t.Parallel()
 	m := testManager(t, &fakeNetwork{}, &fakeDriver{})
 	id := pad("eeee")
 	addPod(t, m, id, "web", "default", StateReady)
@@ -272,6 +275,7 @@ func TestDebugConsoleCallerLeaves(t *testing.T) {
 }
 
 func TestDebugConsoleRefuses(t *testing.T) {
+	t.Parallel()
 	m := testManager(t, &fakeNetwork{}, &fakeDriver{})
 	addPod(t, m, pad("f1"), "stopped", "default", StateNotReady)
 	addPod(t, m, pad("f2"), "orphan", "default", StateReady) // record says READY, no VM held

@@ -59,22 +59,7 @@ func (m *Manager) waitExit(rt *podRuntime, id string) {
 	if out != nil {
 		out.wait(2 * time.Second)
 	}
-	defer m.events.publish(EventStopped, id, "")
-	_, _ = m.containers.update(id, func(c *Container) error {
-		if c.State == StateExited {
-			return nil
-		}
-		c.State, c.ExitCode, c.FinishedAt = StateExited, res.GetExitCode(), res.GetExitedAtNs()
-		switch {
-		case res.GetReason() != "":
-			c.Reason = res.GetReason()
-		case res.GetExitCode() == 0:
-			c.Reason = "Completed"
-		default:
-			c.Reason = "Error"
-		}
-		return nil
-	})
+	m.recordExit(id, agentExit(res))
 }
 
 // stopContainer sends the stop signal, waits up to timeout, then kills every
@@ -96,14 +81,14 @@ func (m *Manager) stopContainer(ctx context.Context, id string, timeout time.Dur
 	}
 	if timeout > 0 {
 		_, _ = rt.agent.SignalProcess(ctx, &agentapi.SignalProcessRequest{ContainerId: c.ID, Signal: uint32(stopSignal(m, c))})
-		if m.waitState(ctx, c.ID, StateExited, timeout) {
+		if m.waitExited(ctx, c.ID, timeout) {
 			return nil
 		}
 	}
 	if _, err := rt.agent.SignalProcess(ctx, &agentapi.SignalProcessRequest{ContainerId: c.ID, Signal: uint32(unix.SIGKILL), All: true}); err != nil {
 		return fmt.Errorf("agent kill: %w", err)
 	}
-	if !m.waitState(ctx, c.ID, StateExited, 10*time.Second) {
+	if !m.waitExited(ctx, c.ID, 10*time.Second) {
 		return fmt.Errorf("container %s did not die after SIGKILL", c.ID)
 	}
 	return nil
@@ -120,17 +105,6 @@ func stopSignal(m *Manager, c Container) unix.Signal {
 		}
 	}
 	return unix.SIGTERM
-}
-
-func (m *Manager) waitState(ctx context.Context, id, state string, timeout time.Duration) bool {
-	deadline := time.Now().Add(timeout)
-	for time.Now().Before(deadline) && ctx.Err() == nil {
-		if c, ok := m.containers.get(id); !ok || c.State == state {
-			return true
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	return false
 }
 
 // removeContainer removes a container (killing it first when running) with its

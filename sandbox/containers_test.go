@@ -15,6 +15,7 @@ import (
 )
 
 func TestValidateReadOnly(t *testing.T) {
+	t.Parallel()
 	private, h2c := runtimeapi.MountPropagation_PROPAGATION_PRIVATE, runtimeapi.MountPropagation_PROPAGATION_HOST_TO_CONTAINER
 	for _, tc := range []struct {
 		name string
@@ -96,6 +97,7 @@ func (f *fakeMounter) Attach(src, dst string, ro vm.ReadOnly) error {
 func (f *fakeMounter) Detach(dst string) error { f.detached = append(f.detached, dst); return nil }
 
 func TestBindAndUnbindAll(t *testing.T) {
+	t.Parallel()
 	src := t.TempDir()
 	if err := os.WriteFile(filepath.Join(src, "file"), []byte("x"), 0o644); err != nil {
 		t.Fatal(err)

@@ -16,7 +16,7 @@ import (
 type recordCheckingNetwork struct {
 	fakeNetwork
 	m             *Manager
-	stateAtAttach string
+	stateAtAttach PodState
 	detachErr     error
 }
 
@@ -53,6 +53,7 @@ func (d *recordCheckingDriver) Create(ctx context.Context, spec *vm.Spec) (vm.VM
 // its network is attached and names the netns before the VM is made, so a
 // cocoond killed in between leaves a record leading a restart to them.
 func TestRunPodRecordsBeforeMaking(t *testing.T) {
+	t.Parallel()
 	netw := &recordCheckingNetwork{}
 	d := &recordCheckingDriver{}
 	m := testManager(t, &netw.fakeNetwork, &d.fakeDriver)
@@ -75,6 +76,7 @@ func TestRunPodRecordsBeforeMaking(t *testing.T) {
 // record stays, NOTREADY and marked, so a Stop/Remove (kubelet's garbage
 // collection) or a restart finishes the cleanup.
 func TestRunPodFailedUndoKeepsRecord(t *testing.T) {
+	t.Parallel()
 	netw := &recordCheckingNetwork{detachErr: errors.New("CNI DEL: plugin missing")}
 	m := testManager(t, &netw.fakeNetwork, &fakeDriver{})
 	m.opts.Network, netw.m = netw, m
@@ -98,6 +100,7 @@ func TestRunPodFailedUndoKeepsRecord(t *testing.T) {
 // TestStopPodFailureStaysPending: a stop whose network detach fails keeps
 // the pod recorded with the failure; a restart (Recover) retries it.
 func TestStopPodFailureStaysPending(t *testing.T) {
+	t.Parallel()
 	netw := &recordCheckingNetwork{detachErr: errors.New("CNI DEL: plugin missing")}
 	m := testManager(t, &netw.fakeNetwork, &fakeDriver{})
 	m.opts.Network, netw.m = netw, m
@@ -132,6 +135,7 @@ func TestStopPodFailureStaysPending(t *testing.T) {
 // was killed during RunPodSandbox) is removed with its network, its pod dir
 // and its VM run dir, recorded or not; other pods' are kept.
 func TestRecoverReclaimsRunsCutShort(t *testing.T) {
+	t.Parallel()
 	netw := &fakeNetwork{}
 	m := testManager(t, netw, &fakeDriver{})
 	cut, kept := pad("dd"), pad("ee")
@@ -180,6 +184,7 @@ func TestRecoverReclaimsRunsCutShort(t *testing.T) {
 // TestStorageMarker: only storage containers cocoond marked are swept; a
 // container another tool made in the same graph root never is.
 func TestStorageMarker(t *testing.T) {
+	t.Parallel()
 	for meta, want := range map[string]bool{
 		storageMetadata(pad("aa")):       true,
 		"":                               false,
@@ -209,6 +214,7 @@ func (d *adoptingDriver) Adopt(_ context.Context, st *vm.State) (vm.VMM, error) 
 // VM was adopted and its agent reached (a container's log cannot be
 // opened); the VM must not be left running unwatched.
 func TestRecoverStopsWhatItAdoptedOnError(t *testing.T) {
+	t.Parallel()
 	d := &adoptingDriver{}
 	d.agentSock = agenttest.ServeHealth(t, agenttest.Healthy{})
 	m := testManager(t, &fakeNetwork{}, &d.fakeDriver)

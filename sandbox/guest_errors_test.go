@@ -59,6 +59,7 @@ func refusingPod(t *testing.T, m *Manager, prefix string, code codes.Code) (podI
 // carries no gRPC status and no errdefs sentinel, so cri/instrument.go
 // answers kubelet Unknown; the guest's words stay in the message.
 func TestGuestCodesDoNotChooseOurs(t *testing.T) {
+	t.Parallel()
 	m := testManager(t, &fakeNetwork{}, &fakeDriver{})
 	for i, tt := range []struct {
 		code codes.Code

@@ -11,6 +11,7 @@ import (
 )
 
 func TestAgentNetwork(t *testing.T) {
+	t.Parallel()
 	mac, _ := net.ParseMAC("02:00:00:00:00:05")
 	pfx := netip.MustParsePrefix
 	addr := netip.MustParseAddr

@@ -117,6 +117,7 @@ func (a *streamCtxs) ReadOutput(ctx context.Context, req *agentapi.ReadOutputReq
 // TestExecSyncStreamsEndWithIt: no output stream outlives ExecSync, whatever
 // the agent does with it after the process exited.
 func TestExecSyncStreamsEndWithIt(t *testing.T) {
+	t.Parallel()
 	m := testManager(t, &fakeNetwork{}, &fakeDriver{})
 	id, rt := hostilePod(t, m, "s", &agenttest.Hostile{Output: agenttest.OutputHeldOpen, Bytes: 1})
 	rec := &streamCtxs{AgentClient: rt.agent}
@@ -137,6 +138,7 @@ func TestExecSyncStreamsEndWithIt(t *testing.T) {
 }
 
 func TestCappedBuffer(t *testing.T) {
+	t.Parallel()
 	drops := 0
 	b := newCappedBuffer(10, func() { drops++ })
 	for _, w := range []string{"hello", "world!", "more"} {
@@ -211,6 +213,7 @@ func TestStatsSilentAgent(t *testing.T) {
 // TestShortCallDeadline: an agent call made on a deadline-free context gets
 // agentCallTimeout, and the pod's end cancels it.
 func TestShortCallDeadline(t *testing.T) {
+	t.Parallel()
 	rt := &podRuntime{}
 	ctx, cancel := rt.shortCall(context.Background())
 	defer cancel()
@@ -230,6 +233,7 @@ func TestShortCallDeadline(t *testing.T) {
 }
 
 func TestCheckStats(t *testing.T) {
+	t.Parallel()
 	for _, tt := range []struct {
 		name string
 		s    *agentapi.ContainerStats

@@ -18,6 +18,7 @@ import (
 // TestAttachQueueBounded: an attached client that never reads holds at most
 // maxAttachQueue of the guest's output, however large its chunks.
 func TestAttachQueueBounded(t *testing.T) {
+	t.Parallel()
 	o, err := newOutput("")
 	if err != nil {
 		t.Fatal(err)
@@ -63,6 +64,7 @@ func TestAttachQueueBounded(t *testing.T) {
 // TestLogLineWithoutNewline: a guest printing 40 MiB without a newline
 // makes 16 KiB partial records, and no buffer grows with it.
 func TestLogLineWithoutNewline(t *testing.T) {
+	t.Parallel()
 	h := &agenttest.Hostile{Output: agenttest.OutputFinite, Bytes: 40 << 20, Chunk: 1 << 20}
 	a := agenttest.ServeAgent(t, h)
 	path := filepath.Join(t.TempDir(), "c.log")
@@ -132,6 +134,7 @@ func (s noNewlineStream) Recv() (*agentapi.OutputChunk, error) {
 // output is closed (container removed, pod stopped), even when the agent
 // holds them open and they were read on a context that never ends.
 func TestOutputStreamsEndWithOutput(t *testing.T) {
+	t.Parallel()
 	a := agenttest.ServeAgent(t, &agenttest.Hostile{Output: agenttest.OutputHeldOpen, Bytes: 10})
 	o, err := newOutput("")
 	if err != nil {
@@ -153,6 +156,7 @@ func TestOutputStreamsEndWithOutput(t *testing.T) {
 // TestPodEndEndsLongPolls: a container's exit wait on a live agent ends when
 // the pod stops, rather than staying on context.Background().
 func TestPodEndEndsLongPolls(t *testing.T) {
+	t.Parallel()
 	m := testManager(t, &fakeNetwork{}, &fakeDriver{})
 	id, rt := hostilePod(t, m, "w", &agenttest.Hostile{Exit: -1})
 	done := make(chan struct{})

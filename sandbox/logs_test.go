@@ -9,6 +9,7 @@ import (
 )
 
 func TestLogRecordFormat(t *testing.T) {
+	t.Parallel()
 	path := filepath.Join(t.TempDir(), "c", "0.log")
 	o, err := newOutput(path)
 	if err != nil {

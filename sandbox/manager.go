@@ -96,8 +96,8 @@ type podRuntime struct {
 func New(opts Options, podCIDR func() string) (*Manager, error) {
 	m := &Manager{
 		opts:       opts,
-		pods:       newStore[Pod](filepath.Join(opts.StateDir, "pods")),
-		containers: newStore[Container](filepath.Join(opts.StateDir, "containers")),
+		pods:       newStore(filepath.Join(opts.StateDir, "pods"), storeHooks[Pod]{prepare: decodePod, check: checkPod}),
+		containers: newStore(filepath.Join(opts.StateDir, "containers"), storeHooks[Container]{prepare: decodeContainer, check: checkContainer}),
 		podNames:   newRegistrar(),
 		ctrNames:   newRegistrar(),
 		live:       map[string]*podRuntime{},

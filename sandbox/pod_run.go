@@ -347,22 +347,18 @@ func (m *Manager) watchVM(id string, rt *podRuntime) {
 	m.markDead(id, fmt.Sprintf("VM died: %v", rt.vmm.Err()))
 }
 
-// markDead records a pod whose VM is gone as NOTREADY and its running
-// containers as exited with a reason.
+// markDead records a pod whose VM is gone as NOTREADY and its containers
+// (but those still being created, which their CreateContainer undoes) as
+// exited with the reason.
 func (m *Manager) markDead(id, reason string) {
 	m.mu.Lock()
 	delete(m.live, id)
 	m.mu.Unlock()
 	_, _ = m.pods.update(id, func(p *Pod) error { p.State, p.Reason = StateNotReady, reason; return nil })
-	now := time.Now().UnixNano()
+	ended := vmDiedExit(time.Now().UnixNano(), reason)
 	for _, c := range m.containers.list() {
-		if c.PodID != id || c.State == StateExited {
-			continue
+		if c.PodID == id {
+			m.recordExit(c.ID, ended)
 		}
-		_, _ = m.containers.update(c.ID, func(c *Container) error {
-			c.State, c.FinishedAt, c.ExitCode, c.Reason, c.Message = StateExited, now, 255, "PodVMDied", reason
-			return nil
-		})
-		m.events.publish(EventStopped, c.ID, id)
 	}
 }

@@ -163,6 +163,7 @@ func podConfig() *runtimeapi.PodSandboxConfig {
 }
 
 func TestRunPodValidation(t *testing.T) {
+	t.Parallel()
 	m := testManager(t, &fakeNetwork{}, &fakeDriver{})
 	ctx := context.Background()
 	hostNet := podConfig()
@@ -189,6 +190,7 @@ func TestRunPodValidation(t *testing.T) {
 // TestRunPodFailureLeavesNothing breaks each step after the network and checks
 // that the steps before it were undone.
 func TestRunPodFailureLeavesNothing(t *testing.T) {
+	t.Parallel()
 	for _, tt := range []struct {
 		name      string
 		netErr    error
@@ -295,6 +297,7 @@ func writeGuestManifest(t *testing.T, dir string) {
 // TestRunPodSizesVMFromPodResources: kubelet sends the pod's summed limits
 // in the sandbox config; the VM boots big enough for them.
 func TestRunPodSizesVMFromPodResources(t *testing.T) {
+	t.Parallel()
 	d := &fakeDriver{}
 	m := testManager(t, &fakeNetwork{}, d)
 	h := m.opts.Runtime.Handlers["h"]
@@ -317,6 +320,7 @@ func TestRunPodSizesVMFromPodResources(t *testing.T) {
 // TestRunPodBootFailureCarriesConsole: the VM's run dir goes with the undo,
 // so the error must carry what the guest said.
 func TestRunPodBootFailureCarriesConsole(t *testing.T) {
+	t.Parallel()
 	d := &fakeDriver{console: "Kernel panic - not syncing: VFS: Unable to mount root fs"}
 	m := testManager(t, &fakeNetwork{}, d)
 	installFakeGuest(t, m.opts.Runtime.GuestDir)
@@ -329,6 +333,7 @@ func TestRunPodBootFailureCarriesConsole(t *testing.T) {
 // TestRecoverDetachesStrayNetworks: a network no pod record claims (a crash
 // before the pod was persisted) is detached at startup; a pod's own is not.
 func TestRecoverDetachesStrayNetworks(t *testing.T) {
+	t.Parallel()
 	netw := &fakeNetwork{}
 	m := testManager(t, netw, &fakeDriver{})
 	kept, gone := pad("aa"), pad("bb")

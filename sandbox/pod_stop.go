@@ -95,16 +95,10 @@ func (m *Manager) stopPod(ctx context.Context, id string) error {
 		log.WithError(err).Warn("pod stop left work undone; the next stop or a restart retries it")
 		return err
 	}
-	now := time.Now().UnixNano()
+	ended := podStoppedExit(time.Now().UnixNano())
 	for _, c := range m.containers.list() {
-		if c.PodID == id && c.State != StateExited && c.State != StateCreating {
-			_, _ = m.containers.update(c.ID, func(c *Container) error {
-				c.State, c.FinishedAt = StateExited, now
-				if c.ExitCode == 0 && c.StartedAt != 0 {
-					c.ExitCode, c.Reason = 137, "PodStopped"
-				}
-				return nil
-			})
+		if c.PodID == id {
+			m.recordExit(c.ID, ended)
 		}
 	}
 	_, err = m.pods.update(id, func(p *Pod) error {

@@ -50,6 +50,7 @@ func (a *slowStartAgent) RemoveContainer(context.Context, *agentapi.RemoveContai
 // consistent (no container runs in a stopped pod, nothing of a removed pod
 // is left), and a pod next door is never held up.
 func TestPodOperationsAreSerialised(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name string
 		race func(m *Manager, podID string) error

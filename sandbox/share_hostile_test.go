@@ -106,6 +106,7 @@ func fifo(t *testing.T, path string) {
 // TestBindRefusesWhatTheGuestPlanted: creating a mount point never follows
 // a symlink out of the share, never opens a FIFO, and attaches nothing.
 func TestBindRefusesWhatTheGuestPlanted(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name  string
 		plant func(t *testing.T, ctr string, v victims)
@@ -144,6 +145,7 @@ func TestBindRefusesWhatTheGuestPlanted(t *testing.T) {
 // TestUnbindAllStaysInTheShare: removing a container's share dir removes
 // planted symlinks, not their targets, and never empties a mount it finds.
 func TestUnbindAllStaysInTheShare(t *testing.T) {
+	t.Parallel()
 	v := newVictims(t)
 	share := t.TempDir()
 	ctr := filepath.Join(share, "cid")
@@ -231,6 +233,7 @@ func isMountPoint(dir string) (bool, error) {
 // TestWritePodFilesRefusesPlantedPaths: the pod's hosts, hostname and
 // resolv.conf never truncate a host file through a symlink, nor hang on a FIFO.
 func TestWritePodFilesRefusesPlantedPaths(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name  string
 		plant func(t *testing.T, share string, v victims)
@@ -431,6 +434,7 @@ func (unsafeDetacher) Detach(dst string) error { return vm.ErrUnsafePath }
 // away cannot make its container unremovable; the mount stays in
 // virtiofsd's namespace and goes with the VM.
 func TestUnbindAllSurvivesMovedMountPoints(t *testing.T) {
+	t.Parallel()
 	share := t.TempDir()
 	ctr := filepath.Join(share, "cid")
 	if err := os.MkdirAll(filepath.Join(ctr, "m2/0"), 0o755); err != nil {

@@ -1,26 +1,10 @@
-// Package sandbox holds pods and their containers: their state machine, the
+// Package sandbox holds pods and their containers: their state machine
+// (state.go: the states, the allowed transitions and their diagram), the
 // store that persists them, and the work of running them in VMs.
-//
-// Pod states:
-//
-//	RunPodSandbox ──► CREATING ──► READY ──StopPodSandbox / VM died──► NOTREADY ──RemovePodSandbox──► (gone)
-//	                     │ (a step fails: everything undone, record removed;
-//	                     │  an undo fails: NOTREADY with CleanupPending)
-//	                     ▼ (cocoond restarts: reclaimed and removed)
-//	                   (gone)
-//
-// The record is written (CREATING) before the netns, the network and the VM
-// it names exist, so a cocoond killed at any point leaves a record or nothing
-// that a restart could not find. A stop that fails keeps CleanupPending set;
-// the next Stop/Remove or a restart retries it.
-//
-// Container states:
-//
-//	CreateContainer ──► CREATING ──► CREATED ──StartContainer──► RUNNING ──exit / StopContainer / pod stop──► EXITED
-//	        RemoveContainer removes CREATED and EXITED containers (and RUNNING ones after killing them).
 package sandbox
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -47,10 +31,28 @@ type record interface {
 
 // store keeps records in memory, persisted one JSON file each under dir. Reads
 // return copies; changes go through update so the file and memory agree.
+// Whoever waits for a record to change waits on a channel (watch), never by
+// polling.
 type store[T record] struct {
 	dir  string
 	mu   sync.RWMutex
 	recs map[string]*T
+	// changed holds, per record someone watches, a channel closed at the
+	// record's next update or removal (and then forgotten: the next watch
+	// makes a new one).
+	changed map[string]chan struct{}
+	hooks   storeHooks[T]
+}
+
+// storeHooks let a kind of record take part in the store's writes.
+type storeHooks[T any] struct {
+	// prepare readies a record the store takes in (added, loaded, or
+	// updated; prev is nil unless updated): it decodes what reads need, so
+	// that reads never decode.
+	prepare func(prev, next *T)
+	// check refuses an update (prev → next) the record's state machine
+	// does not allow; nothing changes then.
+	check func(prev, next *T) error
 }
 
 type envelope[T any] struct {
@@ -58,8 +60,22 @@ type envelope[T any] struct {
 	Data    T   `json:"data"`
 }
 
-func newStore[T record](dir string) *store[T] {
-	return &store[T]{dir: dir, recs: map[string]*T{}}
+func newStore[T record](dir string, hooks storeHooks[T]) *store[T] {
+	return &store[T]{dir: dir, recs: map[string]*T{}, changed: map[string]chan struct{}{}, hooks: hooks}
+}
+
+func (s *store[T]) prepare(prev, next *T) {
+	if s.hooks.prepare != nil {
+		s.hooks.prepare(prev, next)
+	}
+}
+
+// notify wakes whoever watches id; the caller holds s.mu.
+func (s *store[T]) notify(id string) {
+	if ch, ok := s.changed[id]; ok {
+		close(ch)
+		delete(s.changed, id)
+	}
 }
 
 func (s *store[T]) path(id string) string { return filepath.Join(s.dir, id+".json") }
@@ -91,6 +107,7 @@ func (s *store[T]) load(log *logrus.Entry) error {
 				return fmt.Errorf("record of %q in the file of another", env.Data.id())
 			}
 			rec = env.Data
+			s.prepare(nil, &rec)
 			return nil
 		}, log)
 		if errors.Is(err, atomicfile.ErrMovedAside) || errors.Is(err, os.ErrNotExist) {
@@ -122,6 +139,7 @@ func (s *store[T]) add(rec T) error {
 	if err := s.persist(&rec); err != nil {
 		return err
 	}
+	s.prepare(nil, &rec)
 	s.recs[rec.id()] = &rec
 	return nil
 }
@@ -152,10 +170,17 @@ func (s *store[T]) update(id string, fn func(*T) error) (T, error) {
 	if err := fn(&next); err != nil {
 		return zero, err
 	}
+	if s.hooks.check != nil {
+		if err := s.hooks.check(r, &next); err != nil {
+			return zero, err
+		}
+	}
 	if err := s.persist(&next); err != nil {
 		return zero, err
 	}
+	s.prepare(r, &next)
 	*r = next
+	s.notify(id)
 	return next, nil
 }
 
@@ -163,7 +188,43 @@ func (s *store[T]) remove(id string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	delete(s.recs, id)
+	s.notify(id)
 	return atomicfile.Remove(s.path(id))
+}
+
+// watch returns the record and a channel closed at its next change or
+// removal, read at the same instant so no change can fall between them.
+func (s *store[T]) watch(id string) (T, <-chan struct{}, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r, ok := s.recs[id]
+	if !ok {
+		var zero T
+		return zero, nil, false
+	}
+	ch, ok := s.changed[id]
+	if !ok {
+		ch = make(chan struct{})
+		s.changed[id] = ch
+	}
+	return *r, ch, true
+}
+
+// waitFor returns once done holds for the record or the record is gone,
+// woken by each change of it; it returns the context's error if that ends
+// first.
+func (s *store[T]) waitFor(ctx context.Context, id string, done func(T) bool) error {
+	for {
+		rec, changed, ok := s.watch(id)
+		if !ok || done(rec) {
+			return nil
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 }
 
 // list returns copies of every record, sorted by ID for stable output.

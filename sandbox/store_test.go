@@ -19,8 +19,9 @@ type testRec struct {
 func (r testRec) id() string { return r.ID }
 
 func TestStorePersistsAndReloads(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
-	s := newStore[testRec](dir)
+	s := newStore(dir, storeHooks[testRec]{})
 	if err := s.load(testLog()); err != nil {
 		t.Fatal(err)
 	}
@@ -43,7 +44,7 @@ func TestStorePersistsAndReloads(t *testing.T) {
 	}
 
 	// A new store over the same dir sees exactly what was persisted.
-	s2 := newStore[testRec](dir)
+	s2 := newStore(dir, storeHooks[testRec]{})
 	if err := s2.load(testLog()); err != nil {
 		t.Fatal(err)
 	}
@@ -73,6 +74,7 @@ func TestStorePersistsAndReloads(t *testing.T) {
 // TestStoreMovesBadRecordsAside: a record that cannot be read is moved aside
 // and the good ones still load, so one bad file never stops the daemon.
 func TestStoreMovesBadRecordsAside(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name  string
 		setup func(path string) error
@@ -85,7 +87,7 @@ func TestStoreMovesBadRecordsAside(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
-			good := newStore[testRec](dir)
+			good := newStore(dir, storeHooks[testRec]{})
 			if err := good.load(testLog()); err != nil {
 				t.Fatal(err)
 			}
@@ -96,7 +98,7 @@ func TestStoreMovesBadRecordsAside(t *testing.T) {
 			if err := tc.setup(bad); err != nil {
 				t.Fatal(err)
 			}
-			s := newStore[testRec](dir)
+			s := newStore(dir, storeHooks[testRec]{})
 			if err := s.load(testLog()); err != nil {
 				t.Fatalf("load stopped at a bad record: %v", err)
 			}
@@ -114,6 +116,7 @@ func TestStoreMovesBadRecordsAside(t *testing.T) {
 }
 
 func TestRegistrar(t *testing.T) {
+	t.Parallel()
 	r := newRegistrar()
 	if err := r.reserve("pod_ns_uid_0", "a"); err != nil {
 		t.Fatal(err)

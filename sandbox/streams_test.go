@@ -31,6 +31,7 @@ func (a *streamRecorder) ReadOutput(_ context.Context, req *agentapi.ReadOutputR
 }
 
 func TestCopyStreamsReadsStderrOnlyWithoutATerminal(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name string
 		tty  bool
@@ -73,6 +74,7 @@ func (r *oneByteReader) Read(p []byte) (int, error) {
 }
 
 func TestSendChunks(t *testing.T) {
+	t.Parallel()
 	sendFailed := errors.New("agent gone")
 	for _, tc := range []struct {
 		name     string
@@ -113,6 +115,7 @@ func TestSendChunks(t *testing.T) {
 // TestSendChunksGivesEachSendItsOwnBytes: the agent call may keep a chunk
 // after send returns, so the next read must not overwrite it.
 func TestSendChunksGivesEachSendItsOwnBytes(t *testing.T) {
+	t.Parallel()
 	var kept [][]byte
 	_ = sendChunks(&oneByteReader{"xyz", io.EOF}, func(b []byte) error { kept = append(kept, b); return nil })
 	if got := string(kept[0]) + string(kept[1]) + string(kept[2]); got != "xyz" {
@@ -121,6 +124,7 @@ func TestSendChunksGivesEachSendItsOwnBytes(t *testing.T) {
 }
 
 func TestResizes(t *testing.T) {
+	t.Parallel()
 	type size struct{ cols, rows uint16 }
 	conv := func(s size) TermSize { return TermSize{Width: s.cols, Height: s.rows} }
 

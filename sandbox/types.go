@@ -1,9 +1,11 @@
 package sandbox
 
 import (
+	"bytes"
 	"encoding/json"
 	"net"
 	"os"
+	"sync/atomic"
 
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
@@ -13,29 +15,13 @@ import (
 	"github.com/cocoon-runtime/cocoon/vm"
 )
 
-// Pod states.
-const (
-	StateReady    = "READY"
-	StateNotReady = "NOTREADY"
-	// StateCreating is a pod (or container) whose record is written before
-	// the resources it names; a restart that finds one reclaims them.
-	StateCreating = "CREATING"
-)
-
-// Container states (and StateCreating).
-const (
-	StateCreated = "CREATED"
-	StateRunning = "RUNNING"
-	StateExited  = "EXITED"
-)
-
 // Pod is a sandbox's persisted record.
 type Pod struct {
 	ID        string          `json:"id"`
 	Name      string          `json:"name"` // registrar key: name_namespace_uid_attempt
 	Config    json.RawMessage `json:"config"`
 	Handler   string          `json:"handler"`
-	State     string          `json:"state"`
+	State     PodState        `json:"state"`
 	Reason    string          `json:"reason,omitempty"` // why NOTREADY, when not stopped on request
 	CreatedAt int64           `json:"createdAt"`
 	RunDir    string          `json:"runDir"`
@@ -46,15 +32,21 @@ type Pod struct {
 	// CleanupPending says a stop or a failed run left something undone (or
 	// is in progress): the next Stop/Remove, or a restart, finishes it.
 	CleanupPending string `json:"cleanupPending,omitempty"`
+
+	// config is Config decoded, once, when the store takes the record in
+	// (see decodeConfigs); copies share it, so nobody may modify it.
+	config *runtimeapi.PodSandboxConfig
 }
 
 func (p Pod) id() string { return p.ID }
 
-// PodConfig decodes the CRI config the pod was created with.
+// PodConfig is the CRI config the pod was created with, decoded when the
+// record was added or loaded: it is shared, read it but do not modify it.
 func (p *Pod) PodConfig() *runtimeapi.PodSandboxConfig {
-	var c runtimeapi.PodSandboxConfig
-	_ = protojson.Unmarshal(p.Config, &c)
-	return &c
+	if p.config != nil {
+		return p.config
+	}
+	return decodePodConfig(p.Config) // a record the store never saw (tests)
 }
 
 // Container is a container's persisted record.
@@ -65,7 +57,7 @@ type Container struct {
 	Config     json.RawMessage `json:"config"`
 	ImageID    string          `json:"imageID"`  // "sha256:<hex>", what ImageStatus calls Image.id
 	ImageRef   string          `json:"imageRef"` // what the user asked for
-	State      string          `json:"state"`
+	State      ContainerState  `json:"state"`
 	CreatedAt  int64           `json:"createdAt"`
 	StartedAt  int64           `json:"startedAt,omitempty"`
 	FinishedAt int64           `json:"finishedAt,omitempty"`
@@ -79,6 +71,8 @@ type Container struct {
 	// Spec is the OCI spec the agent got; Exec builds its processes from it.
 	// It lives here, in cocoond's state, never in the guest-writable share.
 	Spec json.RawMessage `json:"spec,omitempty"`
+
+	config *runtimeapi.ContainerConfig // Config decoded once, shared: see Pod.config
 }
 
 // User is the identity a container's processes run as, after the image's
@@ -91,15 +85,59 @@ type User struct {
 
 func (c Container) id() string { return c.ID }
 
-// ContainerConfig decodes the CRI config the container was created with.
+// ContainerConfig is the CRI config the container was created with (or
+// last updated to), decoded once: it is shared, do not modify it.
 func (c *Container) ContainerConfig() *runtimeapi.ContainerConfig {
-	var cc runtimeapi.ContainerConfig
-	_ = protojson.Unmarshal(c.Config, &cc)
-	return &cc
+	if c.config != nil {
+		return c.config
+	}
+	return decodeContainerConfig(c.Config)
 }
 
 func marshalConfig(m proto.Message) (json.RawMessage, error) {
 	return protojson.Marshal(m)
+}
+
+// configDecodes counts protojson decodes of persisted configs, so a test
+// can prove that reads (status, lists, kubelet's polls) never decode.
+var configDecodes atomic.Int64
+
+// A config that no longer decodes (a record written by a cocoond with fields
+// this one does not know) reads as what it could decode, as it always has.
+var lenient = protojson.UnmarshalOptions{DiscardUnknown: true}
+
+func decodePodConfig(raw json.RawMessage) *runtimeapi.PodSandboxConfig {
+	configDecodes.Add(1)
+	var c runtimeapi.PodSandboxConfig
+	_ = lenient.Unmarshal(raw, &c)
+	return &c
+}
+
+func decodeContainerConfig(raw json.RawMessage) *runtimeapi.ContainerConfig {
+	configDecodes.Add(1)
+	var c runtimeapi.ContainerConfig
+	_ = lenient.Unmarshal(raw, &c)
+	return &c
+}
+
+// decodePod is the pod store's prepare hook: it decodes the config of a
+// record added or loaded, and again only when an update changed its bytes.
+func decodePod(prev, next *Pod) {
+	if prev != nil && prev.config != nil && bytes.Equal(prev.Config, next.Config) {
+		next.config = prev.config
+		return
+	}
+	next.config = decodePodConfig(next.Config)
+}
+
+// decodeContainer is decodePod for containers (UpdateContainerResources
+// rewrites the config).
+func decodeContainer(prev, next *Container) {
+	if prev != nil && prev.config != nil && bytes.Equal(prev.Config, next.Config) {
+		next.config = prev.config
+		return
+	}
+	next.config = decodeContainerConfig(next.Config)
 }
 
 // PodNetworkRequest asks for a pod's network.

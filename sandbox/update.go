@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/emptypb"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
@@ -46,7 +47,8 @@ func (m *Manager) updateContainerResources(ctx context.Context, id string, res *
 		return fmt.Errorf("agent UpdateContainer: %w", err)
 	}
 	_, err = m.containers.update(c.ID, func(c *Container) error {
-		cfg := c.ContainerConfig()
+		// The decoded config is shared by every copy of the record: change a copy.
+		cfg := proto.CloneOf(c.ContainerConfig())
 		if cfg.Linux == nil {
 			cfg.Linux = &runtimeapi.LinuxContainerConfig{}
 		}

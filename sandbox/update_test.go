@@ -9,6 +9,7 @@ import (
 )
 
 func TestFitResources(t *testing.T) {
+	t.Parallel()
 	h := config.Handler{VCPUs: 1, MaxVCPUs: 4, MemoryMiB: 256, MaxMemoryMiB: 2048}
 	for _, tc := range []struct {
 		name     string

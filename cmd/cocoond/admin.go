@@ -33,7 +33,7 @@ func (a adminPods) FindPod(ref string) (admin.PodInfo, error) {
 	if err != nil {
 		return admin.PodInfo{}, err
 	}
-	return admin.PodInfo{ID: p.ID, State: p.State, Ready: p.State == sandbox.StateReady}, nil
+	return admin.PodInfo{ID: p.ID, State: string(p.State), Ready: p.State == sandbox.StateReady}, nil
 }
 
 func (a adminPods) DebugConsole(ctx context.Context, podID string, req admin.ConsoleRequest, stdin io.Reader, stdout, stderr io.WriteCloser, resize <-chan admin.Size) (int32, error) {
