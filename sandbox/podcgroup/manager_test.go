@@ -69,8 +69,8 @@ func fakeProc(t *testing.T, parents map[int]int) string {
 
 func TestDescendantsFollowsEveryGeneration(t *testing.T) {
 	proc := fakeProc(t, map[int]int{
-		10: 1, // the VMM
-		20: 1, // virtiofsd
+		10: 1,          // the VMM
+		20: 1,          // virtiofsd
 		21: 20, 22: 21, // its worker and the worker's child
 		30: 1, 31: 30, // unrelated
 	})
