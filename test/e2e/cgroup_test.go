@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -102,6 +103,7 @@ func checkPodCgroup(t *testing.T, e *env, parent string, podPath func(podID stri
 	}
 	t.Logf("pod cgroup %s: memory usage %.1f MiB (parent %.1f MiB); QEMU+virtiofsd RSS %.1f MiB",
 		want, mib(usage), mib(parentUsage), mib(rss))
+	t.Logf("pod cgroup memory.stat: %s", memoryStat(t, want))
 	if usage <= 0 {
 		t.Errorf("pod cgroup memory usage is %d, want the VM's memory charged to it", usage)
 	}
@@ -189,6 +191,27 @@ func memoryUsage(t *testing.T, path string) int64 {
 	}
 	t.Fatal("no cgroup hierarchy has the memory controller")
 	return 0
+}
+
+// memoryStat sums up where a cgroup's memory goes (v1 or v2 memory.stat), in MiB.
+func memoryStat(t *testing.T, path string) string {
+	t.Helper()
+	keys := []string{"rss", "shmem", "cache", "mapped_file", "anon", "file", "kernel"}
+	var out []string
+	for _, m := range cgroupMounts(t) {
+		b, err := os.ReadFile(filepath.Join(m.Mountpoint, path, "memory.stat"))
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			f := strings.Fields(line)
+			if len(f) == 2 && slices.Contains(keys, f[0]) {
+				n, _ := strconv.ParseInt(f[1], 10, 64)
+				out = append(out, fmt.Sprintf("%s %.1f", f[0], mib(n)))
+			}
+		}
+	}
+	return strings.Join(out, ", ")
 }
 
 func vmRSS(pid int) int64 {
