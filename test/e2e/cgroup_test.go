@@ -122,6 +122,30 @@ func checkPodCgroup(t *testing.T, e *env, parent string, podPath func(podID stri
 	}
 }
 
+// strayPodCgroups lists the pod cgroups under the default parent (/cocoon:
+// pods run without a cgroup_parent) of pods the daemon does not list.
+func strayPodCgroups(ctx context.Context, d *env) []string {
+	pods, err := d.runtime.ListPodSandbox(ctx, &runtimeapi.ListPodSandboxRequest{})
+	if err != nil {
+		return []string{"ListPodSandbox: " + err.Error()}
+	}
+	claimed := map[string]bool{}
+	for _, p := range pods.Items {
+		claimed["cocoon-"+p.Id] = true
+	}
+	mounts, _ := mountinfo.GetMounts(mountinfo.FSTypeFilter("cgroup", "cgroup2"))
+	var out []string
+	for _, m := range mounts {
+		entries, _ := os.ReadDir(filepath.Join(m.Mountpoint, "cocoon"))
+		for _, e := range entries {
+			if e.IsDir() && strings.HasPrefix(e.Name(), "cocoon-") && !claimed[e.Name()] {
+				out = append(out, "pod cgroup no pod claims: "+filepath.Join(m.Mountpoint, "cocoon", e.Name()))
+			}
+		}
+	}
+	return out
+}
+
 func processName(pid int) string {
 	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
 	return strings.TrimSpace(string(b))
