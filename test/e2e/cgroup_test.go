@@ -146,6 +146,19 @@ func strayPodCgroups(ctx context.Context, d *env) []string {
 	return out
 }
 
+// removeDefaultCgroupParent removes cocoond's default parent (/cocoon) from
+// every hierarchy, if it is empty: a test left a pod cgroup there otherwise,
+// which the leak checks report.
+func removeDefaultCgroupParent() {
+	mounts, _ := mountinfo.GetMounts(mountinfo.FSTypeFilter("cgroup", "cgroup2"))
+	for _, m := range mounts {
+		dir := filepath.Join(m.Mountpoint, "cocoon")
+		if err := os.Remove(dir); err != nil && !os.IsNotExist(err) {
+			fmt.Println("e2e: teardown: removing", dir+":", err)
+		}
+	}
+}
+
 func processName(pid int) string {
 	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
 	return strings.TrimSpace(string(b))
