@@ -69,7 +69,7 @@ type Daemon struct {
 	RuntimeDir      string   `toml:"runtime_dir" json:"runtime_dir" comment:"Volatile state lost at reboot: per-sandbox sockets, netns mounts."`
 	LogLevel        string   `toml:"log_level" json:"log_level" comment:"panic, fatal, error, warn, info, debug or trace."`
 	LogFormat       string   `toml:"log_format" json:"log_format" comment:"auto (JSON unless stderr is a terminal), json or text."`
-	CgroupDriver    string   `toml:"cgroup_driver" json:"cgroup_driver" comment:"Host cgroup driver reported to kubelet: cgroupfs or systemd."`
+	CgroupDriver    string   `toml:"cgroup_driver" json:"cgroup_driver" comment:"Host cgroup driver: cgroupfs or systemd, as kubelet's cgroupDriver (RuntimeConfig reports it). Pods' VMMs and virtiofsd go into kubelet's pod cgroups with it."`
 	ShutdownTimeout Duration `toml:"shutdown_timeout" json:"shutdown_timeout" comment:"How long SIGTERM waits for in-flight RPCs before closing them."`
 }
 

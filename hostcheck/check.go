@@ -33,7 +33,7 @@ func Run(ctx context.Context, h *Host, loaded *config.Loaded, opts Options, repo
 	}
 	cfg := &loaded.Config
 	emit(ConfigResult(loaded, nil))
-	emit(h.checkRoot(), h.checkCgroup(), h.checkNetns(), h.checkTun(),
+	emit(h.checkRoot(), h.checkCgroup(cfg.Daemon.CgroupDriver), h.checkNetns(), h.checkTun(),
 		h.checkOverlay(cfg.Image.Driver), h.checkVsock(), h.checkKVM())
 	emit(h.checkVMMs(ctx, cfg.Runtime)...)
 	emit(h.checkConfinement(ctx, cfg.Runtime))

@@ -111,6 +111,8 @@ type Host struct {
 	QEMU, CloudHypervisor, Virtiofsd string
 	// Cocoond is the daemon whose version `cocoon env` reports.
 	Cocoond string
+	// SystemdDir exists when systemd is the init (/run/systemd/system).
+	SystemdDir string
 
 	LookPath func(file string) (string, error)
 	// Output runs a program and returns what it printed (stdout and stderr).
@@ -134,6 +136,7 @@ func System() *Host {
 		CloudHypervisor: clh.DefaultBinary,
 		Virtiofsd:       vm.VirtiofsdPath,
 		Cocoond:         cocoondBinary(),
+		SystemdDir:      "/run/systemd/system",
 		LookPath:        exec.LookPath,
 		Output:          combinedOutput,
 		Access:          unix.Access,

@@ -40,6 +40,7 @@ func fakeHost(t *testing.T) (*Host, map[string]fakeBinary) {
 		"dev/vhost-vsock":           "",
 		"modules/modules.dep":       "kernel/fs/ext4/ext4.ko:\n",
 		"modules/modules.builtin":   "kernel/fs/proc.ko\n",
+		"systemd/system/.keep":      "",
 	}
 	for name, body := range files {
 		writeFile(t, filepath.Join(root, name), body)
@@ -53,7 +54,7 @@ func fakeHost(t *testing.T) (*Host, map[string]fakeBinary) {
 		"setpriv": {version: "Controller/Bridge/Hub devices:"},
 	}
 	h := &Host{
-		Euid: 0, ProcDir: filepath.Join(root, "proc"), DevDir: filepath.Join(root, "dev"), ModulesDir: filepath.Join(root, "modules"),
+		Euid: 0, ProcDir: filepath.Join(root, "proc"), DevDir: filepath.Join(root, "dev"), ModulesDir: filepath.Join(root, "modules"), SystemdDir: filepath.Join(root, "systemd", "system"),
 		QEMU: "qemu-system-x86_64", CloudHypervisor: "cloud-hypervisor", Virtiofsd: "/usr/lib/qemu/virtiofsd", Cocoond: "/opt/cocoon/cocoond",
 		LookPath: func(file string) (string, error) {
 			if _, ok := bins[file]; !ok {
@@ -217,7 +218,7 @@ func TestRunHealthyHost(t *testing.T) {
 		names = append(names, r.Name)
 		wantResult(t, r, OK, "", "")
 	}
-	want := "config root cgroup v2 network namespaces /dev/net/tun overlayfs /dev/vhost-vsock /dev/kvm vmm clh vmm qemu vmm confinement virtiofsd guest cni dirs"
+	want := "config root cgroups network namespaces /dev/net/tun overlayfs /dev/vhost-vsock /dev/kvm vmm clh vmm qemu vmm confinement virtiofsd guest cni dirs"
 	if got := strings.Join(names, " "); got != want {
 		t.Fatalf("checks\n got %s\nwant %s", got, want)
 	}

@@ -1,8 +1,6 @@
 package hostcheck
 
 import (
-	"bufio"
-	"bytes"
 	"errors"
 	"io/fs"
 	"os"
@@ -14,68 +12,12 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// cgroupControllers are the cgroup v2 controllers kubelet's pod accounting
-// and a future host-side VM cgroup need.
-var cgroupControllers = []string{"cpu", "memory", "pids"}
-
 func (h *Host) checkRoot() Result {
 	if h.Euid != 0 {
 		return problem(Fail, "root", "run as root (sudo cocoon check)",
 			"running as uid %d: cocoond needs root for netns, taps, mounts and /dev/kvm", h.Euid)
 	}
 	return ok("root", "running as root")
-}
-
-// checkCgroup is a warning only: cocoond puts nothing in host cgroups yet
-// (limits are enforced by cgroups inside the guest).
-func (h *Host) checkCgroup() Result {
-	const name = "cgroup v2"
-	const fix = "boot the host with cgroup v2 only (systemd.unified_cgroup_hierarchy=1)"
-	mounts, err := cgroup2Mounts(filepath.Join(h.ProcDir, "self", "mountinfo"))
-	if err != nil {
-		return problem(Warn, name, fix, "reading mounts: %v", err)
-	}
-	if len(mounts) == 0 {
-		return problem(Warn, name, fix, "no cgroup2 filesystem mounted (cgroup v1 only)")
-	}
-	data, err := os.ReadFile(filepath.Join(mounts[0], "cgroup.controllers"))
-	if err != nil {
-		return problem(Warn, name, fix, "cgroup2 at %s: %v", mounts[0], err)
-	}
-	have := strings.Fields(string(data))
-	var missing []string
-	for _, c := range cgroupControllers {
-		if !slices.Contains(have, c) {
-			missing = append(missing, c)
-		}
-	}
-	if len(missing) > 0 {
-		return problem(Warn, name, fix, "cgroup2 at %s lacks controllers %s (held by cgroup v1: a hybrid host)",
-			mounts[0], strings.Join(missing, ", "))
-	}
-	return ok(name, "cgroup2 at %s with %s", mounts[0], strings.Join(cgroupControllers, ", "))
-}
-
-// cgroup2Mounts lists the mount points of cgroup2 filesystems in a mountinfo file.
-func cgroup2Mounts(mountinfo string) ([]string, error) {
-	data, err := os.ReadFile(mountinfo)
-	if err != nil {
-		return nil, err
-	}
-	var mounts []string
-	sc := bufio.NewScanner(bytes.NewReader(data))
-	for sc.Scan() {
-		// id parent major:minor root mountpoint options [optional...] - fstype source superopts
-		fields := strings.Fields(sc.Text())
-		sep := slices.Index(fields, "-")
-		if sep < 5 || sep+1 >= len(fields) {
-			continue
-		}
-		if fields[sep+1] == "cgroup2" {
-			mounts = append(mounts, unescapeMountPath(fields[4]))
-		}
-	}
-	return mounts, sc.Err()
 }
 
 // unescapeMountPath undoes mountinfo's octal escapes (\040 for a space).

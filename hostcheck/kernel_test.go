@@ -21,19 +21,38 @@ func TestKernelChecks(t *testing.T) {
 		{name: "not root", breaks: func(_ *testing.T, h *Host) { h.Euid = 1000 }, check: (*Host).checkRoot,
 			status: Fail, detail: "uid 1000", fix: "run as root"},
 
-		{name: "cgroup v2 with controllers", check: (*Host).checkCgroup, status: OK, detail: "with cpu, memory, pids"},
-		{name: "hybrid cgroups", breaks: func(t *testing.T, h *Host) {
-			writeFile(t, cgroupDir(t, h)+"/cgroup.controllers", "hugetlb\n")
-		}, check: (*Host).checkCgroup, status: Warn, detail: "lacks controllers cpu, memory, pids", fix: "unified_cgroup_hierarchy=1"},
-		{name: "cgroup v1 only", breaks: func(t *testing.T, h *Host) {
-			writeFile(t, filepath.Join(h.ProcDir, "self/mountinfo"), "32 31 0:29 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n")
-		}, check: (*Host).checkCgroup, status: Warn, detail: "no cgroup2 filesystem mounted", fix: "cgroup v2 only"},
+		{name: "cgroup v2 with controllers", check: cgroupCheck("cgroupfs"), status: OK, detail: "cgroup v2 with cpu, cpuacct, memory, pids"},
+		{name: "hybrid cgroups, controllers in v1", breaks: func(t *testing.T, h *Host) {
+			// This machine's layout: every controller in v1, an empty v2 beside.
+			v1 := t.TempDir()
+			writeFile(t, cgroupDir(t, h)+"/cgroup.controllers", "\n")
+			writeFile(t, filepath.Join(h.ProcDir, "self/mountinfo"), fmt.Sprintf(
+				"32 31 0:29 / %[1]s/cpu rw - cgroup cgroup rw,cpu\n33 31 0:30 / %[1]s/cpuacct rw - cgroup cgroup rw,cpuacct\n"+
+					"34 31 0:31 / %[1]s/memory rw - cgroup cgroup rw,memory\n35 31 0:32 / %[1]s/pids rw - cgroup cgroup rw,pids\n"+
+					"36 31 0:33 / %[1]s/systemd rw - cgroup cgroup rw,xattr,name=systemd\n37 31 0:34 / %[2]s rw - cgroup2 cgroup2 rw\n",
+				v1, cgroupDir(t, h)))
+		}, check: cgroupCheck("cgroupfs"), status: OK, detail: "cpu, cpuacct, memory, pids in cgroup v1 hierarchies"},
+		{name: "cgroup v1 with cpu and cpuacct together", breaks: func(t *testing.T, h *Host) {
+			writeFile(t, filepath.Join(h.ProcDir, "self/mountinfo"),
+				"32 31 0:29 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct\n"+
+					"34 31 0:31 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n35 31 0:32 / /sys/fs/cgroup/pids rw - cgroup cgroup rw,pids\n")
+		}, check: cgroupCheck("cgroupfs"), status: OK, detail: "in cgroup v1 hierarchies"},
+		{name: "no memory controller anywhere", breaks: func(t *testing.T, h *Host) {
+			writeFile(t, cgroupDir(t, h)+"/cgroup.controllers", "cpu pids\n")
+		}, check: cgroupCheck("cgroupfs"), status: Warn, detail: "no hierarchy has memory", fix: "unified_cgroup_hierarchy=1"},
+		{name: "no cgroups mounted", breaks: func(t *testing.T, h *Host) {
+			writeFile(t, filepath.Join(h.ProcDir, "self/mountinfo"), "25 1 0:22 / /sys rw - sysfs sysfs rw\n")
+		}, check: cgroupCheck("cgroupfs"), status: Warn, detail: "mounted: none"},
+		{name: "systemd driver without systemd", breaks: func(t *testing.T, h *Host) {
+			h.SystemdDir = filepath.Join(t.TempDir(), "missing")
+		}, check: cgroupCheck("systemd"), status: Fail, detail: "systemd is not running", fix: "cgroupfs"},
+		{name: "systemd driver with systemd", check: cgroupCheck("systemd"), status: OK, detail: "with the systemd driver"},
 		{name: "cgroup2 mount point with a space", breaks: func(t *testing.T, h *Host) {
 			dir := filepath.Join(t.TempDir(), "my cgroup")
 			writeFile(t, dir+"/cgroup.controllers", "cpu memory pids\n")
 			writeFile(t, filepath.Join(h.ProcDir, "self/mountinfo"), fmt.Sprintf("41 31 0:38 / %s rw - cgroup2 cgroup2 rw\n",
 				filepath.Join(filepath.Dir(dir), `my\040cgroup`)))
-		}, check: (*Host).checkCgroup, status: OK, detail: "my cgroup with cpu"},
+		}, check: cgroupCheck("cgroupfs"), status: OK, detail: "my cgroup"},
 
 		{name: "netns", check: (*Host).checkNetns, status: OK, detail: "throw-away netns"},
 		{name: "no netns", breaks: func(_ *testing.T, h *Host) {
@@ -74,6 +93,10 @@ func TestKernelChecks(t *testing.T) {
 			wantResult(t, tt.check(h), tt.status, tt.detail, tt.fix)
 		})
 	}
+}
+
+func cgroupCheck(driver string) func(*Host) Result {
+	return func(h *Host) Result { return h.checkCgroup(driver) }
 }
 
 func overlay(driver string) func(*Host) Result {

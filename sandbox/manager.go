@@ -55,6 +55,9 @@ type Options struct {
 	Runtime config.Runtime
 	Drivers map[string]vm.Driver
 	Network network
+	// Cgroups places pods' host processes in kubelet's pod cgroups; nil
+	// leaves them in cocoond's cgroup (tests without root).
+	Cgroups podCgroups
 	Images  images
 	Log     *logrus.Entry
 	// Boot and AgentCalls are told about VM boots and agent calls; nil is fine.

@@ -150,6 +150,7 @@ func (m *Manager) RunPod(ctx context.Context, cfg *runtimeapi.PodSandboxConfig, 
 		}},
 		// Written before the VM exists: the guest never had a chance to
 		// plant anything where they go.
+		m.cgroupStep(&pod, cfg.GetLinux().GetCgroupParent(), tracked),
 		{Name: "pod-files", Run: func(context.Context) (func() error, error) {
 			return nil, writePodFiles(pod.ShareDir, cfg, net)
 		}},
@@ -175,6 +176,9 @@ func (m *Manager) RunPod(ctx context.Context, cfg *runtimeapi.PodSandboxConfig, 
 			}
 			rt.vmm = v
 			return tracked(func() error { return v.Stop(context.Background()) }), nil
+		}},
+		{Name: "cgroup-join", Run: func(ctx context.Context) (func() error, error) {
+			return nil, m.joinPodCgroup(ctx, pod.Cgroup, rt.vmm.State()) // the "cgroup" step's undo empties it
 		}},
 		{Name: "vm-start", Run: func(ctx context.Context) (func() error, error) {
 			return nil, rt.vmm.Start(ctx)

@@ -76,6 +76,11 @@ func (m *Manager) stopPod(ctx context.Context, id string) error {
 	if err := m.removeVMOf(ctx, &pod); err != nil {
 		errs = append(errs, fmt.Errorf("remove VM: %w", err))
 	}
+	if len(errs) == 0 { // with the VM's processes gone only
+		if err := m.removePodCgroup(ctx, &pod); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	pipeline.CrashPoint("stop-pod/vm-stopped")
 	netnsPath := pod.NetnsPath
 	if netnsPath == "" {
@@ -102,7 +107,7 @@ func (m *Manager) stopPod(ctx context.Context, id string) error {
 		}
 	}
 	_, err = m.pods.update(id, func(p *Pod) error {
-		p.State, p.NetnsPath, p.VM, p.CleanupPending = StateNotReady, "", nil, ""
+		p.State, p.NetnsPath, p.VM, p.Cgroup, p.CleanupPending = StateNotReady, "", nil, nil, ""
 		return nil
 	})
 	if err == nil && rt != nil {

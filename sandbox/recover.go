@@ -24,7 +24,7 @@ import (
 // its agent connection, its containers' log copying and exit watching (a pod
 // whose VM died meanwhile becomes NOTREADY with its containers EXITED), and
 // then reclaims everything no record claims: VMM and virtiofsd processes and
-// VM run dirs, netns pins and CNI attachments, pod run dirs, and the
+// VM run dirs, pod cgroups, netns pins and CNI attachments, pod run dirs, and the
 // containers/storage containers cocoond made.
 func (m *Manager) Recover(ctx context.Context) error {
 	var errs []error
@@ -65,7 +65,7 @@ func (m *Manager) Recover(ctx context.Context) error {
 			errs = append(errs, fmt.Errorf("container %s cut short: %w", c.ID, err))
 		}
 	}
-	for _, stray := range []func(context.Context) error{m.removeStrayVMs, m.removeStrayNetworks, m.removeStrayPodDirs, m.removeStrayStorage} {
+	for _, stray := range []func(context.Context) error{m.removeStrayVMs, m.removeStrayCgroups, m.removeStrayNetworks, m.removeStrayPodDirs, m.removeStrayStorage} {
 		if err := stray(ctx); err != nil {
 			errs = append(errs, err)
 		}

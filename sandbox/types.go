@@ -12,6 +12,7 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	agentapi "github.com/cocoon-runtime/cocoon/api/agent"
+	"github.com/cocoon-runtime/cocoon/sandbox/podcgroup"
 	"github.com/cocoon-runtime/cocoon/vm"
 )
 
@@ -29,6 +30,8 @@ type Pod struct {
 	NetnsPath string          `json:"netnsPath"`
 	IPs       []string        `json:"ips,omitempty"`
 	VM        *vm.State       `json:"vm,omitempty"`
+	// Cgroup is the pod's host cgroup, recorded before it is made.
+	Cgroup *podcgroup.Ref `json:"cgroup,omitempty"`
 	// CleanupPending says a stop or a failed run left something undone (or
 	// is in progress): the next Stop/Remove, or a restart, finishes it.
 	CleanupPending string `json:"cleanupPending,omitempty"`

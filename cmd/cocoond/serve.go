@@ -24,6 +24,7 @@ import (
 	"github.com/cocoon-runtime/cocoon/internal/pipeline"
 	"github.com/cocoon-runtime/cocoon/metrics"
 	"github.com/cocoon-runtime/cocoon/sandbox"
+	"github.com/cocoon-runtime/cocoon/sandbox/podcgroup"
 	"github.com/cocoon-runtime/cocoon/version"
 	"github.com/cocoon-runtime/cocoon/vm"
 	"github.com/cocoon-runtime/cocoon/vm/clh"
@@ -69,6 +70,13 @@ func serve(loaded *config.Loaded, configPath string) error {
 	}()
 	log.WithFields(logrus.Fields{"driver": images.Driver(), "graph_root": images.GraphRoot()}).Info("image store ready")
 
+	// Pods' VMMs and helpers go into kubelet's pod cgroups, with the driver
+	// kubelet is told about (RuntimeConfig).
+	cgroupManager, err := podcgroup.New(cfg.Daemon.CgroupDriver)
+	if err != nil {
+		return err
+	}
+
 	var server *cri.Server
 	paths := cfg.Paths()
 	pods, err := sandbox.New(sandbox.Options{
@@ -89,6 +97,7 @@ func serve(loaded *config.Loaded, configPath string) error {
 				StateDir: paths.CNIStateDir, Log: log.WithField("component", "cni"),
 			}),
 		},
+		Cgroups:    cgroupManager,
 		Images:     images,
 		Log:        log.WithField("component", "sandbox"),
 		Boot:       stats,

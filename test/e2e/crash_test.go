@@ -132,6 +132,7 @@ func (h *crashHarness) leftovers(ctx context.Context, running, exist bool) []str
 			out = append(out, fmt.Sprintf("%d veths on %s beyond the %d before", n-h.ports, crashBridge, h.ports))
 		}
 	}
+	out = append(out, strayPodCgroups(ctx, h.d)...)
 	claimed := map[string]bool{}
 	if list, err := h.d.runtime.ListContainers(ctx, &runtimeapi.ListContainersRequest{}); err == nil {
 		for _, c := range list.Containers {
@@ -241,7 +242,7 @@ func (h *crashHarness) onlyPod(ctx context.Context) *runtimeapi.PodSandbox {
 // COCOON_TEST_CRASH_AT hook) after each step of RunPodSandbox,
 // CreateContainer, StopPodSandbox and RemovePodSandbox that makes or
 // removes a resource, restarts it, and checks that nothing leaks: no VMM or
-// virtiofsd process, run dir, netns, mount, IP lease, veth or storage
+// virtiofsd process, run dir, pod cgroup, netns, mount, IP lease, veth or storage
 // container that no record claims.
 func TestCrashAtEveryStepLeavesNothing(t *testing.T) {
 	e := requireEnv(t)
@@ -294,9 +295,9 @@ func TestCrashAtEveryStepLeavesNothing(t *testing.T) {
 	// RunPodSandbox: each step that makes something, in order. The run is
 	// cut short, so the restart removes the pod and all it had.
 	for _, point := range []string{
-		"run-pod/record", "run-pod/dirs", "run-pod/network",
+		"run-pod/record", "run-pod/dirs", "run-pod/network", "run-pod/cgroup",
 		"qemu-create/record", "qemu-create/virtiofsd", "qemu-create/qemu",
-		"run-pod/agent",
+		"run-pod/cgroup-join", "run-pod/agent",
 	} {
 		h.crash(point, runPod("p-"+strings.NewReplacer("/", "-").Replace(point)))
 		if pods, err := h.d.runtime.ListPodSandbox(ctx, &runtimeapi.ListPodSandboxRequest{}); err != nil || len(pods.Items) != 0 {

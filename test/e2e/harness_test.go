@@ -103,6 +103,9 @@ func TestMain(m *testing.M) {
 		}
 		_ = os.RemoveAll("/var/lib/cni/networks/e2e") // host-local's lease dir
 	})
+	// Pods run without a cgroup_parent get cocoond's default parent, which
+	// cocoond keeps (as kubelet keeps /kubepods); the last teardown removes it.
+	onTeardown(removeDefaultCgroupParent)
 	// A killed test binary must not leave the registry or a daemon behind.
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)

@@ -1,0 +1,106 @@
+package sandbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/cocoon-runtime/cocoon/internal/pipeline"
+	"github.com/cocoon-runtime/cocoon/sandbox/podcgroup"
+	"github.com/cocoon-runtime/cocoon/vm"
+)
+
+// podCgroups puts a pod's host processes in the cgroup kubelet names for the
+// pod (podcgroup.Manager), so kubelet's QoS, eviction and stats see them and
+// nothing of a pod stays in cocoond's own cgroup.
+type podCgroups interface {
+	// For derives the pod cgroup from kubelet's cgroup_parent ("" = default).
+	For(parent, podID string) (podcgroup.Ref, error)
+	// Create makes the cgroup ahead of its processes where the driver can.
+	Create(ref podcgroup.Ref) error
+	// Join moves processes, with everything they forked, into the cgroup.
+	Join(ctx context.Context, ref podcgroup.Ref, pids ...int) error
+	// Remove removes the cgroup once its processes are gone; idempotent.
+	Remove(ctx context.Context, ref podcgroup.Ref) error
+	// Strays lists pod cgroups cocoond made that claimed does not claim.
+	Strays(claimed func(podID string) bool) ([]podcgroup.Ref, error)
+}
+
+// cgroupStep is RunPod's "cgroup" step. It records the pod cgroup before
+// making it (a record names a resource before it exists, so Stop and Recover
+// find it), and its undo removes it. It runs before the VM is created, so in
+// the reverse unwinding that undo runs after the VM's has stopped the
+// processes. wrap is RunPod's undo tracker.
+func (m *Manager) cgroupStep(pod *Pod, parent string, wrap func(func() error) func() error) pipeline.Step {
+	return pipeline.Step{Name: "cgroup", Run: func(ctx context.Context) (func() error, error) {
+		if m.opts.Cgroups == nil {
+			return nil, nil
+		}
+		ref, err := m.opts.Cgroups.For(parent, pod.ID)
+		if err != nil {
+			return nil, err
+		}
+		if _, err := m.pods.update(pod.ID, func(p *Pod) error { p.Cgroup = &ref; return nil }); err != nil {
+			return nil, err
+		}
+		pod.Cgroup = &ref
+		undo := wrap(func() error { return m.opts.Cgroups.Remove(context.Background(), ref) })
+		return undo, m.opts.Cgroups.Create(ref)
+	}}
+}
+
+// joinPodCgroup moves a VM's processes (the VMM and its helpers, such as
+// virtiofsd, with whatever they forked) into the pod's cgroup. RunPod calls
+// it right after the VM is created, while QEMU still waits paused (-S): the
+// guest's memory, touched from boot on, is charged to the pod cgroup, while
+// what the VMM allocated before the move stays charged where it started
+// (neither cgroup v1 nor v2 moves charges by default). The warm pool calls
+// it at claim to move an already-running VM into the claiming pod's cgroup.
+func (m *Manager) joinPodCgroup(ctx context.Context, ref *podcgroup.Ref, st *vm.State) error {
+	if m.opts.Cgroups == nil || ref == nil {
+		return nil
+	}
+	if st == nil || st.Pid == 0 {
+		return fmt.Errorf("pod cgroup %s: the VM has no process to place", ref)
+	}
+	pids := []int{st.Pid}
+	for _, h := range st.Helpers {
+		pids = append(pids, h.Pid)
+	}
+	return m.opts.Cgroups.Join(ctx, *ref, pids...)
+}
+
+// removePodCgroup removes a stopped pod's cgroup (its processes are gone).
+func (m *Manager) removePodCgroup(ctx context.Context, pod *Pod) error {
+	if m.opts.Cgroups == nil || pod.Cgroup == nil {
+		return nil
+	}
+	if err := m.opts.Cgroups.Remove(ctx, *pod.Cgroup); err != nil {
+		return fmt.Errorf("remove pod cgroup: %w", err)
+	}
+	return nil
+}
+
+// removeStrayCgroups removes the pod cgroups no pod record claims (a crash
+// between making one and recording the pod, or after removing the record).
+// It runs after the stray VMs are stopped, so those cgroups are empty.
+func (m *Manager) removeStrayCgroups(ctx context.Context) error {
+	if m.opts.Cgroups == nil {
+		return nil
+	}
+	strays, err := m.opts.Cgroups.Strays(func(podID string) bool {
+		_, ok := m.pods.get(podID)
+		return ok
+	})
+	var errs []error
+	if err != nil {
+		errs = append(errs, fmt.Errorf("finding stray pod cgroups: %w", err))
+	}
+	for _, ref := range strays {
+		m.opts.Log.WithField("cgroup", ref.String()).Warn("removing a pod cgroup no pod claims")
+		if err := m.opts.Cgroups.Remove(ctx, ref); err != nil {
+			errs = append(errs, fmt.Errorf("stray pod cgroup: %w", err))
+		}
+	}
+	return errors.Join(errs...)
+}
