@@ -208,6 +208,36 @@ func TestRuntimeHandlers(t *testing.T) {
 		{name: "limit below size", body: "[runtime.handlers.x]\nvcpus = 8\nmax_vcpus = 2\n", wantErr: []string{"runtime.handlers.x.max_vcpus"}},
 		{name: "too little memory", body: "[runtime.handlers.x]\nmemory_mib = 64\n", wantErr: []string{"runtime.handlers.x.memory_mib"}},
 		{name: "bad handler name", body: "[runtime.handlers.Big_One]\n", wantErr: []string{"runtime.handlers.Big_One", "DNS"}},
+		{
+			name: "host pods run on the host by default, with a host handler",
+			body: "",
+			check: func(t *testing.T, c *Config) {
+				if c.Runtime.HostNamespacePods != HostPodsHost {
+					t.Fatalf("host_namespace_pods = %q", c.Runtime.HostNamespacePods)
+				}
+				if name, h := c.Runtime.HostHandler(); name != "cocoon-host" || h.Kind != KindHost {
+					t.Fatalf("host handler %q %+v", name, h)
+				}
+				if h := c.Runtime.Handlers["cocoon"]; h.Kind != KindVM {
+					t.Fatalf("the default handler is of kind %q", h.Kind)
+				}
+			},
+		},
+		{
+			name: "without a host handler the policy uses a built-in one",
+			body: "[runtime]\nhost_namespace_pods = \"reject\"\n",
+			check: func(t *testing.T, c *Config) {
+				delete(c.Runtime.Handlers, "cocoon-host")
+				if c.Runtime.HostNamespacePods != HostPodsReject {
+					t.Fatalf("host_namespace_pods = %q", c.Runtime.HostNamespacePods)
+				}
+				if name, h := c.Runtime.HostHandler(); name != "" || h.Kind != KindHost || h.BootTimeout == 0 {
+					t.Fatalf("host handler %q %+v", name, h)
+				}
+			},
+		},
+		{name: "bad host pod policy", body: "[runtime]\nhost_namespace_pods = \"vm\"\n", wantErr: []string{"runtime.host_namespace_pods"}},
+		{name: "bad handler kind", body: "[runtime.handlers.x]\nkind = \"container\"\n", wantErr: []string{"runtime.handlers.x.kind"}},
 		{name: "pod share without a quota", body: "[runtime]\nshare_size_mib = 0\n", wantErr: []string{"runtime.share_size_mib"}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {

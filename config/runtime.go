@@ -13,10 +13,26 @@ type Runtime struct {
 	GuestDir       string             `toml:"guest_dir" json:"guest_dir" comment:"Kernel + initramfs built by 'cocoon guest build'."`
 	Handlers       map[string]Handler `toml:"handlers" json:"handlers" comment:"Runtime handlers by name; unset fields take the built-in defaults."`
 	ShareSizeMiB   uint64             `toml:"share_size_mib" json:"share_size_mib" comment:"Size of each pod's share, a tmpfs of its own, MiB: the most a guest can make the host hold there."`
+	// HostNamespacePods is the policy for pods that ask for the host's
+	// network, PID or IPC namespace under a VM handler.
+	HostNamespacePods string `toml:"host_namespace_pods" json:"host_namespace_pods" comment:"Pods asking for a host namespace (hostNetwork, hostPID, hostIPC) under a VM handler: host runs them as host containers (see handlers' kind), reject refuses them."`
 }
+
+// Handler kinds: a VM per pod, or containers on the host.
+const (
+	KindVM   = "vm"
+	KindHost = "host"
+)
+
+// Host namespace pod policies.
+const (
+	HostPodsHost   = "host"
+	HostPodsReject = "reject"
+)
 
 // Handler is one runtime handler.
 type Handler struct {
+	Kind         string   `toml:"kind" json:"kind" comment:"vm (a VM per pod) or host (the pod's containers run on the host with libcontainer, as runc would; VM fields are ignored)."`
 	VMM          string   `toml:"vmm" json:"vmm" comment:"qemu or clh (Cloud Hypervisor)."`
 	Accel        string   `toml:"accel" json:"accel" comment:"qemu only: kvm, tcg, or auto (proves KVM by booting, else TCG with a warning)."`
 	VCPUs        uint32   `toml:"vcpus" json:"vcpus" comment:"vCPUs at boot."`
@@ -31,7 +47,7 @@ type Handler struct {
 // handlerDefaults fill what a handler leaves unset, so a drop-in that sets one
 // key of a handler does not zero the others.
 var handlerDefaults = Handler{
-	VMM: "qemu", Accel: "auto", VCPUs: 1, MaxVCPUs: 4, MemoryMiB: 256, MaxMemoryMiB: 2048,
+	Kind: KindVM, VMM: "qemu", Accel: "auto", VCPUs: 1, MaxVCPUs: 4, MemoryMiB: 256, MaxMemoryMiB: 2048,
 	BootTimeout: Duration(60e9),
 }
 
@@ -41,6 +57,9 @@ var handlerName = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`)
 func (r *Runtime) fillDefaults() {
 	for name, h := range r.Handlers {
 		d := handlerDefaults
+		if h.Kind == "" {
+			h.Kind = d.Kind
+		}
 		if h.VMM == "" {
 			h.VMM = d.VMM
 		}
@@ -69,6 +88,20 @@ func (r *Runtime) fillDefaults() {
 	}
 }
 
+// HostHandler is the handler a pod asking for host namespaces runs under
+// with the "host" policy: the first handler (by name) of kind host, else a
+// built-in one with the defaults.
+func (r *Runtime) HostHandler() (string, Handler) {
+	for _, name := range r.HandlerNames() {
+		if h := r.Handlers[name]; h.Kind == KindHost {
+			return name, h
+		}
+	}
+	h := handlerDefaults
+	h.Kind, h.GuestDir = KindHost, r.GuestDir
+	return "", h
+}
+
 // HandlerNames lists the handlers, sorted.
 func (r *Runtime) HandlerNames() []string {
 	names := make([]string, 0, len(r.Handlers))
@@ -81,7 +114,8 @@ func (r *Runtime) HandlerNames() []string {
 
 // Validate checks the runtime section.
 func (r *Runtime) Validate() []*FieldError {
-	errs := collect(requireAbs("runtime.guest_dir", r.GuestDir))
+	errs := collect(requireAbs("runtime.guest_dir", r.GuestDir),
+		oneOf("runtime.host_namespace_pods", r.HostNamespacePods, HostPodsHost, HostPodsReject))
 	if r.ShareSizeMiB == 0 {
 		errs = append(errs, fieldErr("runtime.share_size_mib", "must be at least 1"))
 	}
@@ -98,6 +132,7 @@ func (r *Runtime) Validate() []*FieldError {
 			errs = append(errs, fieldErr("runtime.handlers."+name, "handler names are lowercase DNS labels"))
 		}
 		errs = append(errs, collect(
+			oneOf(key("kind"), h.Kind, KindVM, KindHost),
 			oneOf(key("vmm"), h.VMM, "qemu", "clh"),
 			oneOf(key("accel"), h.Accel, "auto", "kvm", "tcg"),
 			requireAbs(key("guest_dir"), h.GuestDir),

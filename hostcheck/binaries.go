@@ -21,6 +21,9 @@ var vmmFix = map[string]string{
 func handlersBy(rt config.Runtime, key func(config.Handler) string) map[string][]string {
 	by := map[string][]string{}
 	for _, name := range rt.HandlerNames() {
+		if rt.Handlers[name].Kind == config.KindHost {
+			continue // host containers need no VMM and no guest
+		}
 		k := key(rt.Handlers[name])
 		by[k] = append(by[k], name)
 	}

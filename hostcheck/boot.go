@@ -101,6 +101,9 @@ func (h *Host) bootAll(ctx context.Context, rt config.Runtime, opts Options, emi
 
 	booted := 0
 	for _, name := range rt.HandlerNames() {
+		if rt.Handlers[name].Kind == config.KindHost {
+			continue // no VM to boot
+		}
 		r := p.boot(ctx, name, rt.Handlers[name])
 		if r.Status == OK {
 			booted++

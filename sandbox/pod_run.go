@@ -13,6 +13,7 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	agentapi "github.com/cocoon-runtime/cocoon/api/agent"
+	"github.com/cocoon-runtime/cocoon/config"
 	"github.com/cocoon-runtime/cocoon/errdefs"
 	"github.com/cocoon-runtime/cocoon/internal/pipeline"
 	"github.com/cocoon-runtime/cocoon/sandbox/ocispec"
@@ -36,12 +37,6 @@ func validatePodConfig(cfg *runtimeapi.PodSandboxConfig) error {
 	if md.GetName() == "" || md.GetNamespace() == "" || md.GetUid() == "" {
 		return fmt.Errorf("%w: pod metadata needs name, namespace and uid", errdefs.ErrInvalidArgument)
 	}
-	ns := cfg.GetLinux().GetSecurityContext().GetNamespaceOptions()
-	for kind, mode := range map[string]runtimeapi.NamespaceMode{"network": ns.GetNetwork(), "pid": ns.GetPid(), "ipc": ns.GetIpc()} {
-		if mode == runtimeapi.NamespaceMode_NODE {
-			return fmt.Errorf("%w: host %s namespace requested: a VM sandbox cannot share the host's namespaces", errdefs.ErrInvalidArgument, kind)
-		}
-	}
 	return nil
 }
 
@@ -51,16 +46,20 @@ func (m *Manager) RunPod(ctx context.Context, cfg *runtimeapi.PodSandboxConfig, 
 	if err := validatePodConfig(cfg); err != nil {
 		return "", err
 	}
+	h, err := m.placePod(cfg, handler)
+	if err != nil {
+		return "", err
+	}
 	if handler == "" {
 		handler = m.opts.Runtime.DefaultHandler
 	}
-	h, ok := m.opts.Runtime.Handlers[handler]
-	if !ok {
-		return "", fmt.Errorf("%w: no runtime handler %q (have %v)", errdefs.ErrInvalidArgument, handler, m.opts.Runtime.HandlerNames())
+	vmm := h.VMM
+	if h.Kind == config.KindHost {
+		vmm = HostDriver
 	}
-	driver, ok := m.opts.Drivers[h.VMM]
+	driver, ok := m.opts.Drivers[vmm]
 	if !ok {
-		return "", fmt.Errorf("%w: handler %q wants VMM %q, which is not available", errdefs.ErrFailedPrecondition, handler, h.VMM)
+		return "", fmt.Errorf("%w: handler %q wants VMM %q, which is not available", errdefs.ErrFailedPrecondition, handler, vmm)
 	}
 	raw, err := marshalConfig(cfg)
 	if err != nil {

@@ -18,18 +18,21 @@ import (
 
 // Pod is a sandbox's persisted record.
 type Pod struct {
-	ID        string          `json:"id"`
-	Name      string          `json:"name"` // registrar key: name_namespace_uid_attempt
-	Config    json.RawMessage `json:"config"`
-	Handler   string          `json:"handler"`
-	State     PodState        `json:"state"`
-	Reason    string          `json:"reason,omitempty"` // why NOTREADY, when not stopped on request
-	CreatedAt int64           `json:"createdAt"`
-	RunDir    string          `json:"runDir"`
-	ShareDir  string          `json:"shareDir"`
-	NetnsPath string          `json:"netnsPath"`
-	IPs       []string        `json:"ips,omitempty"`
-	VM        *vm.State       `json:"vm,omitempty"`
+	ID      string          `json:"id"`
+	Name    string          `json:"name"` // registrar key: name_namespace_uid_attempt
+	Config  json.RawMessage `json:"config"`
+	Handler string          `json:"handler"`
+	// Kind is the handler kind the pod runs as: "" or "vm" (a VM), or
+	// "host" (containers on the host, run by a host-mode agent).
+	Kind      string    `json:"kind,omitempty"`
+	State     PodState  `json:"state"`
+	Reason    string    `json:"reason,omitempty"` // why NOTREADY, when not stopped on request
+	CreatedAt int64     `json:"createdAt"`
+	RunDir    string    `json:"runDir"`
+	ShareDir  string    `json:"shareDir"`
+	NetnsPath string    `json:"netnsPath"`
+	IPs       []string  `json:"ips,omitempty"`
+	VM        *vm.State `json:"vm,omitempty"`
 	// Cgroup is the pod's host cgroup, recorded before it is made.
 	Cgroup *podcgroup.Ref `json:"cgroup,omitempty"`
 	// CleanupPending says a stop or a failed run left something undone (or
