@@ -42,6 +42,8 @@ type engine struct {
 	containers map[string]*container
 	oom        *oomBroker
 	guest      execTable
+	// host is set in host mode (hostmode.go): a host pod's agent.
+	host *hostPod
 }
 
 func newEngine() *engine {
@@ -91,17 +93,26 @@ func (e *engine) create(req *agentapi.CreateContainerRequest) (err error) {
 		}
 	}()
 
+	stateDir := containerStateDir
+	if e.host != nil {
+		if err := e.host.prepareSpec(&spec); err != nil {
+			return err
+		}
+		stateDir = e.host.stateDir
+	}
 	// The guest root is the initramfs, where pivot_root cannot work; the VM
 	// boundary is the isolation, and containers still get their own mount ns.
+	// On the host, libcontainer pivots as runc does.
 	cfg, err := specconv.CreateLibcontainerConfig(&specconv.CreateOpts{
-		CgroupName:  id,
-		NoPivotRoot: true,
-		Spec:        &spec,
+		CgroupName:       id,
+		NoPivotRoot:      e.host == nil,
+		UseSystemdCgroup: e.host != nil && e.host.systemd,
+		Spec:             &spec,
 	})
 	if err != nil {
 		return status.Errorf(codes.InvalidArgument, "oci spec: %v", err)
 	}
-	lc, err := libcontainer.Create(containerStateDir, id, cfg)
+	lc, err := libcontainer.Create(stateDir, id, cfg)
 	if err != nil {
 		return status.Errorf(codes.Internal, "create container: %v", err)
 	}
@@ -223,8 +234,17 @@ func (c *container) cgroupDir() string {
 	return ""
 }
 
-// oomKilled reads the cgroup's oom_kill counter.
+// oomKilled reads the cgroup's oom_kill counter: memory.events on cgroup
+// v2, memory.oom_control in the v1 memory hierarchy (a host pod on a v1 or
+// hybrid host).
 func (c *container) oomKilled() bool {
+	st, err := c.lc.State()
+	if err != nil {
+		return false
+	}
+	if dir, ok := st.CgroupPaths["memory"]; ok {
+		return readMemoryEvent(filepath.Join(dir, "memory.oom_control"), "oom_kill") > 0
+	}
 	return readMemoryEvent(filepath.Join(c.cgroupDir(), "memory.events"), "oom_kill") > 0
 }
 
@@ -363,7 +383,7 @@ func (e *engine) update(req *agentapi.UpdateContainerRequest) error {
 	linux := *spec.Linux
 	linux.Resources = &res
 	spec.Linux = &linux
-	cg, err := specconv.CreateCgroupConfig(&specconv.CreateOpts{CgroupName: c.id, Spec: &spec}, nil)
+	cg, err := specconv.CreateCgroupConfig(&specconv.CreateOpts{CgroupName: c.id, UseSystemdCgroup: e.host != nil && e.host.systemd, Spec: &spec}, nil)
 	if err != nil {
 		return status.Errorf(codes.InvalidArgument, "resources: %v", err)
 	}

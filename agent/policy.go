@@ -30,6 +30,9 @@ type Policy struct {
 	Token []byte
 	// DebugConsole allows guest-root execs (cocoond's debug console).
 	DebugConsole bool
+	// HostMode is a host pod's agent (hostmode.go): it refuses the calls
+	// that would configure the host it runs on.
+	HostMode bool
 }
 
 // LoadPolicy reads the policy from a kernel command line; readFile reads the
@@ -104,9 +107,12 @@ func (p Policy) authorize(ctx context.Context) error {
 // unaryInterceptor refuses every unary call, Check included, without the
 // token. Check too: it is what proves a connection before its streams (see
 // authorizeStream), and a host with a wrong token learns at once.
-func (p Policy) unaryInterceptor(ctx context.Context, um ttrpc.Unmarshaler, _ *ttrpc.UnaryServerInfo, m ttrpc.Method) (any, error) {
+func (p Policy) unaryInterceptor(ctx context.Context, um ttrpc.Unmarshaler, info *ttrpc.UnaryServerInfo, m ttrpc.Method) (any, error) {
 	if err := p.authorize(ctx); err != nil {
 		return nil, err
+	}
+	if p.HostMode && hostRefused[info.FullMethod] {
+		return nil, status.Errorf(codes.PermissionDenied, "%s: a host pod's agent does not configure the host", info.FullMethod)
 	}
 	return m(ctx, um)
 }

@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -19,6 +18,9 @@ import (
 
 // CreateSandbox sets up the guest for the pod: hostname, DNS, hosts, sysctls and the shares.
 func (s *Server) CreateSandbox(_ context.Context, req *agentapi.CreateSandboxRequest) (*emptypb.Empty, error) {
+	if s.engine.host != nil {
+		return empty, s.engine.host.createSandbox(req)
+	}
 	if err := netconf.BringUpLoopback(); err != nil {
 		return nil, status.Errorf(codes.Internal, "loopback: %v", err)
 	}
@@ -88,26 +90,13 @@ func mountShare(sh *agentapi.Share) error {
 
 // DestroySandbox kills every container and powers the VM off once the reply is out.
 func (s *Server) DestroySandbox(context.Context, *agentapi.DestroySandboxRequest) (*emptypb.Empty, error) {
-	s.engine.mu.Lock()
-	ids := make([]string, 0, len(s.engine.containers))
-	for id, c := range s.engine.containers {
-		if c != nil {
-			ids = append(ids, id)
-		}
-	}
-	s.engine.mu.Unlock()
-	var failed []string
-	for _, id := range ids {
-		if err := s.engine.remove(id, true); err != nil {
-			failed = append(failed, fmt.Sprintf("%s: %v", id, err))
-		}
-	}
+	err := s.engine.removeAll()
 	go func() {
 		time.Sleep(100 * time.Millisecond)
 		s.powerOff()
 	}()
-	if len(failed) > 0 {
-		return nil, status.Errorf(codes.Internal, "removing containers: %s", strings.Join(failed, "; "))
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "removing containers: %v", err)
 	}
 	return empty, nil
 }

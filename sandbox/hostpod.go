@@ -28,11 +28,6 @@ func hostNamespaces(cfg *runtimeapi.PodSandboxConfig) []string {
 	return out
 }
 
-// hostNetwork reports whether the pod shares the host's network namespace.
-func hostNetwork(cfg *runtimeapi.PodSandboxConfig) bool {
-	return cfg.GetLinux().GetSecurityContext().GetNamespaceOptions().GetNetwork() == runtimeapi.NamespaceMode_NODE
-}
-
 // placePod picks the handler a pod runs under. A handler of kind host runs
 // any pod as host containers. A pod asking for a host namespace cannot live
 // in a VM: the [runtime] host_namespace_pods policy either runs it as host
@@ -60,6 +55,3 @@ func (m *Manager) placePod(cfg *runtimeapi.PodSandboxConfig, handler string) (co
 	_, hh := m.opts.Runtime.HostHandler()
 	return hh, nil
 }
-
-// isHostPod tells a host pod's record from a VM pod's.
-func (p *Pod) isHostPod() bool { return p.Kind == config.KindHost }

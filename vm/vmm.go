@@ -72,6 +72,10 @@ type Spec struct {
 	NICs   []NIC
 	Disks  []Disk
 
+	// Netns is the network namespace the sandbox process runs in: the host
+	// driver's agent joins it; "" is the host's. VM drivers take NICs instead.
+	Netns string
+
 	// Accel is "kvm", "tcg" or "auto" (drivers that emulate; others need KVM).
 	Accel string
 	// BootTimeout bounds how long an accelerator probe may take (auto).

@@ -1,4 +1,5 @@
-// Command cocoon-agent is PID 1 of every Cocoon pod VM (see package agent).
+// Command cocoon-agent is PID 1 of every Cocoon pod VM (see package agent),
+// and, as "cocoon-agent host", the sandbox process of a host pod on the host.
 // It is a static binary; libcontainer's nsenter (cgo) runs before Go starts
 // whenever it is re-executed as "init" to become a container process.
 package main
@@ -15,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/cocoon-runtime/cocoon/agent"
+	agentapi "github.com/cocoon-runtime/cocoon/api/agent"
 	"github.com/cocoon-runtime/cocoon/version"
 )
 
@@ -30,6 +32,19 @@ func main() {
 	// not be mistaken for the guest's init (which mounts over /run).
 	case len(os.Args) > 1 && os.Args[1] == "pause":
 		agent.RunPause()
+	// A host pod's sandbox process, on the host (see agent/hostmode.go).
+	case len(os.Args) > 1 && os.Args[1] == agentapi.HostModeArg:
+		opts, err := agent.ParseHostArgs(os.Args[2:])
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "cocoon-agent host:", err)
+			os.Exit(2)
+		}
+		ctx, stop := signal.NotifyContext(context.Background(), unix.SIGTERM, unix.SIGINT)
+		defer stop()
+		if err := agent.ServeHost(ctx, opts); err != nil {
+			logrus.WithError(err).Error("host-mode agent failed")
+			os.Exit(1)
+		}
 	case os.Getpid() == 1:
 		agent.RunPID1()
 	case len(os.Args) > 1 && os.Args[1] == "serve":

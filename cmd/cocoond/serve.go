@@ -28,6 +28,7 @@ import (
 	"github.com/cocoon-runtime/cocoon/version"
 	"github.com/cocoon-runtime/cocoon/vm"
 	"github.com/cocoon-runtime/cocoon/vm/clh"
+	vmhost "github.com/cocoon-runtime/cocoon/vm/host"
 	"github.com/cocoon-runtime/cocoon/vm/qemu"
 )
 
@@ -89,6 +90,8 @@ func serve(loaded *config.Loaded, configPath string) error {
 			// with cocoon.debug_console=1 only then.
 			"qemu": qemu.New(qemu.Options{Log: log.WithField("component", "qemu"), DebugConsole: cfg.Debug.Console}),
 			"clh":  clh.New(clh.Options{Log: log.WithField("component", "clh"), DebugConsole: cfg.Debug.Console}),
+			// Host pods: cocoon-agent in host mode, beside cocoond.
+			sandbox.HostDriver: vmhost.New(vmhost.Options{Log: log.WithField("component", "host"), SystemdCgroup: cfg.Daemon.CgroupDriver == "systemd"}),
 		},
 		Network: &sandbox.CNINetwork{
 			NetnsRoot: paths.NetnsDir,
