@@ -22,6 +22,8 @@ type podCgroups interface {
 	Join(ctx context.Context, ref podcgroup.Ref, pids ...int) error
 	// Remove removes the cgroup once its processes are gone; idempotent.
 	Remove(ctx context.Context, ref podcgroup.Ref) error
+	// Kill ends every process left in the cgroup and those below it.
+	Kill(ctx context.Context, ref podcgroup.Ref) error
 	// Strays lists pod cgroups cocoond made that claimed does not claim.
 	Strays(claimed func(podID string) bool) ([]podcgroup.Ref, error)
 }
@@ -71,9 +73,16 @@ func (m *Manager) joinPodCgroup(ctx context.Context, ref *podcgroup.Ref, st *vm.
 }
 
 // removePodCgroup removes a stopped pod's cgroup (its processes are gone).
+// A host pod's containers are not the agent's children once it is gone:
+// what is left of them in the pod cgroup is killed first.
 func (m *Manager) removePodCgroup(ctx context.Context, pod *Pod) error {
 	if m.opts.Cgroups == nil || pod.Cgroup == nil {
 		return nil
+	}
+	if pod.isHostPod() {
+		if err := m.opts.Cgroups.Kill(ctx, *pod.Cgroup); err != nil {
+			return fmt.Errorf("kill what is left of the pod: %w", err)
+		}
 	}
 	if err := m.opts.Cgroups.Remove(ctx, *pod.Cgroup); err != nil {
 		return fmt.Errorf("remove pod cgroup: %w", err)
@@ -98,6 +107,11 @@ func (m *Manager) removeStrayCgroups(ctx context.Context) error {
 	}
 	for _, ref := range strays {
 		m.opts.Log.WithField("cgroup", ref.String()).Warn("removing a pod cgroup no pod claims")
+		// Stray VMs are stopped by now; what is left is a lost host pod's.
+		if err := m.opts.Cgroups.Kill(ctx, ref); err != nil {
+			errs = append(errs, fmt.Errorf("stray pod cgroup: %w", err))
+			continue
+		}
 		if err := m.opts.Cgroups.Remove(ctx, ref); err != nil {
 			errs = append(errs, fmt.Errorf("stray pod cgroup: %w", err))
 		}

@@ -71,6 +71,12 @@ func (f *fakeCgroups) Remove(_ context.Context, ref podcgroup.Ref) error {
 	return nil
 }
 
+func (f *fakeCgroups) Kill(_ context.Context, ref podcgroup.Ref) error {
+	*f.log = append(*f.log, "cgroup-kill")
+	f.exist[ref] = nil
+	return nil
+}
+
 func (f *fakeCgroups) Strays(claimed func(string) bool) ([]podcgroup.Ref, error) {
 	var out []podcgroup.Ref
 	for ref := range f.exist {

@@ -106,6 +106,9 @@ func (m *Manager) createContainer(ctx context.Context, podID string, cfg *runtim
 			}, nil
 		}},
 		{Name: "share", Run: func(context.Context) (func() error, error) {
+			if pod.isHostPod() {
+				return nil, nil // the container binds its host paths itself
+			}
 			ns, err := vm.FindShareNamespace(rt.vmm.State(), shareTag, pod.ShareDir)
 			if err != nil {
 				return nil, fmt.Errorf("%w: pod %s: %v", errdefs.ErrFailedPrecondition, pod.ID, err)
@@ -118,17 +121,31 @@ func (m *Manager) createContainer(ctx context.Context, podID string, cfg *runtim
 			return undo, nil
 		}},
 		{Name: "spec", Run: func(context.Context) (func() error, error) {
-			mounts, err := shareMounts(sm, &c, cfg.GetMounts(), pod.ShareDir, guestRoot)
-			if err != nil {
-				return nil, err
-			}
-			mounts = append(mounts, podFileMounts(cfg.GetMounts())...)
-			s, err := ocispec.Build(ocispec.Input{
+			in := ocispec.Input{
 				ContainerID: id, SandboxID: pod.ID, Config: cfg, Sandbox: podCfg, Image: &img.Config.Config,
 				RootfsPath: filepath.Join(guestRoot, "rootfs"), RootfsHostPath: c.Rootfs,
-				Mounts: mounts, CgroupsPath: "/cocoon/" + id,
-				PodPIDNamespace: podPIDNamespace(podCfg),
-			})
+				CgroupsPath: "/cocoon/" + id, PodPIDNamespace: podPIDNamespace(podCfg),
+			}
+			var err error
+			if pod.isHostPod() {
+				// The same spec, in host terms: the storage mount as root,
+				// host paths as sources, the pod's namespaces and cgroup.
+				in.RootfsPath, in.PodPIDNamespace = c.Rootfs, ""
+				in.Host = &ocispec.HostPod{NetnsPath: pod.NetnsPath}
+				if in.CgroupsPath, err = hostContainerCgroup(&pod, id); err != nil {
+					return nil, err
+				}
+				if in.Mounts, err = hostMounts(cfg.GetMounts()); err != nil {
+					return nil, err
+				}
+				in.Mounts = append(in.Mounts, hostPodFileMounts(pod.ShareDir, cfg.GetMounts())...)
+			} else {
+				if in.Mounts, err = shareMounts(sm, &c, cfg.GetMounts(), pod.ShareDir, guestRoot); err != nil {
+					return nil, err
+				}
+				in.Mounts = append(in.Mounts, podFileMounts(cfg.GetMounts())...)
+			}
+			s, err := ocispec.Build(in)
 			if err != nil {
 				return nil, err
 			}
@@ -147,6 +164,9 @@ func (m *Manager) createContainer(ctx context.Context, podID string, cfg *runtim
 			return func() error { o.close(); return nil }, nil
 		}},
 		{Name: "fit-vm", Run: func(ctx context.Context) (func() error, error) {
+			if pod.isHostPod() {
+				return nil, nil // no VM: the container's own cgroup holds its limits
+			}
 			// A VM only grows (guests may refuse to give memory back), so
 			// there is nothing to undo.
 			return nil, m.growVM(ctx, pod.ID, rt, cfg.GetLinux().GetResources())

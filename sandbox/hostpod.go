@@ -1,12 +1,20 @@
 package sandbox
 
 import (
+	"context"
+	"errors"
 	"fmt"
+	"os"
+	"path"
+	"path/filepath"
 
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	agentapi "github.com/cocoon-runtime/cocoon/api/agent"
 	"github.com/cocoon-runtime/cocoon/config"
 	"github.com/cocoon-runtime/cocoon/errdefs"
+	"github.com/cocoon-runtime/cocoon/sandbox/ocispec"
+	"github.com/cocoon-runtime/cocoon/sandbox/podcgroup"
 )
 
 // HostDriver is the vm.Driver name of host pods: their "VM" is cocoon-agent
@@ -54,4 +62,107 @@ func (m *Manager) placePod(cfg *runtimeapi.PodSandboxConfig, handler string) (co
 	}
 	_, hh := m.opts.Runtime.HostHandler()
 	return hh, nil
+}
+
+// hostNetwork reports whether the pod shares the host's network namespace.
+func hostNetwork(cfg *runtimeapi.PodSandboxConfig) bool {
+	return cfg.GetLinux().GetSecurityContext().GetNamespaceOptions().GetNetwork() == runtimeapi.NamespaceMode_NODE
+}
+
+// isHostPod tells a host pod's record from a VM pod's.
+func (p *Pod) isHostPod() bool { return p.Kind == config.KindHost }
+
+// hostFiles are the node's files a hostNetwork pod gets when kubelet's
+// config gives nothing else; a variable so tests can point elsewhere.
+var hostFiles = struct{ hosts, resolvConf string }{"/etc/hosts", "/etc/resolv.conf"}
+
+// hostNetworkFiles gives a hostNetwork pod the node's hosts file, and its
+// resolv.conf unless kubelet sent a DNS config.
+func hostNetworkFiles(cfg *runtimeapi.PodSandboxConfig, content map[string]string) {
+	if data, err := os.ReadFile(hostFiles.hosts); err == nil {
+		content["hosts"] = string(data)
+	}
+	if content["resolv.conf"] == "" {
+		if data, err := os.ReadFile(hostFiles.resolvConf); err == nil {
+			content["resolv.conf"] = string(data)
+		}
+	}
+}
+
+// setupHostPod asks a host pod's agent for the pod's own namespaces: IPC
+// and UTS with the pod's hostname, and a shared PID namespace when the pod
+// wants one. The containers join those the pod does not take from the host.
+// Nothing else is the agent's to set up: the network is CNI's, DNS and
+// hosts are files cocoond binds, sysctls are in each container's spec.
+func setupHostPod(ctx context.Context, a agentapi.AgentClient, id string, cfg *runtimeapi.PodSandboxConfig) error {
+	_, err := a.CreateSandbox(ctx, &agentapi.CreateSandboxRequest{
+		SandboxId:          id,
+		Hostname:           podHostname(cfg),
+		SharedPidNamespace: cfg.GetLinux().GetSecurityContext().GetNamespaceOptions().GetPid() == runtimeapi.NamespaceMode_POD,
+	})
+	if err != nil {
+		return fmt.Errorf("agent CreateSandbox: %w", err)
+	}
+	return nil
+}
+
+// hostContainerCgroup is the cgroups path of a host pod's container, below
+// the pod cgroup as a container is below its pod's with runc: cgroupfs
+// <pod cgroup>/<container id>; systemd a scope in kubelet's pod slice
+// (cocoon-ctr-<id>.scope, a name the pod cgroup sweep never takes). Without
+// pod cgroups (tests), below the default parent.
+func hostContainerCgroup(pod *Pod, id string) (string, error) {
+	if pod.Cgroup == nil {
+		return path.Join(podcgroup.DefaultCgroupfsParent, "cocoon-ctr-"+id), nil
+	}
+	if pod.Cgroup.Driver == podcgroup.Systemd {
+		return pod.Cgroup.Parent + ":cocoon-ctr:" + id, nil
+	}
+	p, err := pod.Cgroup.Path()
+	if err != nil {
+		return "", err
+	}
+	return path.Join(p, id), nil
+}
+
+// hostMounts are a host pod's CRI mounts as they are on the host: the
+// container binds the host path itself (no share in between).
+func hostMounts(mounts []*runtimeapi.Mount) ([]ocispec.Mount, error) {
+	var out []ocispec.Mount
+	for _, mnt := range mounts {
+		src := mnt.GetHostPath()
+		if err := validateReadOnly(mnt); err != nil {
+			return nil, err
+		}
+		if !filepath.IsAbs(src) || !filepath.IsAbs(mnt.GetContainerPath()) {
+			return nil, fmt.Errorf("%w: mount %q → %q: paths must be absolute", errdefs.ErrInvalidArgument, src, mnt.GetContainerPath())
+		}
+		// kubelet hands symlinked paths (e.g. /var/run); bind their target,
+		// and make a missing source a directory, as the VM path does.
+		resolved, err := filepath.EvalSymlinks(src)
+		if errors.Is(err, os.ErrNotExist) {
+			if err := os.MkdirAll(src, 0o755); err != nil {
+				return nil, err
+			}
+			resolved, err = filepath.EvalSymlinks(src)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("mount source %s: %w", src, err)
+		}
+		out = append(out, ocispec.Mount{
+			Source: resolved, Destination: mnt.GetContainerPath(),
+			ReadOnly: mnt.GetReadonly(), Propagation: mnt.GetPropagation(),
+		})
+	}
+	return out, nil
+}
+
+// hostPodFileMounts binds the pod's resolv.conf, hostname and hosts from
+// its share dir on the host, unless the CRI mounts already provide them.
+func hostPodFileMounts(shareDir string, mounts []*runtimeapi.Mount) []ocispec.Mount {
+	out := podFileMounts(mounts)
+	for i := range out {
+		out[i].Source = filepath.Join(shareDir, podFiles[out[i].Destination])
+	}
+	return out
 }

@@ -54,7 +54,8 @@ func (m *Manager) RunPod(ctx context.Context, cfg *runtimeapi.PodSandboxConfig, 
 		handler = m.opts.Runtime.DefaultHandler
 	}
 	vmm := h.VMM
-	if h.Kind == config.KindHost {
+	host := h.Kind == config.KindHost
+	if host {
 		vmm = HostDriver
 	}
 	driver, ok := m.opts.Drivers[vmm]
@@ -78,7 +79,7 @@ func (m *Manager) RunPod(ctx context.Context, cfg *runtimeapi.PodSandboxConfig, 
 		return "", err
 	}
 	pod := Pod{
-		ID: id, Name: name, Config: raw, Handler: handler, State: StateCreating,
+		ID: id, Name: name, Config: raw, Handler: handler, Kind: h.Kind, State: StateCreating,
 		CreatedAt: time.Now().UnixNano(),
 		RunDir:    filepath.Join(m.opts.RunDir, id),
 	}
@@ -131,17 +132,28 @@ func (m *Manager) RunPod(ctx context.Context, cfg *runtimeapi.PodSandboxConfig, 
 			return undo, mountShare(pod.ShareDir, m.opts.Runtime.ShareSizeMiB)
 		}},
 		{Name: "network", Run: func(ctx context.Context) (func() error, error) {
+			if host && hostNetwork(cfg) {
+				net = &PodNetwork{} // the host's: no netns, no CNI
+				return nil, nil
+			}
 			md := cfg.GetMetadata()
 			n, err := m.opts.Network.Attach(ctx, PodNetworkRequest{
 				PodID: id, Name: md.GetName(), Namespace: md.GetNamespace(), UID: md.GetUid(),
 				PortMappings: cfg.GetPortMappings(), PodCIDR: m.podCIDR(),
+				// A host pod's containers use the CNI veth itself.
+				NoTap: host,
 			})
 			if err != nil {
 				return nil, err
 			}
 			net = n
 			pod.NetnsPath, pod.IPs = n.NetnsPath, n.IPs
-			undo := tracked(func() error { n.Tap.Close(); return m.opts.Network.Detach(context.Background(), id, n.NetnsPath) })
+			undo := tracked(func() error {
+				if n.Tap != nil {
+					n.Tap.Close()
+				}
+				return m.opts.Network.Detach(context.Background(), id, n.NetnsPath)
+			})
 			if _, err := m.pods.update(id, func(p *Pod) error { p.NetnsPath, p.IPs = n.NetnsPath, n.IPs; return nil }); err != nil {
 				return undo, err
 			}
@@ -154,6 +166,15 @@ func (m *Manager) RunPod(ctx context.Context, cfg *runtimeapi.PodSandboxConfig, 
 			return nil, writePodFiles(pod.ShareDir, cfg, net)
 		}},
 		{Name: "vm-create", Run: func(ctx context.Context) (func() error, error) {
+			if host {
+				bootStart = time.Now()
+				v, err := driver.Create(ctx, &vm.Spec{ID: id, RunDir: m.vmRunDir(id), Netns: pod.NetnsPath})
+				if err != nil {
+					return nil, err
+				}
+				rt.vmm = v
+				return tracked(func() error { return v.Stop(context.Background()) }), nil
+			}
 			g, err := guest.Locate(h.GuestDir)
 			if err != nil {
 				return nil, fmt.Errorf("%w: %v", errdefs.ErrFailedPrecondition, err)
@@ -197,9 +218,15 @@ func (m *Manager) RunPod(ctx context.Context, cfg *runtimeapi.PodSandboxConfig, 
 			return c.Close, nil
 		}},
 		{Name: "guest-setup", Run: func(ctx context.Context) (func() error, error) {
+			if host {
+				return nil, setupHostPod(ctx, rt.agent, id, cfg)
+			}
 			return nil, m.setupGuest(ctx, rt.agent, id, cfg, net)
 		}},
 		{Name: "seal-share", Run: func(context.Context) (func() error, error) {
+			if host {
+				return nil, nil // no guest, no virtio-fs: cocoond alone writes the share
+			}
 			// Before any workload runs: from here on the guest writes only
 			// in the writable mounts a container gets.
 			ns, err := vm.FindShareNamespace(rt.vmm.State(), shareTag, pod.ShareDir)
@@ -267,6 +294,11 @@ func writePodFiles(shareDir string, cfg *runtimeapi.PodSandboxConfig, net *PodNe
 		"resolv.conf": resolvConf(cfg.GetDnsConfig()),
 		"hostname":    hostname + "\n",
 		"hosts":       hostsFile(net.IPs, hostname),
+	}
+	if hostNetwork(cfg) {
+		// On the host's network the host's names are the pod's, as
+		// containerd gives a hostNetwork pod the node's files.
+		hostNetworkFiles(cfg, content)
 	}
 	for name, body := range content {
 		if err := vm.WriteFileBeneath(shareDir, name, []byte(body), 0o644); err != nil {

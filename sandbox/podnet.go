@@ -42,14 +42,14 @@ func (n *CNINetwork) Attach(ctx context.Context, req PodNetworkRequest) (_ *PodN
 	if err != nil {
 		return nil, fmt.Errorf("CNI ADD: %w", err)
 	}
-	tap, err := cni.SetupTap(ns.Path(), res.Interface)
-	if err != nil {
-		return nil, fmt.Errorf("tap: %w", err)
-	}
-	iface, routes := AgentNetwork(res.Guest())
-	out := &PodNetwork{
-		NetnsPath: ns.Path(), Tap: tap.File, MAC: tap.MAC, MTU: tap.MTU,
-		Interface: iface, Routes: routes,
+	out := &PodNetwork{NetnsPath: ns.Path()}
+	if !req.NoTap {
+		tap, err := cni.SetupTap(ns.Path(), res.Interface)
+		if err != nil {
+			return nil, fmt.Errorf("tap: %w", err)
+		}
+		out.Tap, out.MAC, out.MTU = tap.File, tap.MAC, tap.MTU
+		out.Interface, out.Routes = AgentNetwork(res.Guest())
 	}
 	for _, ip := range res.IPs {
 		out.IPs = append(out.IPs, ip.String())

@@ -27,8 +27,8 @@ type shareMounter interface {
 // VM (and with it every mount in its share) is gone.
 func (m *Manager) shareMounterFor(pod *Pod) (shareMounter, error) {
 	rt, err := m.runtime(pod.ID)
-	if err != nil || rt.vmm == nil {
-		return nil, nil
+	if err != nil || rt.vmm == nil || pod.isHostPod() {
+		return nil, nil // a host pod's containers bind nothing into a share
 	}
 	ns, err := vm.FindShareNamespace(rt.vmm.State(), shareTag, pod.ShareDir)
 	if errors.Is(err, vm.ErrShareGone) {

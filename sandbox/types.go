@@ -151,6 +151,9 @@ type PodNetworkRequest struct {
 	PodID, Name, Namespace, UID string
 	PortMappings                []*runtimeapi.PortMapping
 	PodCIDR                     string
+	// NoTap skips the tap and its redirect: a host pod's containers use
+	// the CNI interface in the netns directly.
+	NoTap bool
 }
 
 // PodNetwork is a pod attached to the cluster network: the netns, the tap the

@@ -79,6 +79,9 @@ func (m *Manager) growVM(ctx context.Context, podID string, rt *podRuntime, res 
 	if err != nil {
 		return err
 	}
+	if pod.isHostPod() {
+		return nil // no VM to grow: limits are the containers' own cgroups'
+	}
 	h := m.opts.Runtime.Handlers[pod.Handler]
 	st := rt.vmm.State()
 	vcpus, mem := fitResources(st.VCPUs, st.MemoryMiB, h, res)

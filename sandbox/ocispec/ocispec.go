@@ -44,6 +44,19 @@ type Input struct {
 	// PodPIDNamespace is the guest path of the pod's shared PID namespace
 	// (/proc/<pid>/ns/pid), or "" when the pod does not share one.
 	PodPIDNamespace string
+	// Host, when set, makes the spec a host pod's (see HostPod).
+	Host *HostPod
+}
+
+// HostPod is what a host pod's container spec needs besides a VM pod's. Its
+// containers run on the host, so the spec names the namespaces a VM would
+// have given: the pod's netns (none with hostNetwork), its IPC and UTS
+// namespaces and shared PID namespace (the host-mode agent's, by
+// placeholder; none where the pod shares the host's), and carries the pod's
+// sysctls, which libcontainer sets in those namespaces.
+type HostPod struct {
+	// NetnsPath is the pod's network namespace; "" with hostNetwork.
+	NetnsPath string
 }
 
 // CRI annotations containerd sets; tools that inspect the spec look for them.
@@ -124,7 +137,12 @@ func Build(in Input) (*specs.Spec, error) {
 	if err != nil {
 		return nil, err
 	}
-	namespaces, err := buildNamespaces(sc.GetNamespaceOptions(), in.PodPIDNamespace)
+	var namespaces []specs.LinuxNamespace
+	if in.Host != nil {
+		namespaces, err = buildHostNamespaces(in.Sandbox.GetLinux().GetSecurityContext().GetNamespaceOptions(), sc.GetNamespaceOptions(), in.Host)
+	} else {
+		namespaces, err = buildNamespaces(sc.GetNamespaceOptions(), in.PodPIDNamespace)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -158,6 +176,11 @@ func Build(in Input) (*specs.Spec, error) {
 		s.Process.OOMScoreAdj = &adj
 	}
 	s.Linux.MaskedPaths, s.Linux.ReadonlyPaths = procPaths(sc, privileged)
+	if in.Host != nil {
+		if s.Linux.Sysctl, err = PodSysctls(in.Sandbox); err != nil {
+			return nil, err
+		}
+	}
 	return s, nil
 }
 

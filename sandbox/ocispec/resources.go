@@ -7,6 +7,8 @@ import (
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	agentapi "github.com/cocoon-runtime/cocoon/api/agent"
 )
 
 // buildNamespaces gives the container its own mount and cgroup namespaces and
@@ -150,4 +152,42 @@ func normalizeSysctl(name string) string {
 		}
 		return r
 	}, name)
+}
+
+// buildHostNamespaces gives a host pod's container the pod's namespaces, as
+// containerd does for runc: the host's where the pod asks for them (and the
+// host's UTS namespace with its network), else the pod's, which the
+// host-mode agent made (api/agent's placeholders) or CNI did (the netns); a
+// PID namespace of its own unless the pod shares one; and its own mount and
+// cgroup namespaces. The container's own options repeat the pod's (kubelet
+// copies them), but only the pod's say what the pod has.
+func buildHostNamespaces(pod, ctr *runtimeapi.NamespaceOption, host *HostPod) ([]specs.LinuxNamespace, error) {
+	if u := ctr.GetUsernsOptions(); u.GetMode() == runtimeapi.NamespaceMode_POD && (len(u.GetUids()) > 0 || len(u.GetGids()) > 0) {
+		return nil, invalid("user namespaces are not supported")
+	}
+	if pod == nil {
+		pod = ctr
+	}
+	out := []specs.LinuxNamespace{{Type: specs.MountNamespace}, {Type: specs.CgroupNamespace}}
+	if pod.GetNetwork() != runtimeapi.NamespaceMode_NODE {
+		if host.NetnsPath == "" {
+			return nil, invalid("the pod has no network namespace")
+		}
+		out = append(out,
+			specs.LinuxNamespace{Type: specs.NetworkNamespace, Path: host.NetnsPath},
+			specs.LinuxNamespace{Type: specs.UTSNamespace, Path: agentapi.HostPodUTSNamespace})
+	}
+	if pod.GetIpc() != runtimeapi.NamespaceMode_NODE {
+		out = append(out, specs.LinuxNamespace{Type: specs.IPCNamespace, Path: agentapi.HostPodIPCNamespace})
+	}
+	switch {
+	case pod.GetPid() == runtimeapi.NamespaceMode_NODE:
+	case pod.GetPid() == runtimeapi.NamespaceMode_POD, ctr.GetPid() == runtimeapi.NamespaceMode_TARGET:
+		// An ephemeral container's target shares the pod's only when the
+		// pod has one; the agent refuses the placeholder otherwise.
+		out = append(out, specs.LinuxNamespace{Type: specs.PIDNamespace, Path: agentapi.HostPodPIDNamespace})
+	default:
+		out = append(out, specs.LinuxNamespace{Type: specs.PIDNamespace})
+	}
+	return out, nil
 }

@@ -8,10 +8,12 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/opencontainers/cgroups"
 	"github.com/opencontainers/cgroups/manager"
 	"github.com/opencontainers/cgroups/systemd"
+	"golang.org/x/sys/unix"
 
 	"github.com/cocoon-runtime/cocoon/errdefs"
 )
@@ -161,6 +163,43 @@ func (m *Manager) Remove(ctx context.Context, ref Ref) error {
 	}
 	return nil
 }
+
+// Kill SIGKILLs every process in the pod cgroup and the cgroups below it
+// (a host pod's containers) until none is left, or ctx or killWait ends: a
+// host pod whose agent died leaves its containers there, and nothing else
+// can reach them. A cgroup that does not exist holds nothing.
+func (m *Manager) Kill(ctx context.Context, ref Ref) error {
+	cm, err := m.open(ref)
+	if err != nil {
+		return fmt.Errorf("pod cgroup %s: %w", ref, err)
+	}
+	if !exists(cm) {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, killWait)
+	defer cancel()
+	for {
+		pids, err := cm.GetAllPids()
+		if err != nil {
+			return fmt.Errorf("pod cgroup %s: %w", ref, err)
+		}
+		if len(pids) == 0 {
+			return nil
+		}
+		for _, pid := range pids {
+			_ = unix.Kill(pid, unix.SIGKILL)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("pod cgroup %s still holds processes %v: %w", ref, pids, ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// killWait bounds Kill: SIGKILLed processes go within milliseconds unless
+// stuck in the kernel.
+const killWait = 5 * time.Second
 
 // Strays lists the pod cgroups cocoond made, under any parent and in any
 // hierarchy, whose pod claimed says nothing claims.
