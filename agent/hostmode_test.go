@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -251,5 +252,52 @@ func TestUnshareIPCUTSLeavesTheCallerAlone(t *testing.T) {
 	}
 	if h, _ := os.Hostname(); h == "in-the-pod" {
 		t.Fatal("the agent's hostname changed")
+	}
+}
+
+// outputStream is a ReadOutput stream whose Send fails while failing is set.
+type outputStream struct {
+	agentapi.Agent_ReadOutputServer
+	failing bool
+	got     []byte
+}
+
+func (s *outputStream) Send(c *agentapi.OutputChunk) error {
+	if s.failing {
+		return errors.New("connection gone")
+	}
+	s.got = append(s.got, c.GetData()...)
+	return nil
+}
+
+// TestReadOutputKeepsWhatAFailedSendDidNotDeliver: output read from the
+// process while the reader's connection died (cocoond restarting) goes to
+// the next reader first, so no log line is lost.
+func TestReadOutputKeepsWhatAFailedSendDidNotDeliver(t *testing.T) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	s := NewServer(func() {}, Policy{})
+	s.engine.containers["c"] = &container{id: "c", init: &process{stdout: r, done: make(chan struct{})}}
+	req := &agentapi.ReadOutputRequest{ContainerId: "c", Stream: agentapi.ReadOutputRequest_STDOUT}
+	ctx := context.Background()
+	if _, err := w.Write([]byte("line-1\n")); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.ReadOutput(ctx, req, &outputStream{failing: true}); err == nil {
+		t.Fatal("a failed send did not end the stream")
+	}
+	if _, err := w.Write([]byte("line-2\n")); err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+	next := &outputStream{}
+	if err := s.ReadOutput(ctx, req, next); err != nil {
+		t.Fatal(err)
+	}
+	if string(next.got) != "line-1\nline-2\n" {
+		t.Fatalf("the next reader got %q", next.got)
 	}
 }

@@ -289,12 +289,22 @@ func (s *Server) ReadOutput(ctx context.Context, req *agentapi.ReadOutputRequest
 		return status.Errorf(codes.FailedPrecondition, "%s of %s/%s already has a reader", req.GetStream(), req.GetContainerId(), req.GetExecId())
 	}
 	defer p.claimed[which].Store(false)
+	// Output a dead reader's stream did not take goes out first: a cocoond
+	// restart loses nothing of the log.
+	if data := p.unsent[which]; len(data) > 0 {
+		if serr := stream.Send(&agentapi.OutputChunk{Data: data}); serr != nil {
+			return serr
+		}
+		p.unsent[which] = nil
+	}
 	buf := make([]byte, 32<<10)
 	for {
 		_ = f.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
 		n, err := f.Read(buf)
 		if n > 0 {
-			if serr := stream.Send(&agentapi.OutputChunk{Data: append([]byte(nil), buf[:n]...)}); serr != nil {
+			data := append([]byte(nil), buf[:n]...)
+			if serr := stream.Send(&agentapi.OutputChunk{Data: data}); serr != nil {
+				p.unsent[which] = data
 				return serr
 			}
 		}

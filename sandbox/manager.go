@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"sync"
@@ -87,6 +88,7 @@ type Manager struct {
 type podRuntime struct {
 	vmm    vm.VMM
 	client *ttrpc.Client
+	conn   net.Conn // the client's connection (Detach half-closes it)
 	agent  agentapi.AgentClient
 
 	mu      sync.Mutex
@@ -133,7 +135,28 @@ func (m *Manager) observeBoot(handler, vmm string, start time.Time, err error) {
 
 // waitAgent connects to a pod VM's agent with the client every pod uses.
 func (m *Manager) waitAgent(ctx context.Context, v vm.VMM) (*ttrpc.Client, error) {
-	return agentclient.Wait(ctx, v.DialAgent, agentclient.ObserveCalls(m.opts.AgentCalls))
+	c, _, err := m.dialAgent(ctx, v)
+	return c, err
+}
+
+// dialAgent is waitAgent that also returns the client's connection, which
+// Detach half-closes.
+func (m *Manager) dialAgent(ctx context.Context, v vm.VMM) (*ttrpc.Client, net.Conn, error) {
+	var mu sync.Mutex
+	var last net.Conn
+	dial := func(ctx context.Context) (net.Conn, error) {
+		c, err := v.DialAgent(ctx)
+		if err == nil {
+			mu.Lock()
+			last = c
+			mu.Unlock()
+		}
+		return c, err
+	}
+	c, err := agentclient.Wait(ctx, dial, agentclient.ObserveCalls(m.opts.AgentCalls))
+	mu.Lock()
+	defer mu.Unlock()
+	return c, last, err
 }
 
 func newID() string {

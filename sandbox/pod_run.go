@@ -204,7 +204,7 @@ func (m *Manager) RunPod(ctx context.Context, cfg *runtimeapi.PodSandboxConfig, 
 			return nil, rt.vmm.Start(ctx)
 		}},
 		{Name: "agent", Run: func(ctx context.Context) (func() error, error) {
-			c, err := m.waitAgent(ctx, rt.vmm)
+			c, conn, err := m.dialAgent(ctx, rt.vmm)
 			if err != nil {
 				// The VM's run dir (and its console) goes with the undo.
 				if tail := vm.FileTail(vm.ConsoleLog(rt.vmm.State().RunDir), 800); tail != "" {
@@ -214,7 +214,7 @@ func (m *Manager) RunPod(ctx context.Context, cfg *runtimeapi.PodSandboxConfig, 
 			}
 			booted = true
 			m.observeBoot(handler, h.VMM, bootStart, nil)
-			rt.client, rt.agent = c, agentapi.NewAgentClient(c)
+			rt.client, rt.conn, rt.agent = c, conn, agentapi.NewAgentClient(c)
 			return c.Close, nil
 		}},
 		{Name: "guest-setup", Run: func(ctx context.Context) (func() error, error) {

@@ -97,11 +97,11 @@ func (m *Manager) recoverPod(ctx context.Context, p Pod) (err error) {
 	}()
 	actx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	client, err := m.waitAgent(actx, v)
+	client, conn, err := m.dialAgent(actx, v)
 	if err != nil {
 		return err
 	}
-	rt.client, rt.agent = client, agentapi.NewAgentClient(client)
+	rt.client, rt.conn, rt.agent = client, conn, agentapi.NewAgentClient(client)
 	log := m.opts.Log.WithField("pod", p.ID)
 	for _, c := range m.containers.list() {
 		if c.PodID != p.ID || c.State == StateExited || c.State == StateCreating {

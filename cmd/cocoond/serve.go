@@ -193,6 +193,11 @@ func serve(loaded *config.Loaded, configPath string) error {
 		log.WithError(err).Warn("admin server stopped")
 	}
 	stopGracefully(g, cfg.Daemon.ShutdownTimeout.Std(), log)
+	// The pods keep running for the next cocoond: hand their logs over
+	// without losing what is in flight.
+	dctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	pods.Detach(dctx)
+	cancel()
 	log.Info("cocoond stopped")
 	return nil
 }
