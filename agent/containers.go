@@ -341,9 +341,20 @@ func (t *execTable) start(execID string, p *process, run func() error) error {
 	return nil
 }
 
+// forgetGrace is how long an exec whose exit was reported stays for
+// readers of its output that have not come yet (a variable for tests).
+var forgetGrace = 5 * time.Second
+
 // forget drops an exec once its exit has been reported; readers that are
-// still draining its output keep their files open until EOF.
+// still draining its output keep their files open until EOF. The host asks
+// for the output and the exit at once, so a reader may come after the exit
+// was reported (a process that ends at once): the exec stays for
+// forgetGrace so that reader gets every byte, then unread output goes.
 func (t *execTable) forget(execID string) {
+	time.AfterFunc(forgetGrace, func() { t.drop(execID) })
+}
+
+func (t *execTable) drop(execID string) {
 	t.mu.Lock()
 	p, ok := t.procs[execID]
 	delete(t.procs, execID)

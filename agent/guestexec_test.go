@@ -59,6 +59,8 @@ func readAll(ctx context.Context, t *testing.T, a agentapi.AgentClient, execID s
 }
 
 func TestGuestRootExecWithPipes(t *testing.T) {
+	defer func(g time.Duration) { forgetGrace = g }(forgetGrace)
+	forgetGrace = 100 * time.Millisecond
 	hostShell(t)
 	a, _ := serveForTest(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -87,9 +89,20 @@ func TestGuestRootExecWithPipes(t *testing.T) {
 	if got := <-stderr; got != "err\n" {
 		t.Fatalf("stderr %q", got)
 	}
-	// Its exit was reported: the exec is gone.
-	if _, err := a.WaitProcess(ctx, &agentapi.ProcessRequest{ExecId: "sh1"}); status.Code(err) != codes.NotFound {
-		t.Fatalf("second wait: %v, want NotFound", err)
+	// Its exit was reported: the exec stays a grace for late readers of its
+	// output, then it is gone.
+	if res, err := a.WaitProcess(ctx, &agentapi.ProcessRequest{ExecId: "sh1"}); err != nil || res.GetExitCode() != 3 {
+		t.Fatalf("second wait within the grace: %v, %v", res, err)
+	}
+	for {
+		_, err := a.WaitProcess(ctx, &agentapi.ProcessRequest{ExecId: "sh1"})
+		if status.Code(err) == codes.NotFound {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("the exec is still there after its grace: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -148,6 +149,8 @@ type hostPod struct {
 	created bool
 	ns      map[string]*os.File // placeholder path → the namespace
 	pause   *exec.Cmd           // PID 1 of the shared PID namespace
+	// pauseLife is the write end of the pipe pause exits on at EOF.
+	pauseLife *os.File
 }
 
 // createSandbox makes the pod's IPC and UTS namespaces (with the pod's
@@ -167,12 +170,12 @@ func (h *hostPod) createSandbox(req *agentapi.CreateSandboxRequest) error {
 	}
 	h.ns[agentapi.HostPodIPCNamespace], h.ns[agentapi.HostPodUTSNamespace] = ipc, uts
 	if req.GetSharedPidNamespace() {
-		cmd, pidns, err := startHostPause()
+		cmd, pidns, life, err := startHostPause()
 		if err != nil {
 			h.closeLocked()
 			return status.Errorf(codes.Internal, "pod PID namespace: %v", err)
 		}
-		h.pause, h.ns[agentapi.HostPodPIDNamespace] = cmd, pidns
+		h.pause, h.pauseLife, h.ns[agentapi.HostPodPIDNamespace] = cmd, life, pidns
 	}
 	h.created = true
 	return nil
@@ -213,23 +216,49 @@ func unshareIPCUTS(hostname string) (ipc, uts *os.File, err error) {
 	return r.ipc, r.uts, r.err
 }
 
+// pauseExitWithParent makes the pause process exit when the agent does.
+const pauseExitWithParent = "--exit-with-parent"
+
 // startHostPause starts the pause process as PID 1 of a new PID namespace
-// and opens that namespace. It dies with the agent (parent-death signal):
-// the namespace, and every container process in it, ends with the pod.
-func startHostPause() (*exec.Cmd, *os.File, error) {
-	cmd := exec.Command("/proc/self/exe", "pause")
-	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWPID, Pdeathsig: syscall.SIGKILL}
+// and opens that namespace. It exits when the agent does (the pipe the agent
+// holds the write end of reaches EOF), so the namespace and every container
+// process in it end with the pod. Not by a parent-death signal: that follows
+// the forking thread, and Go ends threads (libcontainer locks one into a
+// container's mount namespace and lets it go), which killed the pod's PID
+// namespace under its containers.
+func startHostPause() (*exec.Cmd, *os.File, *os.File, error) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	defer r.Close()
+	cmd := exec.Command("/proc/self/exe", "pause", pauseExitWithParent)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWPID}
+	cmd.ExtraFiles = []*os.File{r} // fd 3
 	if err := cmd.Start(); err != nil {
-		return nil, nil, err
+		w.Close()
+		return nil, nil, nil, err
 	}
 	f, err := os.Open("/proc/" + strconv.Itoa(cmd.Process.Pid) + "/ns/pid")
 	if err != nil {
+		w.Close()
 		_ = cmd.Process.Kill()
 		_ = cmd.Wait()
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	go func() { _ = cmd.Wait() }()
-	return cmd, f, nil
+	return cmd, f, w, nil
+}
+
+// exitWithParent ends the pause process once the agent is gone: its pipe
+// (fd 3) then reads EOF. (PID 1 of a namespace cannot watch its parent's pid:
+// getppid says 0 and the parent is outside its namespace.)
+func exitWithParent() {
+	life := os.NewFile(3, "agent-life")
+	go func() {
+		_, _ = io.Copy(io.Discard, life)
+		os.Exit(0)
+	}()
 }
 
 // prepareSpec puts the real paths of the pod's namespaces in place of the
@@ -278,7 +307,8 @@ func (h *hostPod) close() {
 func (h *hostPod) closeLocked() {
 	if h.pause != nil {
 		_ = h.pause.Process.Kill()
-		h.pause = nil
+		h.pauseLife.Close()
+		h.pause, h.pauseLife = nil, nil
 	}
 	for k, f := range h.ns {
 		f.Close()

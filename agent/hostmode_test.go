@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -210,6 +211,9 @@ func TestHostModeSandboxLifecycle(t *testing.T) {
 	if _, err := a.CreateSandbox(ctx, &agentapi.CreateSandboxRequest{SandboxId: "p"}); status.Code(err) != codes.AlreadyExists {
 		t.Fatalf("second CreateSandbox: %v", err)
 	}
+	if len(pauseProcesses(t)) != 1 {
+		t.Fatalf("pause processes %v, want the pod's one", pauseProcesses(t))
+	}
 	if _, err := a.DestroySandbox(ctx, &agentapi.DestroySandboxRequest{SandboxId: "p"}); err != nil {
 		t.Fatal(err)
 	}
@@ -224,6 +228,33 @@ func TestHostModeSandboxLifecycle(t *testing.T) {
 	if _, err := os.Stat(sock); !os.IsNotExist(err) {
 		t.Fatalf("socket left behind: %v", err)
 	}
+	for deadline := time.Now().Add(5 * time.Second); len(pauseProcesses(t)) > 0; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the pod's pause process outlived its agent: %v", pauseProcesses(t))
+		}
+	}
+}
+
+// pauseProcesses lists live host-mode pause processes this test started.
+func pauseProcesses(t *testing.T) []int {
+	t.Helper()
+	var out []int
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		cmdline, _ := os.ReadFile("/proc/" + e.Name() + "/cmdline")
+		stat, _ := os.ReadFile("/proc/" + e.Name() + "/stat")
+		_, rest, _ := strings.Cut(string(stat), ") ")
+		fields := strings.Fields(rest) // state, ppid, ...
+		if strings.Contains(string(cmdline), "pause\x00"+pauseExitWithParent) && len(fields) > 1 &&
+			fields[0] != "Z" && fields[1] == strconv.Itoa(os.Getpid()) {
+			out = append(out, pid)
+		}
+	}
+	return out
 }
 
 func TestUnshareIPCUTSLeavesTheCallerAlone(t *testing.T) {
@@ -299,5 +330,24 @@ func TestReadOutputKeepsWhatAFailedSendDidNotDeliver(t *testing.T) {
 	}
 	if string(next.got) != "line-1\nline-2\n" {
 		t.Fatalf("the next reader got %q", next.got)
+	}
+}
+
+// TestLateReaderGetsTheOutputOfAFinishedExec: cocoond asks for an exec's
+// output and its exit at once; when the exit is reported first (a process
+// that ends at once, as on a host pod), the output is still there.
+func TestLateReaderGetsTheOutputOfAFinishedExec(t *testing.T) {
+	hostShell(t)
+	a, _ := serveForTest(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := a.ExecProcess(ctx, &agentapi.ExecProcessRequest{ExecId: "quick", GuestRoot: true, Process: guestProcessJSON(t, nil, "/bin/sh", "-c", "echo late")}); err != nil {
+		t.Fatal(err)
+	}
+	if res, err := a.WaitProcess(ctx, &agentapi.ProcessRequest{ExecId: "quick"}); err != nil || res.GetExitCode() != 0 {
+		t.Fatalf("wait: %v %v", res, err)
+	}
+	if got := <-readAll(ctx, t, a, "quick", agentapi.ReadOutputRequest_STDOUT); got != "late\n" {
+		t.Fatalf("stdout read after the exit was reported: %q", got)
 	}
 }

@@ -44,6 +44,9 @@ func startPodPIDNamespace() (*os.Process, error) {
 // RunPause is the pause process: PID 1 of the pod's PID namespace. It reaps
 // the processes the pod's containers orphan and exits on SIGTERM.
 func RunPause() {
+	if len(os.Args) > 2 && os.Args[2] == pauseExitWithParent {
+		exitWithParent() // a host pod's (hostmode.go)
+	}
 	sigs := make(chan os.Signal, 8)
 	signal.Notify(sigs, unix.SIGCHLD, unix.SIGTERM, unix.SIGINT)
 	for sig := range sigs {

@@ -111,6 +111,30 @@ func TestHostNamespacePods(t *testing.T) {
 		t.Fatalf("the container is not on the pod network: %q", out)
 	}
 
+	// A hostIPC pod whose containers share a PID namespace (critest's
+	// HostIpc spec): it sees the host's shared memory segments.
+	out, err := exec.Command("ipcmk", "-M", "4096").Output()
+	if err != nil {
+		t.Fatalf("ipcmk: %v", err)
+	}
+	segment := strings.TrimPrefix(strings.TrimSpace(string(out)), "Shared memory id: ")
+	defer func() { _ = exec.Command("ipcrm", "-m", segment).Run() }()
+	ipcCfg := &runtimeapi.PodSandboxConfig{
+		Metadata:     &runtimeapi.PodSandboxMetadata{Name: "hostipc", Namespace: "default", Uid: "hostipc-1"},
+		LogDirectory: logDir,
+		Linux: &runtimeapi.LinuxPodSandboxConfig{SecurityContext: &runtimeapi.LinuxSandboxSecurityContext{
+			NamespaceOptions: &runtimeapi.NamespaceOption{Ipc: runtimeapi.NamespaceMode_NODE, Pid: runtimeapi.NamespaceMode_POD},
+		}},
+	}
+	ipcPod := runPod(ctx, t, d, ipcCfg)
+	ipc := startCtr(ctx, t, d, ipcPod, ipcCfg, "ipc", nil, "sleep", "3600")
+	if out := execOK(ctx, t, d, ipc, "ipcs", "-m"); !strings.Contains(out, segment) {
+		t.Fatalf("hostIPC pod does not see the host's segment %s:\n%s", segment, out)
+	}
+	if _, err := d.runtime.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: ipcPod}); err != nil {
+		t.Fatal(err)
+	}
+
 	// Restart cocoond: the containers keep running, nothing of the log is lost.
 	agents := processesUnder(filepath.Join(dir, "run", "vm"))
 	if err := d.stop(); err != nil {
@@ -203,7 +227,8 @@ func startCtr(ctx context.Context, t *testing.T, d *env, pod string, podCfg *run
 		t.Fatalf("create %s: %v", name, err)
 	}
 	if _, err := d.runtime.StartContainer(ctx, &runtimeapi.StartContainerRequest{ContainerId: c.ContainerId}); err != nil {
-		t.Fatalf("start %s: %v", name, err)
+		logs, _ := exec.Command("sh", "-c", "tail -n 20 "+d.dir+"/run/vm/*/cocoon-agent.log").CombinedOutput()
+		t.Fatalf("start %s: %v\nhost pod agents' logs:\n%s", name, err, logs)
 	}
 	return c.ContainerId
 }
