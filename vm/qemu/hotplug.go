@@ -77,20 +77,32 @@ type memoryDevice struct {
 	} `json:"data"`
 }
 
-// nextDIMM is the lowest dimm<N> the VM does not have. QEMU is asked rather
-// than a counter kept: a counter would restart at 0 after cocoond re-adopts
-// the VM, and the next resize would reuse a name.
+// nextDIMM is the lowest N for which the VM has neither a dimm<N> device nor
+// an hpmem<N> memory backend. QEMU is asked rather than a counter kept: a
+// counter would restart at 0 after cocoond re-adopts the VM, and the next
+// resize would reuse a name. The backends count too: a cocoond killed between
+// object-add and device_add leaves an hpmem<N> with no DIMM, and QEMU refuses
+// a second object of that id.
 func (v *qemuVM) nextDIMM(ctx context.Context) (int, error) {
 	var devs []memoryDevice
 	if err := v.qmp.Execute(ctx, "query-memory-devices", nil, &devs); err != nil {
+		return 0, err
+	}
+	var backends []struct {
+		ID string `json:"id"`
+	}
+	if err := v.qmp.Execute(ctx, "query-memdev", nil, &backends); err != nil {
 		return 0, err
 	}
 	taken := map[string]bool{}
 	for _, d := range devs {
 		taken[d.Data.ID] = true
 	}
+	for _, b := range backends {
+		taken[b.ID] = true
+	}
 	n := 0
-	for taken[fmt.Sprintf("dimm%d", n)] {
+	for taken[fmt.Sprintf("dimm%d", n)] || taken[fmt.Sprintf("hpmem%d", n)] {
 		n++
 	}
 	return n, nil
