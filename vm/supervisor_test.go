@@ -288,7 +288,7 @@ func TestSupervisorEndsTheVMWithItsHelper(t *testing.T) {
 		{name: "virtiofsd ends, then the VMM (a guest powering off)", killHelper: true, vmmFollows: true, wantErrWith: "fakevmm exited: signal: terminated"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			t.Parallel()
+			// Not parallel: the harness swaps the package's VirtiofsdPath.
 			h := newSupervisorHarness(t)
 			s := h.mustLaunch(&fakeHypervisor{t: t}, h.spec("vm"))
 			st := s.State()
