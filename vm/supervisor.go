@@ -237,21 +237,29 @@ func (s *Supervisor) Adopt(ctx context.Context, connect func(ctx context.Context
 	} else {
 		s.log.WithError(err).Warn("guest console not copied: its output is dropped")
 	}
-	for _, w := range helpers {
-		AdoptHelperLog(filepath.Join(st.RunDir, w.Name+".log"), w.Done(), s.log)
-	}
 	s.cleanup.Push("virtiofsd", s.stopHelpers)
 	s.cleanup.Push(s.name, proc.Kill)
 	undo, err := connect(ctx)
 	if err != nil {
 		if ctx.Err() != nil {
-			// Our caller gave up, the VM did not: leave it for the next try.
+			// Our caller gave up, the VM did not: leave it for the next try,
+			// holding nothing of it (no pidfd, no copier: the next try
+			// opens its own).
 			s.closeConsole()
+			proc.Release()
+			for _, w := range helpers {
+				w.Release()
+			}
 			return fmt.Errorf("%s: adopt %s: %w", st.Driver, st.ID, err)
 		}
 		return s.abandon(&st, fmt.Errorf("%s (pid %d): %w", s.name, st.Pid, err))
 	}
 	s.cleanup.Push("control", undo)
+	// Only now that the VM is ours: a copier started before would outlive
+	// an adoption the caller gave up on, and read the FIFO against the next.
+	for _, w := range helpers {
+		AdoptHelperLog(filepath.Join(st.RunDir, w.Name+".log"), w.Done(), s.log)
+	}
 	s.watchHelpers()
 	s.log.WithField("pid", st.Pid).Info("adopted VM")
 	return nil

@@ -472,3 +472,38 @@ func TestSupervisorAdoptIgnoresAReusedPid(t *testing.T) {
 		t.Errorf("run dir left: %v", err)
 	}
 }
+
+// An adoption the caller gives up on holds nothing of the VM it leaves
+// running: no pidfd or watcher, no copier of a helper's log (which would
+// read that FIFO against the next try's copier).
+func TestSupervisorAdoptGivenUpHoldsNothing(t *testing.T) {
+	h := newSupervisorHarness(t)
+	old := h.mustLaunch(&fakeHypervisor{t: t}, h.spec("vm"))
+	old.Detach()
+	st := old.State()
+	fds := func() int {
+		e, err := os.ReadDir("/proc/self/fd")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(e)
+	}
+	before := fds()
+	for range 3 {
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		if _, err := h.adopt(ctx, &fakeHypervisor{t: t, connErr: context.Canceled}, st); !errors.Is(err, context.Canceled) {
+			t.Fatalf("Adopt = %v, want context.Canceled", err)
+		}
+	}
+	// Released watchers close their fds as they return.
+	for deadline := time.Now().Add(2 * time.Second); fds() != before && time.Now().Before(deadline); {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if n := fds() - before; n != 0 {
+		t.Errorf("3 adoptions given up left %d fds open", n)
+	}
+	if ProcessesReferencing("/proc", st.RunDir) == nil {
+		t.Error("the VM was stopped")
+	}
+}
