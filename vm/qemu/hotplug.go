@@ -3,6 +3,7 @@ package qemu
 import (
 	"context"
 	"fmt"
+	"path"
 
 	"github.com/cocoon-runtime/cocoon/vm"
 )
@@ -47,15 +48,25 @@ func (v *qemuVM) addCPUs(ctx context.Context, cur, want uint32) error {
 			return err
 		}
 		var slot *hotpluggableCPU
+		taken := map[string]bool{} // ids of plugged vCPUs (/machine/peripheral/<id>)
 		for i := range cpus {
 			if cpus[i].QOMPath == "" {
 				slot = &cpus[i]
+			} else {
+				taken[path.Base(cpus[i].QOMPath)] = true
 			}
 		}
 		if slot == nil {
 			return fmt.Errorf("qemu: no free vCPU slot for %d vCPUs (max %d)", want, cur)
 		}
-		id := fmt.Sprintf("cpu%d", cur)
+		// Named from what QEMU has, not from cur alone: a record that lags
+		// QEMU (cocoond died after a plug, before the record) would name a
+		// vCPU that exists, and QEMU refuses a duplicate id.
+		n := cur
+		for taken[fmt.Sprintf("cpu%d", n)] {
+			n++
+		}
+		id := fmt.Sprintf("cpu%d", n)
 		dev := map[string]any{"driver": slot.Type, "id": id}
 		for k, val := range slot.Props {
 			dev[k] = val
