@@ -212,6 +212,10 @@ func (s *Supervisor) Adopt(ctx context.Context, connect func(ctx context.Context
 	if st.RunDir == "" || st.Pid == 0 {
 		return fmt.Errorf("%s: state of %s lacks a run dir or a pid", st.Driver, st.ID)
 	}
+	// Stop and abandon remove the run dir: never one a damaged record names.
+	if err := checkRunDir(st.RunDir); err != nil {
+		return fmt.Errorf("%s: state of %s: %w", st.Driver, st.ID, err)
+	}
 	proc, err := AdoptWatched(Process{Name: s.name, Pid: st.Pid, StartTime: st.StartTime})
 	if err != nil {
 		return s.abandon(&st, err)

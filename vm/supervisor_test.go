@@ -507,3 +507,26 @@ func TestSupervisorAdoptGivenUpHoldsNothing(t *testing.T) {
 		t.Error("the VM was stopped")
 	}
 }
+
+// A record whose run dir is not a VM run dir (relative, or shallow: a damaged
+// or hand-edited record) must not make cocoond remove it: KillReferencing
+// already refuses such a path, and the removal must too.
+func TestRemovalRefusesARunDirThatIsNoRunDir(t *testing.T) {
+	t.Chdir(t.TempDir())
+	if err := os.MkdirAll("victim", 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join("victim", "precious"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	st := &State{Driver: "fake", ID: "bad", RunDir: "victim", Pid: 1 << 22, StartTime: 1}
+	if err := RemoveDead(st); err == nil {
+		t.Error("RemoveDead of a relative run dir succeeded")
+	}
+	if err := NewSupervisor(*st, "fakevmm", nil, quietLog()).Adopt(context.Background(), nil); err == nil {
+		t.Error("Adopt of a relative run dir succeeded")
+	}
+	if _, err := os.Stat(filepath.Join("victim", "precious")); err != nil {
+		t.Errorf("a dir named by a bad record was removed: %v", err)
+	}
+}
