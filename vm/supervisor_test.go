@@ -23,7 +23,7 @@ import (
 
 // The test binary doubles as a fake VMM and a fake virtiofsd, so the
 // supervisor runs, watches and kills real processes.
-const envFake = "COCOON_TEST_FAKE" // "vmm", "stubborn-vmm" or "virtiofsd"
+const envFake = "COCOON_TEST_FAKE" // "vmm", "stubborn-vmm", "chatty-vmm" or "virtiofsd"
 
 func TestMain(m *testing.M) {
 	switch os.Getenv(envFake) {
@@ -31,6 +31,15 @@ func TestMain(m *testing.M) {
 		sleepForever() // SIGTERM (the fake's graceful shutdown) ends it
 	case "stubborn-vmm":
 		signal.Ignore(syscall.SIGTERM)
+		sleepForever()
+	case "chatty-vmm":
+		// A guest can make its VMM print without end (a device it breaks
+		// and resets, again and again): 8 MiB of warnings, then wait.
+		signal.Ignore(syscall.SIGPIPE)
+		line := []byte(strings.Repeat("w", 1023) + "\n")
+		for range 8 << 10 {
+			_, _ = os.Stderr.Write(line)
+		}
 		sleepForever()
 	case "virtiofsd":
 		os.Exit(fakeVirtiofsd(os.Args[1:]))
@@ -76,6 +85,7 @@ func sleepForever() {
 type fakeHypervisor struct {
 	t         *testing.T
 	stubborn  bool  // the VMM ignores the graceful shutdown
+	chatty    bool  // the VMM writes 8 MiB to stderr
 	readyErr  error // the Ready step fails
 	connErr   error // connecting to an adopted VMM fails
 	shutdowns int
@@ -92,6 +102,9 @@ func (f *fakeHypervisor) vmmCommand(runDir string) *exec.Cmd {
 	mode := "vmm"
 	if f.stubborn {
 		mode = "stubborn-vmm"
+	}
+	if f.chatty {
+		mode = "chatty-vmm"
 	}
 	cmd.Env = append(os.Environ(), envFake+"="+mode)
 	return cmd
@@ -528,5 +541,27 @@ func TestRemovalRefusesARunDirThatIsNoRunDir(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join("victim", "precious")); err != nil {
 		t.Errorf("a dir named by a bad record was removed: %v", err)
+	}
+}
+
+// The VMM's own log is per-pod host storage the guest can fill (a VMM prints
+// what a guest's misbehaving devices make it print): it is capped like the
+// console and the helpers' logs.
+func TestSupervisorCapsTheVMMLog(t *testing.T) {
+	h := newSupervisorHarness(t)
+	spec := h.spec("vm")
+	s := h.mustLaunch(&fakeHypervisor{t: t, chatty: true}, spec)
+	time.Sleep(2 * time.Second) // the fake writes 8 MiB
+	var total int64
+	for _, p := range []string{VMMLog(spec.RunDir, "fakevmm"), VMMLog(spec.RunDir, "fakevmm") + ".1"} {
+		if fi, err := os.Stat(p); err == nil {
+			total += fi.Size()
+		}
+	}
+	if total == 0 || total > 2*HelperLogMax {
+		t.Errorf("the VMM's log holds %d bytes, want 1..%d", total, 2*HelperLogMax)
+	}
+	if err := s.Stop(context.Background()); err != nil {
+		t.Fatal(err)
 	}
 }
