@@ -51,6 +51,9 @@ type Watched struct {
 	done chan struct{}
 	err  error
 	cmd  *exec.Cmd
+	// release ends the watch of an adopted process (Release); nil for a
+	// child.
+	release *os.File
 }
 
 // StartWatched starts cmd in its own session, so it outlives cocoond, and
@@ -112,17 +115,28 @@ func AdoptWatched(p Process) (*Watched, error) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("%s (pid %d): %w", p.Name, p.Pid, ErrNotRunning)
 	}
-	w := &Watched{Process: p, done: make(chan struct{})}
+	stopR, stopW, err := os.Pipe()
+	if err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	w := &Watched{Process: p, done: make(chan struct{}), release: stopW}
 	go func() {
 		defer unix.Close(fd)
+		defer stopR.Close()
+		defer stopW.Close()
+		stop := int32(stopR.Fd())
 		for {
-			fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+			fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}, {Fd: stop, Events: unix.POLLIN}}
 			if _, err := unix.Poll(fds, -1); err != nil && !errors.Is(err, unix.EINTR) {
 				w.err = err
 				break
 			}
 			if fds[0].Revents != 0 {
 				break
+			}
+			if fds[1].Revents != 0 {
+				return // released: the process runs on, unwatched; Done stays open
 			}
 		}
 		if w.err == nil {
@@ -131,6 +145,14 @@ func AdoptWatched(p Process) (*Watched, error) {
 		close(w.done)
 	}()
 	return w, nil
+}
+
+// Release stops watching an adopted process without touching it: its pidfd
+// and watcher go, and Done never closes. A no-op for a child we started.
+func (w *Watched) Release() {
+	if w.release != nil {
+		_, _ = w.release.Write([]byte{0}) // fails harmlessly once the watch ended
+	}
 }
 
 // Done is closed when the process has exited.

@@ -88,7 +88,7 @@ func (v *qemuVM) DialAgent(ctx context.Context) (net.Conn, error) {
 
 // logTail adds the end of QEMU's own log to an error, where the reason is.
 func (v *qemuVM) logTail() string {
-	if s := vm.FileTail(vm.VMMLog(v.State().RunDir, processName), 600); s != "" {
+	if s := v.LogTail(600); s != "" {
 		return " (qemu: " + s + ")"
 	}
 	return ""
