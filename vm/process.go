@@ -44,6 +44,21 @@ func (p Process) Alive() bool {
 	return err == nil && st.Starttime == p.StartTime && st.State != "Z"
 }
 
+// Signal sends sig to p and never to a later process that got its pid: the
+// signal goes through a fresh pidfd, opened and then checked against the
+// recorded start time. A process that is gone is not an error.
+func (p Process) Signal(sig unix.Signal) {
+	fd, err := unix.PidfdOpen(p.Pid, 0)
+	if err != nil {
+		return
+	}
+	defer unix.Close(fd)
+	if !p.Alive() {
+		return
+	}
+	_ = unix.PidfdSendSignal(fd, sig, nil, 0)
+}
+
 // Watched is a process whose exit we learn about: a child we started (reaped
 // through exec.Cmd) or an adopted one (watched through a pidfd).
 type Watched struct {
@@ -171,6 +186,16 @@ func (w *Watched) Exited() bool {
 	}
 }
 
+// signal sends sig to this very process: a child we started keeps its pid
+// until we reap it, and an adopted one goes through Process.Signal.
+func (w *Watched) signal(sig unix.Signal) {
+	if w.cmd != nil {
+		_ = w.cmd.Process.Signal(sig)
+		return
+	}
+	w.Signal(sig)
+}
+
 // Kill sends SIGKILL and waits for the process to go.
 func (w *Watched) Kill() error { return w.Terminate(0) }
 
@@ -181,14 +206,14 @@ func (w *Watched) Terminate(grace time.Duration) error {
 		return nil
 	}
 	if grace > 0 {
-		_ = unix.Kill(w.Pid, unix.SIGTERM)
+		w.signal(unix.SIGTERM)
 		select {
 		case <-w.done:
 			return nil
 		case <-time.After(grace):
 		}
 	}
-	_ = unix.Kill(w.Pid, unix.SIGKILL)
+	w.signal(unix.SIGKILL)
 	select {
 	case <-w.done:
 		return nil

@@ -204,7 +204,7 @@ func KillReferencing(procDir, dir string) error {
 	}
 	pids := ProcessesReferencing(procDir, dir)
 	for _, p := range pids {
-		_ = unix.Kill(p.Pid, unix.SIGKILL)
+		p.Signal(unix.SIGKILL)
 	}
 	deadline := time.Now().Add(5 * time.Second)
 	for _, p := range pids {
