@@ -155,11 +155,12 @@ conformance: deps build tools
 	$(MAKE) guest GUEST_DIR=$(TEST_GUEST)
 	BIN=$(BIN) COCOON_GUEST_DIR=$(TEST_GUEST) test/critest/run.sh --baseline
 
-## bench: image pull through cocoond against skopeo, guest boot against bare kernel boot, as ratios
+## bench: image pull through cocoond against skopeo, guest boot against bare kernel boot, memory per idle pod and density against containerd+runc, as ratios
 bench: deps build tools
 	BIN=$(BIN) test/bench/pull.sh
 	$(MAKE) guest GUEST_DIR=$(TEST_GUEST)
 	BIN=$(BIN) COCOON_GUEST_DIR=$(TEST_GUEST) test/bench/pods.sh
+	BIN=$(BIN) COCOON_GUEST_DIR=$(TEST_GUEST) test/bench/memory.sh
 	CGO_ENABLED=1 COCOON_INTEGRATION=1 COCOON_GUEST_DIR=$(TEST_GUEST) $(GO) test -run XXX -bench GuestBoot -benchtime $${BOOTS:-5}x ./test/e2e/
 	CGO_ENABLED=1 COCOON_INTEGRATION=1 COCOON_GUEST_DIR=$(TEST_GUEST) $(GO) test -run XXX -bench QEMUColdBoot -benchtime $${BOOTS:-10}x ./vm/qemu/
 	CGO_ENABLED=1 COCOON_INTEGRATION=1 COCOON_GUEST_DIR=$(TEST_GUEST) COCOON_CYCLES=$${CYCLES:-50} $(GO) test -count=1 -v -timeout 30m -run BootStopCycles ./vm/qemu/ | grep -E "cycles|^(---|ok|FAIL)"
