@@ -74,6 +74,8 @@ type Manager struct {
 
 	mu   sync.Mutex
 	live map[string]*podRuntime // running pods' VM and agent connection
+	// pools are the handlers' warm pools (pool.go), set by StartPools.
+	pools map[string]*pool
 
 	podCIDR func() string
 	cpu     cpuSamples
