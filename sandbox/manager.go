@@ -76,6 +76,8 @@ type Manager struct {
 	live map[string]*podRuntime // running pods' VM and agent connection
 	// pools are the handlers' warm pools (pool.go), set by StartPools.
 	pools map[string]*pool
+	// refillDelay overrides the pools' defaultRefillDelay (tests).
+	refillDelay time.Duration
 
 	podCIDR func() string
 	cpu     cpuSamples

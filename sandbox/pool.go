@@ -59,6 +59,10 @@ const warmNice = 19
 // several times a pod's boot timeout on a busy host.
 const warmBootTimeouts = 4
 
+// defaultRefillDelay is how long a pool waits after a claim before it boots
+// the replacement (pool.refillDelay).
+const defaultRefillDelay = 2 * time.Second
+
 // autoPoolGiveUp is how many boots an auto-sized pool tries before it
 // concludes its VMs cannot boot here.
 const autoPoolGiveUp = 3
@@ -72,9 +76,11 @@ type pool struct {
 	h       config.Handler
 	size    int
 	auto    bool // sized by the host, not by the config
-	make    WarmMaker
-	discard func(context.Context, *warmVM) error
-	log     *logrus.Entry
+	// refillDelay is how long a refill waits after a VM left the pool.
+	refillDelay time.Duration
+	make        WarmMaker
+	discard     func(context.Context, *warmVM) error
+	log         *logrus.Entry
 
 	mu       sync.Mutex
 	ready    []*warmVM
@@ -95,6 +101,10 @@ func (m *Manager) StartPools(maker WarmMaker) {
 		m.opts.Log.Info("warm pools off: the network cannot hold a warm VM's tap")
 		return
 	}
+	delay := m.refillDelay
+	if delay == 0 {
+		delay = defaultRefillDelay
+	}
 	cpus, avail := hostRoom()
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -114,7 +124,7 @@ func (m *Manager) StartPools(maker WarmMaker) {
 		}
 		ctx, cancel := context.WithCancel(context.Background())
 		p := &pool{
-			handler: name, h: h, size: size, auto: h.Pool.Size == nil || *h.Pool.Size == config.PoolAuto, make: maker, discard: m.discardWarm, log: log,
+			handler: name, h: h, size: size, auto: h.Pool.Size == nil || *h.Pool.Size == config.PoolAuto, make: maker, refillDelay: delay, discard: m.discardWarm, log: log,
 			kick: make(chan struct{}, 1), cancel: cancel, done: make(chan struct{}),
 		}
 		m.pools[name] = p
@@ -217,6 +227,14 @@ func (p *pool) run(ctx context.Context) {
 		}
 		select {
 		case <-p.kick:
+		case <-ctx.Done():
+			return
+		}
+		// The pod that just took a VM creates its containers next; a boot
+		// competes with it for CPU even at nice 19 (the guest, cocoond and
+		// virtiofsd share the cores), so let it start first.
+		select {
+		case <-time.After(p.refillDelay):
 		case <-ctx.Done():
 			return
 		}

@@ -13,8 +13,8 @@ import (
 
 	"github.com/containerd/ttrpc"
 
-	"github.com/cocoon-runtime/cocoon/api/agent/agenttest"
 	agentapi "github.com/cocoon-runtime/cocoon/api/agent"
+	"github.com/cocoon-runtime/cocoon/api/agent/agenttest"
 	"github.com/cocoon-runtime/cocoon/config"
 	"github.com/cocoon-runtime/cocoon/vm"
 )
@@ -107,6 +107,7 @@ func poolManager(t *testing.T, size int) (*Manager, *fakeWarmNetwork, *fakeDrive
 	d := &fakeDriver{}
 	m := testManager(t, netw.fakeNetwork, d)
 	m.opts.Network = netw
+	m.refillDelay = time.Nanosecond
 	h := m.opts.Runtime.Handlers["h"]
 	h.Pool.Size = &size
 	m.opts.Runtime.Handlers["h"] = h
