@@ -200,3 +200,24 @@ func TestSelfRSS(t *testing.T) {
 		t.Fatalf("agent RSS %d bytes: /proc/self/status misread", rss)
 	}
 }
+
+func TestAddEntropyBounds(t *testing.T) {
+	if err := addEntropy(nil); err != nil {
+		t.Errorf("no entropy: %v, want nothing done", err)
+	}
+	if err := addEntropy(make([]byte, maxEntropy+1)); status.Code(err) != codes.InvalidArgument {
+		t.Errorf("oversized entropy: %v, want InvalidArgument", err)
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("crediting entropy needs CAP_SYS_ADMIN: not root")
+	}
+	if err := addEntropy([]byte("0123456789abcdef")); err != nil {
+		t.Errorf("16 bytes: %v", err)
+	}
+}
+
+func TestSetClockZeroIsNoop(t *testing.T) {
+	if err := setClock(0); err != nil {
+		t.Errorf("setClock(0) = %v, want nothing done", err)
+	}
+}

@@ -77,6 +77,10 @@ type Manager struct {
 
 	mu   sync.Mutex
 	live map[string]*podRuntime // running pods' VM and agent connection
+	// pools are the handlers' warm pools (pool.go), set by StartPools.
+	pools map[string]*pool
+	// refillDelay overrides the pools' defaultRefillDelay (tests).
+	refillDelay time.Duration
 
 	podCIDR func() string
 	cpu     cpuSamples

@@ -2,6 +2,7 @@ package sandbox
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"os"
@@ -13,6 +14,7 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	agentapi "github.com/cocoon-runtime/cocoon/api/agent"
+	"github.com/cocoon-runtime/cocoon/config"
 	"github.com/cocoon-runtime/cocoon/errdefs"
 	"github.com/cocoon-runtime/cocoon/internal/pipeline"
 	"github.com/cocoon-runtime/cocoon/sandbox/ocispec"
@@ -66,16 +68,39 @@ func (m *Manager) RunPod(ctx context.Context, cfg *runtimeapi.PodSandboxConfig, 
 	if err != nil {
 		return "", err
 	}
+	// The warm pool first; an empty pool, or a claim that fails, means a
+	// cold boot, never an error of its own.
+	if w := m.takeWarm(handler); w != nil {
+		id, err := m.runPod(ctx, cfg, raw, handler, h, driver, w)
+		var taken *nameTakenError
+		if err == nil || ctx.Err() != nil || errors.As(err, &taken) {
+			return id, err
+		}
+		m.opts.Log.WithFields(logrus.Fields{"pod": id, "handler": handler}).WithError(err).Warn("claiming a warm VM failed: booting the pod cold")
+	}
+	return m.runPod(ctx, cfg, raw, handler, h, driver, nil)
+}
+
+// runPod runs a pod in w, a warm VM taken from the pool, or, with w nil, in
+// a VM it boots. A failure undoes everything, w included.
+func (m *Manager) runPod(ctx context.Context, cfg *runtimeapi.PodSandboxConfig, raw []byte, handler string, h config.Handler, driver vm.Driver, w *warmVM) (string, error) {
 	id := newID()
+	if w != nil {
+		// Everything of the warm VM is named after the pod it becomes.
+		id = w.id
+	}
 	// Nobody knows the ID yet, but a StopPodSandbox of every pod (crictl
 	// rmp -a) may find the record once it is written.
 	unlock, err := m.locks.lock(ctx, id)
 	if err != nil {
+		m.giveBack(w)
 		return "", err
 	}
 	defer unlock()
 	name := podName(cfg.GetMetadata())
 	if err := m.podNames.reserve(name, id); err != nil {
+		// A kubelet retry: the warm VM is still nobody's.
+		m.giveBack(w)
 		return "", err
 	}
 	pod := Pod{
@@ -124,8 +149,21 @@ func (m *Manager) RunPod(ctx context.Context, cfg *runtimeapi.PodSandboxConfig, 
 				return m.pods.remove(id)
 			}, nil
 		}},
+		// Before the claim or the VM: its undo (removing the cgroup) must run
+		// after theirs has stopped the processes in it.
+		m.cgroupStep(&pod, cfg.GetLinux().GetCgroupParent(), tracked),
+		{Name: "claim", Run: func(context.Context) (func() error, error) {
+			// Right after the record: any later failure discards the whole
+			// warm VM (VM, then network, then dirs), and a failed undo
+			// leaves the record to finish it.
+			rt.vmm, rt.client, rt.agent = w.vmm, w.client, agentapi.NewAgentClient(w.client)
+			return tracked(func() error { return m.discardWarm(context.Background(), w) }), claimPriority(w.vmm)
+		}},
 		{Name: "dirs", Run: func(context.Context) (func() error, error) {
 			undo := func() error { return removePodDirs(pod.RunDir, pod.ShareDir) }
+			if w != nil {
+				return nil, nil // the warm VM's, at the same paths; the claim undoes them
+			}
 			if err := mkdirs(pod.RunDir); err != nil {
 				return nil, err
 			}
@@ -133,16 +171,26 @@ func (m *Manager) RunPod(ctx context.Context, cfg *runtimeapi.PodSandboxConfig, 
 		}},
 		{Name: "network", Run: func(ctx context.Context) (func() error, error) {
 			md := cfg.GetMetadata()
-			n, err := m.opts.Network.Attach(ctx, PodNetworkRequest{
+			req := PodNetworkRequest{
 				PodID: id, Name: md.GetName(), Namespace: md.GetNamespace(), UID: md.GetUid(),
 				PortMappings: cfg.GetPortMappings(), PodCIDR: m.podCIDR(),
-			})
-			if err != nil {
-				return nil, err
+			}
+			var n *PodNetwork
+			var undo func() error
+			if w != nil {
+				// The netns is the warm VM's: the claim's undo detaches it.
+				if n, err = m.attachHeld(ctx, req, w); err != nil {
+					return nil, err
+				}
+				undo = func() error { return nil }
+			} else {
+				if n, err = m.opts.Network.Attach(ctx, req); err != nil {
+					return nil, err
+				}
+				undo = tracked(func() error { n.Tap.Close(); return m.opts.Network.Detach(context.Background(), id, n.NetnsPath) })
 			}
 			net = n
 			pod.NetnsPath, pod.IPs = n.NetnsPath, n.IPs
-			undo := tracked(func() error { n.Tap.Close(); return m.opts.Network.Detach(context.Background(), id, n.NetnsPath) })
 			if _, err := m.pods.update(id, func(p *Pod) error { p.NetnsPath, p.IPs = n.NetnsPath, n.IPs; return nil }); err != nil {
 				return undo, err
 			}
@@ -150,7 +198,6 @@ func (m *Manager) RunPod(ctx context.Context, cfg *runtimeapi.PodSandboxConfig, 
 		}},
 		// Written before the VM exists: the guest never had a chance to
 		// plant anything where they go.
-		m.cgroupStep(&pod, cfg.GetLinux().GetCgroupParent(), tracked),
 		{Name: "pod-files", Run: func(context.Context) (func() error, error) {
 			return nil, writePodFiles(pod.ShareDir, cfg, net)
 		}},
@@ -197,8 +244,12 @@ func (m *Manager) RunPod(ctx context.Context, cfg *runtimeapi.PodSandboxConfig, 
 			rt.client, rt.agent = c, agentapi.NewAgentClient(c)
 			return c.Close, nil
 		}},
+		{Name: "grow", Run: func(ctx context.Context) (func() error, error) {
+			// The warm VM has the handler's size; the pod's limits may want more.
+			return nil, m.growClaimed(ctx, rt, h, cfg.GetLinux().GetResources())
+		}},
 		{Name: "guest-setup", Run: func(ctx context.Context) (func() error, error) {
-			return nil, m.setupGuest(ctx, rt.agent, id, cfg, net)
+			return nil, m.setupGuest(ctx, rt.agent, id, cfg, claimedNetwork(net, w))
 		}},
 		{Name: "seal-share", Run: func(context.Context) (func() error, error) {
 			// Before any workload runs: from here on the guest writes only
@@ -218,6 +269,11 @@ func (m *Manager) RunPod(ctx context.Context, cfg *runtimeapi.PodSandboxConfig, 
 			_, err := m.pods.update(id, func(p *Pod) error { *p = pod; return nil })
 			return nil, err
 		}},
+	}
+	if w != nil {
+		steps = withoutSteps(steps, "vm-create", "vm-start", "agent")
+	} else {
+		steps = withoutSteps(steps, "claim", "grow")
 	}
 	if _, err := pipeline.Run(bootCtx, log, steps); err != nil {
 		if !bootStart.IsZero() && !booted {
@@ -286,12 +342,20 @@ func (m *Manager) setupGuest(ctx context.Context, a agentapi.AgentClient, id str
 	if err != nil {
 		return err
 	}
+	entropy := make([]byte, guestEntropyBytes)
+	if _, err := rand.Read(entropy); err != nil {
+		return fmt.Errorf("entropy for the guest: %w", err)
+	}
 	_, err = a.CreateSandbox(ctx, &agentapi.CreateSandboxRequest{
-		SandboxId:  id,
-		Hostname:   hostname,
-		ResolvConf: resolvConf(cfg.GetDnsConfig()),
-		Hosts:      hostsFile(net.IPs, hostname),
-		Sysctls:    sysctls,
+		SandboxId: id,
+		// A guest booted ahead of its pod, or restored, has a stale clock
+		// and random state it may share with others.
+		ClockUnixNano: time.Now().UnixNano(),
+		Entropy:       entropy,
+		Hostname:      hostname,
+		ResolvConf:    resolvConf(cfg.GetDnsConfig()),
+		Hosts:         hostsFile(net.IPs, hostname),
+		Sysctls:       sysctls,
 		// shareProcessNamespace: the agent makes a PID namespace the pod's containers join.
 		SharedPidNamespace: cfg.GetLinux().GetSecurityContext().GetNamespaceOptions().GetPid() == runtimeapi.NamespaceMode_POD,
 		Shares:             []*agentapi.Share{{Kind: agentapi.Share_VIRTIOFS, Tag: shareTag, MountPoint: guestShare}},

@@ -28,17 +28,7 @@ func (n *CNINetwork) Attach(ctx context.Context, req PodNetworkRequest) (_ *PodN
 			err = errors.Join(err, n.Detach(context.Background(), req.PodID, ns.Path()))
 		}
 	}()
-	pod := cni.PodNetwork{
-		ID: req.PodID, Name: req.Name, Namespace: req.Namespace, UID: req.UID,
-		NetnsPath: ns.Path(), PodCIDR: req.PodCIDR,
-	}
-	for _, pm := range req.PortMappings {
-		pod.PortMappings = append(pod.PortMappings, cni.PortMapping{
-			HostPort: pm.GetHostPort(), ContainerPort: pm.GetContainerPort(),
-			Protocol: protocolName(pm.GetProtocol().String()), HostIP: pm.GetHostIp(),
-		})
-	}
-	res, err := n.CNI.Setup(ctx, pod)
+	res, err := n.CNI.Setup(ctx, cniPod(req, ns.Path()))
 	if err != nil {
 		return nil, fmt.Errorf("CNI ADD: %w", err)
 	}
@@ -46,15 +36,35 @@ func (n *CNINetwork) Attach(ctx context.Context, req PodNetworkRequest) (_ *PodN
 	if err != nil {
 		return nil, fmt.Errorf("tap: %w", err)
 	}
+	return podNetwork(ns.Path(), tap, res), nil
+}
+
+// cniPod is the CNI view of a pod in netnsPath.
+func cniPod(req PodNetworkRequest, netnsPath string) cni.PodNetwork {
+	pod := cni.PodNetwork{
+		ID: req.PodID, Name: req.Name, Namespace: req.Namespace, UID: req.UID,
+		NetnsPath: netnsPath, PodCIDR: req.PodCIDR,
+	}
+	for _, pm := range req.PortMappings {
+		pod.PortMappings = append(pod.PortMappings, cni.PortMapping{
+			HostPort: pm.GetHostPort(), ContainerPort: pm.GetContainerPort(),
+			Protocol: protocolName(pm.GetProtocol().String()), HostIP: pm.GetHostIp(),
+		})
+	}
+	return pod
+}
+
+// podNetwork is what the pod's VM and guest need from CNI's result.
+func podNetwork(netnsPath string, tap *cni.Tap, res *cni.Result) *PodNetwork {
 	iface, routes := AgentNetwork(res.Guest())
 	out := &PodNetwork{
-		NetnsPath: ns.Path(), Tap: tap.File, MAC: tap.MAC, MTU: tap.MTU,
+		NetnsPath: netnsPath, Tap: tap.File, MAC: tap.MAC, MTU: tap.MTU,
 		Interface: iface, Routes: routes,
 	}
 	for _, ip := range res.IPs {
 		out.IPs = append(out.IPs, ip.String())
 	}
-	return out, nil
+	return out
 }
 
 // Detach implements network; every part tolerates being already undone.

@@ -120,6 +120,19 @@ type State struct {
 	Accel         string `json:"accel,omitempty"`
 }
 
+// Pids are the VMM process and its helpers (virtiofsd): what a pod cgroup
+// holds, what a priority applies to.
+func (s *State) Pids() []int {
+	if s.Pid == 0 {
+		return nil
+	}
+	pids := []int{s.Pid}
+	for _, h := range s.Helpers {
+		pids = append(pids, h.Pid)
+	}
+	return pids
+}
+
 // Process is a pid with its start time.
 type Process struct {
 	Name      string `json:"name"`

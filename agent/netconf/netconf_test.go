@@ -140,6 +140,16 @@ func TestUpdateInterface(t *testing.T) {
 		steps: []*agentapi.Interface{{HwAddr: guestMAC, Name: peerName}},
 		want:  &agentapi.Interface{HwAddr: guestMAC, Name: peerName, Mtu: 1500},
 	}, {
+		name: "the link takes a new MAC (a warm pool VM claimed by a pod)",
+		steps: []*agentapi.Interface{{HwAddr: guestMAC, SetHwAddr: "02:00:00:00:00:42", Name: "eth0",
+			Addresses: []*agentapi.IPAddress{{Address: "10.88.0.5/16"}}}},
+		want: &agentapi.Interface{HwAddr: "02:00:00:00:00:42", Name: "eth0", Mtu: 1500,
+			Addresses: []*agentapi.IPAddress{{Address: "10.88.0.5/16"}}},
+	}, {
+		name:  "multicast new MAC changes nothing",
+		steps: []*agentapi.Interface{{HwAddr: guestMAC, SetHwAddr: "01:00:5e:00:00:01", Name: "eth0"}},
+		err:   errdefs.ErrInvalidArgument,
+	}, {
 		name:  "unknown MAC",
 		steps: []*agentapi.Interface{{HwAddr: "02:00:00:00:00:99", Name: "eth0"}},
 		err:   ErrNoSuchInterface,

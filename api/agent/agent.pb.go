@@ -383,8 +383,16 @@ type CreateSandboxRequest struct {
 	Shares  []*Share          `protobuf:"bytes,6,rep,name=shares,proto3" json:"shares,omitempty"`
 	// shared_pid_namespace makes every container share one PID namespace.
 	SharedPidNamespace bool `protobuf:"varint,7,opt,name=shared_pid_namespace,json=sharedPidNamespace,proto3" json:"shared_pid_namespace,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// clock_unix_nano, when set, is the host's wall clock: the agent sets the
+	// guest's to it. A VM booted ahead of its pod (the warm pool) or restored
+	// from a template has a clock that lags the host's.
+	ClockUnixNano int64 `protobuf:"varint,8,opt,name=clock_unix_nano,json=clockUnixNano,proto3" json:"clock_unix_nano,omitempty"`
+	// entropy, when set, is fresh host randomness the agent credits to the
+	// guest's pool (RNDADDENTROPY), so VMs made ahead of time do not share
+	// or lack random state. At most 512 bytes.
+	Entropy       []byte `protobuf:"bytes,9,opt,name=entropy,proto3" json:"entropy,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CreateSandboxRequest) Reset() {
@@ -464,6 +472,20 @@ func (x *CreateSandboxRequest) GetSharedPidNamespace() bool {
 		return x.SharedPidNamespace
 	}
 	return false
+}
+
+func (x *CreateSandboxRequest) GetClockUnixNano() int64 {
+	if x != nil {
+		return x.ClockUnixNano
+	}
+	return 0
+}
+
+func (x *CreateSandboxRequest) GetEntropy() []byte {
+	if x != nil {
+		return x.Entropy
+	}
+	return nil
 }
 
 type DestroySandboxRequest struct {
@@ -1545,9 +1567,12 @@ type Interface struct {
 	// hw_addr identifies the NIC: the guest finds its link by MAC.
 	HwAddr string `protobuf:"bytes,1,opt,name=hw_addr,json=hwAddr,proto3" json:"hw_addr,omitempty"`
 	// name to give the link (e.g. "eth0"); empty keeps the kernel's.
-	Name          string       `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
-	Mtu           uint32       `protobuf:"varint,3,opt,name=mtu,proto3" json:"mtu,omitempty"`
-	Addresses     []*IPAddress `protobuf:"bytes,4,rep,name=addresses,proto3" json:"addresses,omitempty"`
+	Name      string       `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Mtu       uint32       `protobuf:"varint,3,opt,name=mtu,proto3" json:"mtu,omitempty"`
+	Addresses []*IPAddress `protobuf:"bytes,4,rep,name=addresses,proto3" json:"addresses,omitempty"`
+	// set_hw_addr, when set, is the MAC the link takes: a VM booted before its
+	// pod (the warm pool) has a NIC whose MAC is not the pod veth's yet.
+	SetHwAddr     string `protobuf:"bytes,5,opt,name=set_hw_addr,json=setHwAddr,proto3" json:"set_hw_addr,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1608,6 +1633,13 @@ func (x *Interface) GetAddresses() []*IPAddress {
 		return x.Addresses
 	}
 	return nil
+}
+
+func (x *Interface) GetSetHwAddr() string {
+	if x != nil {
+		return x.SetHwAddr
+	}
+	return ""
 }
 
 type Interfaces struct {
@@ -2008,7 +2040,7 @@ const file_agent_proto_rawDesc = "" +
 	"mountPoint\"\x1f\n" +
 	"\x04Kind\x12\f\n" +
 	"\bVIRTIOFS\x10\x00\x12\t\n" +
-	"\x05NINEP\x10\x01\"\xf4\x02\n" +
+	"\x05NINEP\x10\x01\"\xb6\x03\n" +
 	"\x14CreateSandboxRequest\x12\x1d\n" +
 	"\n" +
 	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x1a\n" +
@@ -2018,7 +2050,9 @@ const file_agent_proto_rawDesc = "" +
 	"\x05hosts\x18\x04 \x01(\tR\x05hosts\x12L\n" +
 	"\asysctls\x18\x05 \x03(\v22.cocoon.agent.v1.CreateSandboxRequest.SysctlsEntryR\asysctls\x12.\n" +
 	"\x06shares\x18\x06 \x03(\v2\x16.cocoon.agent.v1.ShareR\x06shares\x120\n" +
-	"\x14shared_pid_namespace\x18\a \x01(\bR\x12sharedPidNamespace\x1a:\n" +
+	"\x14shared_pid_namespace\x18\a \x01(\bR\x12sharedPidNamespace\x12&\n" +
+	"\x0fclock_unix_nano\x18\b \x01(\x03R\rclockUnixNano\x12\x18\n" +
+	"\aentropy\x18\t \x01(\fR\aentropy\x1a:\n" +
 	"\fSysctlsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"6\n" +
@@ -2107,12 +2141,13 @@ const file_agent_proto_rawDesc = "" +
 	"\x04rows\x18\x03 \x01(\rR\x04rows\x12\x18\n" +
 	"\acolumns\x18\x04 \x01(\rR\acolumns\"%\n" +
 	"\tIPAddress\x12\x18\n" +
-	"\aaddress\x18\x01 \x01(\tR\aaddress\"\x84\x01\n" +
+	"\aaddress\x18\x01 \x01(\tR\aaddress\"\xa4\x01\n" +
 	"\tInterface\x12\x17\n" +
 	"\ahw_addr\x18\x01 \x01(\tR\x06hwAddr\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x10\n" +
 	"\x03mtu\x18\x03 \x01(\rR\x03mtu\x128\n" +
-	"\taddresses\x18\x04 \x03(\v2\x1a.cocoon.agent.v1.IPAddressR\taddresses\"H\n" +
+	"\taddresses\x18\x04 \x03(\v2\x1a.cocoon.agent.v1.IPAddressR\taddresses\x12\x1e\n" +
+	"\vset_hw_addr\x18\x05 \x01(\tR\tsetHwAddr\"H\n" +
 	"\n" +
 	"Interfaces\x12:\n" +
 	"\n" +

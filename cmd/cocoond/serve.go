@@ -111,6 +111,8 @@ func serve(loaded *config.Loaded, configPath string) error {
 	if err := pods.Recover(context.Background()); err != nil {
 		log.WithError(err).Warn("recovering pods")
 	}
+	// After Recover, which reclaims the warm VMs a previous cocoond left.
+	pods.StartPools(nil)
 
 	streams, err := cri.NewStreamingServer(cfg.Streaming.Address, cfg.Streaming.IdleTimeout.Std(), pods)
 	if err != nil {
@@ -190,6 +192,13 @@ func serve(loaded *config.Loaded, configPath string) error {
 		log.WithError(err).Warn("admin server stopped")
 	}
 	stopGracefully(g, cfg.Daemon.ShutdownTimeout.Std(), log)
+	// Warm VMs are not kept across a restart: stop them now rather than
+	// leave them to the next start's sweep.
+	poolCtx, cancelPools := context.WithTimeout(context.Background(), cfg.Daemon.ShutdownTimeout.Std()+30*time.Second)
+	if err := pods.StopPools(poolCtx); err != nil {
+		log.WithError(err).Warn("stopping the warm pools")
+	}
+	cancelPools()
 	log.Info("cocoond stopped")
 	return nil
 }
