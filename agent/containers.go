@@ -93,6 +93,8 @@ func (e *engine) create(req *agentapi.CreateContainerRequest) (err error) {
 
 	// The guest root is the initramfs, where pivot_root cannot work; the VM
 	// boundary is the isolation, and containers still get their own mount ns.
+	steps := newStepLog("create", id)
+	defer steps.done()
 	cfg, err := specconv.CreateLibcontainerConfig(&specconv.CreateOpts{
 		CgroupName:  id,
 		NoPivotRoot: true,
@@ -101,10 +103,12 @@ func (e *engine) create(req *agentapi.CreateContainerRequest) (err error) {
 	if err != nil {
 		return status.Errorf(codes.InvalidArgument, "oci spec: %v", err)
 	}
+	steps.mark("spec")
 	lc, err := libcontainer.Create(containerStateDir, id, cfg)
 	if err != nil {
 		return status.Errorf(codes.Internal, "create container: %v", err)
 	}
+	steps.mark("libcontainer-create")
 	c := &container{id: id, lc: lc, spec: &spec}
 	p, err := newProcess(libcontainerProcess(spec.Process, true), req.GetTty(), req.GetStdin())
 	if err != nil {
@@ -117,6 +121,7 @@ func (e *engine) create(req *agentapi.CreateContainerRequest) (err error) {
 		_ = lc.Destroy()
 		return status.Errorf(codes.Internal, "start container init: %v", err)
 	}
+	steps.mark("init-start")
 	if err := p.started(); err != nil {
 		_ = lc.Signal(unix.SIGKILL)
 		_ = lc.Destroy()
@@ -139,10 +144,14 @@ func (e *engine) start(id string) error {
 	if st, _ := c.lc.Status(); st != libcontainer.Created {
 		return status.Errorf(codes.FailedPrecondition, "container %q is %s, not created", id, st)
 	}
+	steps := newStepLog("start", id)
+	defer steps.done()
 	if err := c.lc.Exec(); err != nil {
 		return status.Errorf(codes.Internal, "start container: %v", err)
 	}
+	steps.mark("exec")
 	waitExecve(c.init)
+	steps.mark("execve")
 	return nil
 }
 

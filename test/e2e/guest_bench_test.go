@@ -1,12 +1,14 @@
 package e2e
 
 import (
+	"context"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"testing"
 	"time"
 
+	agentapi "github.com/cocoon-runtime/cocoon/api/agent"
 	"github.com/cocoon-runtime/cocoon/vm/guest"
 )
 
@@ -53,4 +55,54 @@ func percentile(d []time.Duration, p int) time.Duration {
 	s := slices.Clone(d)
 	slices.Sort(s)
 	return s[(len(s)-1)*p/100]
+}
+
+// BenchmarkGuestContainerStart measures the guest's side of pod and container
+// start under QEMU/TCG, each as the host sees it over ttRPC: CreateSandbox (share
+// mount, hostname, DNS), the pod's first container (CreateContainer +
+// StartContainer, paying the guest's one-time costs) and its second. One fresh VM
+// per iteration; the medians are reported.
+//
+//	go test -run XXX -bench GuestContainerStart -benchtime 3x ./test/e2e/
+func BenchmarkGuestContainerStart(b *testing.B) {
+	var sandbox, first, second []time.Duration
+	for b.Loop() {
+		share := b.TempDir()
+		for _, id := range []string{"c1", "c2"} {
+			busyboxRootfs(b, filepath.Join(share, id, "rootfs"))
+		}
+		vm := bootGuest(b, share)
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		start := time.Now()
+		_, err := vm.agent.CreateSandbox(ctx, &agentapi.CreateSandboxRequest{
+			SandboxId: "bench", Hostname: "bench", ResolvConf: "nameserver 10.10.10.10\n",
+			Shares: []*agentapi.Share{{Kind: agentapi.Share_VIRTIOFS, Tag: shareTag, MountPoint: shareMount}},
+		})
+		if err != nil {
+			b.Fatalf("CreateSandbox: %v", err)
+		}
+		sandbox = append(sandbox, time.Since(start))
+		for i, id := range []string{"c1", "c2"} {
+			start := time.Now()
+			if _, err := vm.agent.CreateContainer(ctx, &agentapi.CreateContainerRequest{ContainerId: id, OciSpec: containerSpec(id, "sleep", "1000")}); err != nil {
+				b.Fatalf("CreateContainer %s: %v", id, err)
+			}
+			if _, err := vm.agent.StartContainer(ctx, &agentapi.ContainerRequest{ContainerId: id}); err != nil {
+				b.Fatalf("StartContainer %s: %v", id, err)
+			}
+			took := time.Since(start)
+			if i == 0 {
+				first = append(first, took)
+			} else {
+				second = append(second, took)
+			}
+		}
+		cancel()
+		vm.client.Close()
+		_ = vm.cmd.Process.Kill()
+		<-vm.exited
+	}
+	b.ReportMetric(median(sandbox).Seconds(), "s-create-sandbox")
+	b.ReportMetric(median(first).Seconds(), "s-first-container")
+	b.ReportMetric(median(second).Seconds(), "s-second-container")
 }
