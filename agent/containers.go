@@ -40,12 +40,11 @@ type container struct {
 type engine struct {
 	mu         sync.Mutex
 	containers map[string]*container
-	oom        *oomBroker
 	guest      execTable
 }
 
 func newEngine() *engine {
-	return &engine{containers: map[string]*container{}, oom: newOOMBroker()}
+	return &engine{containers: map[string]*container{}}
 }
 
 func notFound(kind, id string) error {
@@ -129,7 +128,6 @@ func (e *engine) create(req *agentapi.CreateContainerRequest) (err error) {
 	}
 	c.init = p
 	go p.watch()
-	e.oom.watch(c)
 	e.mu.Lock()
 	e.containers[id] = c
 	e.mu.Unlock()

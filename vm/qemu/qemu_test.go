@@ -19,6 +19,7 @@ import (
 	"github.com/sirupsen/logrus"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/types/known/emptypb"
 
 	"github.com/cocoon-runtime/cocoon/agentclient"
@@ -116,17 +117,18 @@ func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
 	}
 }
 
-func hasMAC(a agentapi.AgentClient, mac string) bool {
-	ifs, err := a.ListInterfaces(context.Background(), &emptypb.Empty{})
-	if err != nil {
-		return false
-	}
-	for _, i := range ifs.Interfaces {
-		if strings.EqualFold(i.HwAddr, mac) {
-			return true
-		}
-	}
-	return false
+// nicState asks the agent to bring up the NIC with this MAC, as cocoond
+// configures a pod's NIC: nil when the guest has it, a NotFound GuestError
+// when it has not.
+func nicState(a agentapi.AgentClient, mac string) error {
+	_, err := a.UpdateInterface(context.Background(), &agentapi.Interface{HwAddr: mac})
+	return err
+}
+
+func hasMAC(a agentapi.AgentClient, mac string) bool { return nicState(a, mac) == nil }
+
+func lacksMAC(a agentapi.AgentClient, mac string) bool {
+	return agentclient.GuestCode(nicState(a, mac)) == codes.NotFound
 }
 
 func TestQEMULifecycleHotplugAdopt(t *testing.T) {
@@ -163,7 +165,7 @@ func TestQEMULifecycleHotplugAdopt(t *testing.T) {
 	if err := v.AddDisk(ctx, vm.Disk{ID: "disk0", Path: disk}); err != nil {
 		t.Fatal(err)
 	}
-	before, err := a.GetGuestDetails(ctx, &emptypb.Empty{})
+	before, err := a.OnlineCPUMem(ctx, &emptypb.Empty{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -171,7 +173,7 @@ func TestQEMULifecycleHotplugAdopt(t *testing.T) {
 		t.Fatal(err)
 	}
 	eventually(t, 30*time.Second, "hotplugged memory online in the guest", func() bool {
-		after, err := a.GetGuestDetails(ctx, &emptypb.Empty{})
+		after, err := a.OnlineCPUMem(ctx, &emptypb.Empty{})
 		return err == nil && after.MemoryBytes >= before.MemoryBytes+200<<20
 	})
 	if st := v.State(); st.VCPUs != 2 || st.MemoryMiB != 512 {
@@ -187,7 +189,7 @@ func TestQEMULifecycleHotplugAdopt(t *testing.T) {
 	if err := v.RemoveNet(ctx, "net1"); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 30*time.Second, "unplugged NIC gone from the guest", func() bool { return !hasMAC(a, mac2.String()) })
+	eventually(t, 30*time.Second, "unplugged NIC gone from the guest", func() bool { return lacksMAC(a, mac2.String()) })
 	if err := v.RemoveDisk(ctx, "disk0"); err != nil {
 		t.Fatal(err)
 	}
