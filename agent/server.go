@@ -47,6 +47,10 @@ func Serve(ctx context.Context) error {
 	if lvl, err := logrus.ParseLevel(os.Getenv("COCOON_LOG_LEVEL")); err == nil {
 		logrus.SetLevel(lvl)
 	}
+	if logrus.IsLevelEnabled(logrus.DebugLevel) {
+		// Debug logs are for timing: stamp them to the microsecond.
+		logrus.SetFormatter(&logrus.TextFormatter{FullTimestamp: true, TimestampFormat: "15:04:05.000000", DisableColors: true})
+	}
 	// A VM told to expect a token that cannot read one serves nothing: the
 	// host would otherwise reach an agent open to every host user.
 	policy, err := loadGuestPolicy()
