@@ -61,6 +61,7 @@ func Serve(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	go warmContainerCgroups()
 	logrus.WithFields(logrus.Fields{"version": version.Version, "addr": l.Addr().String(), "token": len(policy.Token) > 0, "debug_console": policy.DebugConsole}).Info("agent serving")
 	return ServeOn(ctx, l, NewServer(func() { _ = unix.Kill(1, unix.SIGTERM) }, policy))
 }
