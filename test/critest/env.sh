@@ -5,9 +5,7 @@
 
 : "${BIN:?BIN must point at the built binaries}"
 REGISTRY_ADDR=${REGISTRY_ADDR:-127.0.0.1:5000}
-# COCOON_TEST_TMPDIR puts the whole run on another filesystem (test/k8s uses
-# a loop-mounted ext4 image there, for kubelet's cAdvisor).
-WORK=$(mktemp -d "${COCOON_TEST_TMPDIR:-/tmp}/cocoon-test.XXXXXX")
+WORK=$(mktemp -d /tmp/cocoon-test.XXXXXX)
 SOCK=$WORK/run/cocoon.sock
 COCOOND_PID=
 CTRD=$WORK/containerd

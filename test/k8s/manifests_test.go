@@ -8,6 +8,11 @@ const busybox = "registry.k8s.io/e2e-test-images/busybox:1.29-2"
 // writes into an emptyDir that two containers share, one of them gated by a
 // readiness probe on a file the test removes and puts back, the other with
 // a liveness probe that keeps passing (a restart there is a bug).
+//
+// Every probe has a 10 s timeout: an exec probe is an ExecSync into the
+// guest, which takes seconds under TCG on a loaded 2-core machine (up to
+// 14 s measured here), and kubelet's 1 s default turned slow answers into
+// failures and restarts.
 const vmApp = `apiVersion: v1
 kind: Pod
 metadata:
@@ -32,7 +37,8 @@ spec:
     command: ["sh", "-c", "echo from-writer > /work/shared && touch /work/ready && exec sleep 1000000"]
     readinessProbe:
       exec: {command: ["cat", "/work/ready"]}
-      periodSeconds: 1
+      periodSeconds: 2
+      timeoutSeconds: 10
       failureThreshold: 1
     volumeMounts:
     - {name: work, mountPath: /work}
@@ -42,7 +48,8 @@ spec:
     command: ["sh", "-c", "until [ -f /work/shared ]; do sleep 0.1; done; cat /work/init /work/shared; exec sleep 1000000"]
     livenessProbe:
       exec: {command: ["cat", "/work/init"]}
-      periodSeconds: 2
+      periodSeconds: 5
+      timeoutSeconds: 10
     volumeMounts:
     - {name: work, mountPath: /work}
 `
@@ -68,8 +75,9 @@ spec:
     command: ["sh", "-c", "touch /tmp/healthy; if [ ! -f /work/restarted ]; then touch /work/restarted; sleep 3; rm /tmp/healthy; fi; exec sleep 1000000"]
     livenessProbe:
       exec: {command: ["cat", "/tmp/healthy"]}
-      periodSeconds: 1
-      failureThreshold: 2
+      periodSeconds: 2
+      timeoutSeconds: 10
+      failureThreshold: 1
     volumeMounts:
     - {name: work, mountPath: /work}
   - name: oom

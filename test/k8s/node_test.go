@@ -92,10 +92,10 @@ func skipReason(bin string) string {
 		return "COCOON_INTEGRATION is not set (make test-k8s sets it)"
 	}
 	if os.Geteuid() != 0 {
-		return "needs root (kubelet, cocoond, loop mounts)"
+		return "needs root (kubelet and cocoond)"
 	}
 	for _, b := range []string{kubeletPath(bin), filepath.Join(bin, "cocoond"), filepath.Join(bin, "crictl"),
-		filepath.Join(bin, "cocoon-test-images"), "/usr/bin/docker-registry", "/sbin/mkfs.ext4"} {
+		filepath.Join(bin, "cocoon-test-images"), "/usr/bin/docker-registry"} {
 		if _, err := os.Stat(b); err != nil {
 			return fmt.Sprintf("%s missing (make build tools kubelet, make deps)", b)
 		}
@@ -109,7 +109,7 @@ func skipReason(bin string) string {
 // node is cocoond (held by node-env.sh) plus one kubelet at a time.
 type node struct {
 	bin       string
-	work      string // env.sh's WORK, on the loop-mounted ext4
+	work      string // env.sh's WORK
 	sock      string // cocoond's CRI socket
 	manifests string // kubelet's staticPodPath
 	root      string // kubelet's --root-dir
@@ -119,9 +119,10 @@ type node struct {
 	envIn  io.WriteCloser
 	envLog string
 
-	kubelet    *exec.Cmd
-	kubeletLog string
-	kubeletRun int
+	kubelet     *exec.Cmd
+	kubeletDone chan struct{} // closed when kubelet has exited
+	kubeletLog  string
+	kubeletRun  int
 }
 
 // startNode starts node-env.sh and waits for its READY line.
@@ -183,17 +184,27 @@ func startNode(t *testing.T) *node {
 			t.Fatal(err)
 		}
 	}
-	t.Logf("timing: registry + cocoond ready in %v (state on %s)", time.Since(start).Round(time.Millisecond), filepath.Dir(n.work))
+	t.Logf("timing: registry + cocoond ready in %v", time.Since(start).Round(time.Millisecond))
 	return n
 }
 
-// shutdown stops kubelet, then lets node-env.sh remove every pod, stop
-// cocoond and the registry and unmount the filesystem; then it removes
-// kubelet's cgroups. Its error says what was left behind.
+// shutdown stops kubelet and undoes its root dir mount, then lets
+// node-env.sh remove every pod and stop cocoond and the registry; then it
+// removes kubelet's cgroups. Its error says what was left behind.
 func (n *node) shutdown() error {
 	var errs []error
 	if err := n.stopKubelet(); err != nil {
 		errs = append(errs, err)
+	}
+	// kubelet bind-mounts its root dir onto itself (to make it shared) and
+	// leaves that mount when it exits.
+	if n.root != "" {
+		ms := mountsUnder(n.root)
+		for i := len(ms) - 1; i >= 0; i-- {
+			if err := syscall.Unmount(ms[i], 0); err != nil {
+				errs = append(errs, fmt.Errorf("unmount %s: %w", ms[i], err))
+			}
+		}
 	}
 	if n.envIn != nil {
 		_ = n.envIn.Close()
@@ -247,7 +258,6 @@ authorization:
   mode: AlwaysAllow
 podLogsDir: %[6]s
 enforceNodeAllocatable: []
-localStorageCapacityIsolation: false
 volumeStatsAggPeriod: 5s
 featureGates:
   PodAndContainerStatsFromCRI: %[7]t
@@ -275,10 +285,19 @@ func (n *node) startKubelet(t *testing.T, statsFromCRI bool) {
 		"--hostname-override", nodeName, "--v", "2")
 	n.kubelet.Stdout, n.kubelet.Stderr = logf, logf
 	n.kubelet.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	// kubelet refuses a cgroupRoot that is missing in any hierarchy.
+	for _, mnt := range cgroupMounts() {
+		if err := os.MkdirAll(filepath.Join(mnt, cgroupRoot), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
 	start := time.Now()
 	if err := n.kubelet.Start(); err != nil {
 		t.Fatal(err)
 	}
+	done, cmd := make(chan struct{}), n.kubelet
+	n.kubeletDone = done
+	go func() { _ = cmd.Wait(); close(done) }()
 	deadline := time.Now().Add(time.Minute)
 	for {
 		var pods podList
@@ -287,10 +306,11 @@ func (n *node) startKubelet(t *testing.T, statsFromCRI bool) {
 		} else if time.Now().After(deadline) {
 			t.Fatalf("kubelet's /pods did not answer in a minute (%v); log:\n%s", err, n.kubeletLogTail())
 		}
-		if n.kubelet.ProcessState != nil {
+		select {
+		case <-done:
 			t.Fatalf("kubelet exited; log:\n%s", n.kubeletLogTail())
+		case <-time.After(200 * time.Millisecond):
 		}
-		time.Sleep(200 * time.Millisecond)
 	}
 	t.Logf("timing: kubelet (PodAndContainerStatsFromCRI=%t) serving in %v", statsFromCRI, time.Since(start).Round(time.Millisecond))
 }
@@ -301,11 +321,9 @@ func (n *node) stopKubelet() error {
 	if n.kubelet == nil || n.kubelet.Process == nil {
 		return nil
 	}
-	cmd := n.kubelet
+	cmd, done := n.kubelet, n.kubeletDone
 	n.kubelet = nil
 	_ = cmd.Process.Signal(syscall.SIGTERM)
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
 	select {
 	case <-done:
 		return nil
