@@ -338,7 +338,8 @@ func (n *node) checkCrictlAgrees(t *testing.T) {
 	t.Logf("crictl: %d ready sandboxes, %d running containers; kubelet: %d pods", len(sandboxes.Items), len(ctrs.Containers), len(pods.Items))
 }
 
-// podRecord reads cocoond's record of a pod (its state dir's pods/<id>.json).
+// podRecord reads cocoond's record of a pod: its state dir's
+// pods/<id>.json, {"version":N,"data":<the pod>}.
 func (n *node) podRecord(t *testing.T, sandboxID string) map[string]json.RawMessage {
 	t.Helper()
 	matches, _ := filepath.Glob(filepath.Join(n.work, "lib", "*", "pods", sandboxID+".json"))
@@ -351,11 +352,13 @@ func (n *node) podRecord(t *testing.T, sandboxID string) map[string]json.RawMess
 	if err != nil {
 		t.Fatal(err)
 	}
-	var rec map[string]json.RawMessage
-	if err := json.Unmarshal(data, &rec); err != nil {
-		t.Fatal(err)
+	var env struct {
+		Data map[string]json.RawMessage `json:"data"`
 	}
-	return rec
+	if err := json.Unmarshal(data, &env); err != nil || env.Data["id"] == nil {
+		t.Fatalf("cocoond's record of pod %s is not {version, data: pod}: %v\n%s", sandboxID, err, data)
+	}
+	return env.Data
 }
 
 func (n *node) sandboxID(t *testing.T, uid string) string {
