@@ -15,6 +15,7 @@ import (
 	"go.podman.io/storage"
 
 	"github.com/cocoon-runtime/cocoon/agentclient"
+	"github.com/cocoon-runtime/cocoon/cni"
 	agentapi "github.com/cocoon-runtime/cocoon/api/agent"
 	"github.com/cocoon-runtime/cocoon/config"
 	"github.com/cocoon-runtime/cocoon/errdefs"
@@ -31,6 +32,8 @@ type network interface {
 	// Attached lists what is attached, pod ID to netns path, so a restart
 	// can detach what no pod record claims.
 	Attached() (map[string]string, error)
+	// Stats reads the pod's interface counters in its netns.
+	Stats(netnsPath string) (*cni.InterfaceStats, error)
 }
 
 // images is what containers need from the image service.

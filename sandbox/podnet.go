@@ -97,6 +97,11 @@ func (n *CNINetwork) Attached() (map[string]string, error) {
 	return out, nil
 }
 
+// Stats implements network.
+func (n *CNINetwork) Stats(netnsPath string) (*cni.InterfaceStats, error) {
+	return cni.ReadInterfaceStats(netnsPath)
+}
+
 // protocolName maps CRI's TCP/UDP/SCTP enum names to CNI's lower case.
 func protocolName(p string) string {
 	switch p {
