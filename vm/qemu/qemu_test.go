@@ -20,7 +20,6 @@ import (
 	"github.com/sirupsen/logrus"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/types/known/emptypb"
 
 	"github.com/cocoon-runtime/cocoon/agentclient"
@@ -127,10 +126,6 @@ func nicState(a agentapi.AgentClient, mac string) error {
 }
 
 func hasMAC(a agentapi.AgentClient, mac string) bool { return nicState(a, mac) == nil }
-
-func lacksMAC(a agentapi.AgentClient, mac string) bool {
-	return agentclient.GuestCode(nicState(a, mac)) == codes.NotFound
-}
 
 func TestQEMULifecycleResizeAdopt(t *testing.T) {
 	m := testGuest(t)
