@@ -33,6 +33,10 @@ type qemuVM struct {
 	console *vm.Console // copies the serial console while this cocoond runs
 	cleanup *pipeline.Cleanup
 
+	// afterStart, when set, runs once the guest runs: a clone waits there
+	// for the guest to take the devices plugged after its restore.
+	afterStart func(ctx context.Context) error
+
 	mu       sync.Mutex
 	vcpus    uint32
 	memMiB   uint64
@@ -147,6 +151,9 @@ func (v *qemuVM) Start(ctx context.Context) error {
 	}
 	if err := v.qmp.Execute(ctx, "cont", nil, nil); err != nil {
 		return fmt.Errorf("qemu: start %s: %w%s", v.spec.ID, err, v.logTail())
+	}
+	if v.afterStart != nil {
+		return v.afterStart(ctx)
 	}
 	return nil
 }
