@@ -115,8 +115,8 @@ func (d *Driver) resolve(ctx context.Context, spec *vm.Spec) (bin, setpriv, acce
 	return bin, setpriv, accel, nil
 }
 
-// create starts QEMU for spec: booting the kernel, or, with c, loading c's
-// template state.
+// create starts QEMU for spec: booting the kernel, or with c, booting a
+// template or loading a clone from one.
 func (d *Driver) create(ctx context.Context, spec *vm.Spec, c *clone) (vm.VMM, error) {
 	bin, setpriv, accel, err := d.resolve(ctx, spec)
 	if err != nil {
@@ -139,7 +139,7 @@ func (d *Driver) create(ctx context.Context, spec *vm.Spec, c *clone) (vm.VMM, e
 		}},
 		{Name: "agent-token", Run: func(context.Context) (func() error, error) {
 			var err error
-			if c != nil { // the clone's agent has the template's token
+			if c.restoring() { // the clone's agent has the template's token
 				tokenFile, v.token = filepath.Join(spec.RunDir, vm.AgentTokenFile), c.token
 				return nil, writeToken(spec.RunDir, c.token)
 			}
@@ -193,10 +193,12 @@ func (d *Driver) create(ctx context.Context, spec *vm.Spec, c *clone) (vm.VMM, e
 			argv := confinedCommand(setpriv, bin, args)
 			cmd := exec.Command(argv[0], argv[1:]...)
 			cmd.Stdout, cmd.Stderr = logFile, logFile
-			for _, nic := range spec.NICs {
-				if c == nil { // a clone's NICs are hotplugged
+			if c == nil {
+				for _, nic := range spec.NICs {
 					cmd.ExtraFiles = append(cmd.ExtraFiles, nic.Tap)
 				}
+			} else if c.mem != nil { // a clone's NICs are hotplugged; its RAM is a memfd
+				cmd.ExtraFiles = append(cmd.ExtraFiles, c.mem)
 			}
 			w, err := vm.StartWatched("qemu", cmd)
 			if err != nil {
@@ -217,7 +219,7 @@ func (d *Driver) create(ctx context.Context, spec *vm.Spec, c *clone) (vm.VMM, e
 			return q.Close, nil
 		}},
 	}
-	if c != nil {
+	if c.restoring() {
 		steps = append(steps, c.steps(v, spec, &vfsSockets)...)
 	}
 	cleanup, err := pipeline.Run(pipeline.WithName(ctx, "qemu-create"), log, steps)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -15,13 +16,27 @@ import (
 	"github.com/cocoon-runtime/cocoon/vm"
 )
 
-// clone is what a VM restored from a template starts from.
+// clone is how a template VM or a VM restored from one starts. Guest RAM is
+// a file, not QEMU's own memfd: the template's is saved as a sparse file
+// (templateMemFile) and left out of the migration stream (x-ignore-shared),
+// and each clone's is a memfd of its own that cocoond fills with the
+// template's pages before QEMU maps it. vhost-user-fs needs RAM that
+// virtiofsd can map too, so a clone's RAM is a shared mapping of a file of
+// its own: a private mapping of the template file would keep the pages a
+// clone never writes shared between clones, but virtiofsd would see the
+// template's bytes where the guest wrote its own.
 type clone struct {
-	name  string
-	dir   string
-	state *os.File // the migration stream, open before anything can replace it
+	// memPath is the template build's RAM file; a clone's RAM is mem.
+	memPath string
+	mem     *os.File
+	// state is a clone's migration stream, open before anything can
+	// replace it; nil while building a template.
+	state *os.File
 	token []byte
 }
+
+// restoring says a VM is a clone (it loads a template's state).
+func (c *clone) restoring() bool { return c != nil && c.state != nil }
 
 // restore creates a VM from its template, or says why it cannot:
 // errNoTemplate when there is none for this spec yet (a build is started),
@@ -45,11 +60,11 @@ func (d *Driver) restore(ctx context.Context, spec *vm.Spec) (vm.VMM, error) {
 			func(err error) { d.opts.Log.WithError(err).Warn("template build failed: VMs boot cold") })
 		return nil, fmt.Errorf("template %s: %w", name, errNoTemplate)
 	}
-	c, err := openClone(name, dir)
+	c, err := openClone(dir, spec.MemoryMiB)
 	if err != nil {
 		return nil, err
 	}
-	defer c.state.Close()
+	defer c.close()
 	v, err := d.create(ctx, spec, c)
 	if err != nil && ctx.Err() == nil {
 		d.tpl.remove(name)
@@ -57,23 +72,114 @@ func (d *Driver) restore(ctx context.Context, spec *vm.Spec) (vm.VMM, error) {
 	return v, err
 }
 
-func openClone(name, dir string) (*clone, error) {
-	tok, err := vm.ReadAgentToken(dir)
+// openClone opens a template's state and token, and makes the clone's RAM:
+// a memfd holding a copy of the template's RAM file, holes left holes.
+func openClone(dir string, memMiB uint64) (_ *clone, err error) {
+	c := &clone{}
+	defer func() {
+		if err != nil {
+			c.close()
+		}
+	}()
+	if c.token, err = vm.ReadAgentToken(dir); err != nil {
+		return nil, err
+	}
+	if c.state, err = os.OpenFile(filepath.Join(dir, templateStateFile), os.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0); err != nil {
+		return nil, err
+	}
+	src, err := os.OpenFile(filepath.Join(dir, templateMemFile), os.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, err
 	}
-	f, err := os.OpenFile(filepath.Join(dir, templateStateFile), os.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	defer src.Close()
+	fd, err := unix.MemfdCreate("cocoon-guest-ram", unix.MFD_CLOEXEC)
 	if err != nil {
+		return nil, fmt.Errorf("memfd: %w", err)
+	}
+	c.mem = os.NewFile(uintptr(fd), "cocoon-guest-ram")
+	if err := c.mem.Truncate(int64(memMiB) << 20); err != nil {
 		return nil, err
 	}
-	return &clone{name: name, dir: dir, state: f, token: tok}, nil
+	if err := copySparse(c.mem, src); err != nil {
+		return nil, fmt.Errorf("copying the template's RAM: %w", err)
+	}
+	return c, nil
+}
+
+func (c *clone) close() {
+	for _, f := range []*os.File{c.state, c.mem} {
+		if f != nil {
+			f.Close()
+		}
+	}
+}
+
+// copySparse copies src's data extents into dst at the same offsets: the
+// pages the template's guest never touched stay holes, which cost a clone
+// nothing until its guest uses them.
+func copySparse(dst, src *os.File) error {
+	fi, err := src.Stat()
+	if err != nil {
+		return err
+	}
+	size := fi.Size()
+	buf := make([]byte, 1<<20)
+	for off := int64(0); off < size; {
+		data, err := unix.Seek(int(src.Fd()), off, unix.SEEK_DATA)
+		if errors.Is(err, unix.ENXIO) {
+			return nil // only a hole is left
+		}
+		if err != nil {
+			return err
+		}
+		hole, err := unix.Seek(int(src.Fd()), data, unix.SEEK_HOLE)
+		if err != nil {
+			return err
+		}
+		for pos := data; pos < hole; {
+			// copy_file_range does not cross from a disk filesystem to a
+			// memfd (EXDEV): plain reads and writes.
+			n, err := src.ReadAt(buf[:min(int64(len(buf)), hole-pos)], pos)
+			if n == 0 && err != nil {
+				return err
+			}
+			if _, err := dst.WriteAt(buf[:n], pos); err != nil {
+				return err
+			}
+			pos += int64(n)
+		}
+		off = hole
+	}
+	return nil
 }
 
 // commandLine is the template's command line with this VM's backends (run
-// dir, vsock CID), waiting for the migration stream (-incoming defer).
+// dir, vsock CID, RAM file). A clone waits for the migration stream
+// (-incoming defer).
 func (c *clone) commandLine(spec *vm.Spec, accel string, vsockCID uint32, tokenFile string, debugConsole bool) []string {
 	t := templateSpec(spec, spec.ID, spec.RunDir)
-	return append(commandLine(&t, accel, nil, vsockCID, tokenFile, debugConsole), "-incoming", "defer")
+	memPath := c.memPath
+	if c.mem != nil {
+		memPath = fmt.Sprintf("/proc/self/fd/%d", fdBase) // the only ExtraFile a clone has
+	}
+	args := withMemoryFile(commandLine(&t, accel, nil, vsockCID, tokenFile, debugConsole), memPath)
+	if c.restoring() {
+		args = append(args, "-incoming", "defer")
+	}
+	return args
+}
+
+// withMemoryFile backs guest RAM with the file at path instead of a memfd
+// QEMU creates, keeping every other option of the backend.
+func withMemoryFile(args []string, path string) []string {
+	const memfd = "memory-backend-memfd,id=mem,"
+	out := slices.Clone(args)
+	for i, a := range out {
+		if rest, ok := strings.CutPrefix(a, memfd); ok {
+			out[i] = "memory-backend-file,id=mem,mem-path=" + path + "," + rest
+		}
+	}
+	return out
 }
 
 // steps run after QMP is up: load the template's state, then plug the
@@ -109,6 +215,9 @@ func (c *clone) steps(v *qemuVM, spec *vm.Spec, vfsSockets *[]string) []pipeline
 // loadState feeds the migration stream to a QEMU started with -incoming
 // defer and waits until it has loaded (QEMU exits when a load fails).
 func (v *qemuVM) loadState(ctx context.Context, state *os.File) error {
+	if err := v.ignoreSharedRAM(ctx); err != nil {
+		return err
+	}
 	if err := v.qmp.ExecuteWithFile(ctx, "getfd", map[string]any{"fdname": "tplstate"}, state); err != nil {
 		return err
 	}

@@ -28,7 +28,8 @@ import (
 // Options.TemplateDir/<name> holds:
 //
 //	template.json  templateMeta: the key it was built for, figures
-//	state          the migration stream
+//	state          the migration stream: device state, no RAM
+//	memory         guest RAM, a sparse file
 //	agent-token    the token the template's agent read at boot (clones keep it)
 //
 // A template is built into a dot-named temporary directory and renamed into
@@ -36,10 +37,11 @@ import (
 const (
 	// templateFormat changes the key of every template when the way
 	// templates are built or restored changes.
-	templateFormat = 1
+	templateFormat = 2
 
 	templateMetaFile  = "template.json"
 	templateStateFile = "state"
+	templateMemFile   = "memory"
 
 	// keyRunDir, keyID and keyCID stand in for what differs between the
 	// template and each clone (backends: socket paths, the process name, the
@@ -285,7 +287,7 @@ func (d *Driver) buildTemplate(ctx context.Context, spec *vm.Spec, key string) (
 	start := time.Now()
 	tspec := templateSpec(spec, "tpl-"+name, filepath.Join(tmp, "run"))
 	// The template boots as an accelerator already chosen: never a probe.
-	v, err := d.create(ctx, &tspec, nil)
+	v, err := d.create(ctx, &tspec, &clone{memPath: filepath.Join(tmp, templateMemFile)})
 	if err != nil {
 		return err
 	}
@@ -341,6 +343,9 @@ func (v *qemuVM) saveState(ctx context.Context, path string) (int64, error) {
 	if err := v.qmp.Execute(ctx, "stop", nil, nil); err != nil {
 		return 0, err
 	}
+	if err := v.ignoreSharedRAM(ctx); err != nil {
+		return 0, err
+	}
 	if err := v.qmp.ExecuteWithFile(ctx, "getfd", map[string]any{"fdname": "tplstate"}, f); err != nil {
 		return 0, err
 	}
@@ -377,6 +382,13 @@ func (v *qemuVM) saveState(ctx context.Context, path string) (int64, error) {
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
+}
+
+// ignoreSharedRAM leaves guest RAM out of the migration stream: it is in a
+// file of its own on both sides.
+func (v *qemuVM) ignoreSharedRAM(ctx context.Context) error {
+	return v.qmp.Execute(ctx, "migrate-set-capabilities", map[string]any{
+		"capabilities": []map[string]any{{"capability": "x-ignore-shared", "state": true}}}, nil)
 }
 
 // writeToken writes an agent token into dir as vm.NewAgentToken does.

@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -95,12 +96,21 @@ func startClone(t *testing.T, d *Driver, base vm.Spec, n int) (*testClone, agent
 	if err != nil {
 		t.Fatal(err)
 	}
+	t0 := time.Now()
 	if err := v.Start(ctx); err != nil {
 		v.Stop(ctx)
 		t.Fatal(err)
 	}
+	t.Logf("%s: create %v, start %v", spec.ID, t0.Sub(start).Round(time.Millisecond), time.Since(t0).Round(time.Millisecond))
 	client, a := agentClient(t, v)
 	c := &testClone{v: v, share: share, mac: mac, took: time.Since(start)}
+	if roll, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", v.Pids()[0])); err == nil {
+		for _, l := range strings.Split(string(roll), "\n") {
+			if strings.HasPrefix(l, "Rss:") || strings.HasPrefix(l, "Pss:") || strings.HasPrefix(l, "Shared_Clean") {
+				t.Logf("%s: QEMU %s", spec.ID, strings.Join(strings.Fields(l), " "))
+			}
+		}
+	}
 	return c, a, func() { client.Close(); v.Stop(ctx) }
 }
 

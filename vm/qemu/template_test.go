@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/cocoon-runtime/cocoon/vm"
 )
 
@@ -125,20 +127,20 @@ func TestCloneCommandLine(t *testing.T) {
 	spec := f.spec
 	spec.NICs = []vm.NIC{{ID: "eth0", MAC: mac, Tap: os.Stdin}}
 	token := filepath.Join(spec.RunDir, vm.AgentTokenFile)
-	c := &clone{}
+	c := &clone{state: os.Stdin, mem: os.Stdin} // stand-ins: only set or not matters here
 	got := c.commandLine(&spec, "tcg", 0, token, false)
 	tspec := templateSpec(&spec, spec.ID, spec.RunDir)
-	want := append(commandLine(&tspec, "tcg", nil, 0, token, false), "-incoming", "defer")
+	want := append(withMemoryFile(commandLine(&tspec, "tcg", nil, 0, token, false), "/proc/self/fd/3"), "-incoming", "defer")
 	if !slices.Equal(got, want) {
 		t.Fatalf("clone command line\n got %q\nwant %q", got, want)
 	}
 	joined := strings.Join(got, " ")
-	for _, never := range []string{"vhost-user-fs", "netdev", spec.Shares[0].Source} {
+	for _, never := range []string{"vhost-user-fs", "netdev", spec.Shares[0].Source, "memory-backend-memfd"} {
 		if strings.Contains(joined, never) {
 			t.Errorf("clone command line has %q: those devices are plugged after the restore", never)
 		}
 	}
-	for _, must := range []string{"-S", "memory-backend-memfd", "pcie-root-port", spec.RunDir + "/qmp.sock"} {
+	for _, must := range []string{"-S", "memory-backend-file,id=mem,mem-path=/proc/self/fd/3,size=256M,share=on", "pcie-root-port", spec.RunDir + "/qmp.sock"} {
 		if !strings.Contains(joined, must) {
 			t.Errorf("clone command line lacks %q", must)
 		}
@@ -229,5 +231,62 @@ func TestBuildsRunOnceAndStopOnClose(t *testing.T) {
 	store.startBuild("cocoon", block, func(error) {})
 	if runs != 1 {
 		t.Fatal("a build started after close")
+	}
+}
+
+func TestTemplateBuildCommandLine(t *testing.T) {
+	f := newKeyFixture(t)
+	c := &clone{memPath: "/var/lib/cocoon/templates/.x/memory"}
+	joined := strings.Join(c.commandLine(&f.spec, "tcg", 0, "/tok", false), " ")
+	if !strings.Contains(joined, "memory-backend-file,id=mem,mem-path=/var/lib/cocoon/templates/.x/memory,size=256M,share=on") {
+		t.Errorf("template RAM is not its file: %s", joined)
+	}
+	for _, never := range []string{"-incoming", "vhost-user-fs"} {
+		if strings.Contains(joined, never) {
+			t.Errorf("template command line has %q", never)
+		}
+	}
+}
+
+func TestCopySparse(t *testing.T) {
+	dir := t.TempDir()
+	src, err := os.Create(filepath.Join(dir, "src"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	const size = 8 << 20
+	if err := src.Truncate(size); err != nil {
+		t.Fatal(err)
+	}
+	// Data at the start, in the middle and at the end; holes between.
+	chunks := map[int64]string{0: "first", 3 << 20: "middle", size - 4096: "last page"}
+	for off, s := range chunks {
+		if _, err := src.WriteAt([]byte(s), off); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dst, err := os.Create(filepath.Join(dir, "dst"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dst.Close()
+	if err := dst.Truncate(size); err != nil {
+		t.Fatal(err)
+	}
+	if err := copySparse(dst, src); err != nil {
+		t.Fatal(err)
+	}
+	want, _ := os.ReadFile(src.Name())
+	got, _ := os.ReadFile(dst.Name())
+	if !slices.Equal(got, want) {
+		t.Fatal("copy differs from the source")
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(int(dst.Fd()), &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Blocks*512 >= size/2 {
+		t.Fatalf("copy allocates %d bytes of %d: holes were filled", st.Blocks*512, size)
 	}
 }
