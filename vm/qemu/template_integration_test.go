@@ -159,7 +159,8 @@ func TestTemplateRestore(t *testing.T) {
 	if err != nil || json.Unmarshal(data, &meta) != nil {
 		t.Fatalf("template.json: %v", err)
 	}
-	t.Logf("template built in %v (QEMU start to saved state %d ms), state %d MiB", time.Since(start).Round(time.Millisecond), meta.BuildMillis, meta.StateBytes>>20)
+	t.Logf("template built in %v (QEMU start to saved state %d ms): device state %d KiB, RAM data %d MiB",
+		time.Since(start).Round(time.Millisecond), meta.BuildMillis, meta.StateBytes>>10, meta.RAMBytes>>20)
 
 	var randoms [][]byte
 	var reseeds bool

@@ -290,3 +290,27 @@ func TestCopySparse(t *testing.T) {
 		t.Fatalf("copy allocates %d bytes of %d: holes were filled", st.Blocks*512, size)
 	}
 }
+
+func TestPunchZeroPages(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "memory")
+	data := make([]byte, 64*4096)
+	copy(data[5*4096:], "used page")
+	copy(data[63*4096+100:], "last page")
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := punchZeroPages(path); err != nil {
+		t.Fatal(err)
+	}
+	got, err := os.ReadFile(path)
+	if err != nil || !slices.Equal(got, data) {
+		t.Fatalf("contents changed: %v", err)
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Blocks*512 > 8*4096 { // two data pages, some slack for the filesystem
+		t.Fatalf("%d bytes still allocated, want about two pages", st.Blocks*512)
+	}
+}
