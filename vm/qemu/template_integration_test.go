@@ -98,7 +98,7 @@ func startClone(t *testing.T, d *Driver, base vm.Spec, n int) (*testClone, agent
 	}
 	t0 := time.Now()
 	if err := v.Start(ctx); err != nil {
-		v.Stop(ctx)
+		_ = v.Stop(ctx)
 		t.Fatal(err)
 	}
 	t.Logf("%s: create %v, start %v", spec.ID, t0.Sub(start).Round(time.Millisecond), time.Since(t0).Round(time.Millisecond))
@@ -111,7 +111,12 @@ func startClone(t *testing.T, d *Driver, base vm.Spec, n int) (*testClone, agent
 			}
 		}
 	}
-	return c, a, func() { client.Close(); v.Stop(ctx) }
+	return c, a, func() {
+		client.Close()
+		if err := v.Stop(ctx); err != nil {
+			t.Errorf("stopping %s: %v", spec.ID, err)
+		}
+	}
 }
 
 // withEntropy fills CreateSandboxRequest's entropy and clock_unix_nano (the
