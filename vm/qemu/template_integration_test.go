@@ -113,9 +113,11 @@ func startClone(t *testing.T, d *Driver, base vm.Spec, n int) (*testClone, agent
 	}
 	return c, a, func() {
 		client.Close()
+		pids := v.Pids()
 		if err := v.Stop(ctx); err != nil {
 			t.Errorf("stopping %s: %v", spec.ID, err)
 		}
+		assertGone(t, spec.RunDir, pids)
 	}
 }
 
