@@ -33,6 +33,29 @@ type clone struct {
 	// replace it; nil while building a template.
 	state *os.File
 	token []byte
+	// copied delivers the outcome of filling mem, which runs while QEMU
+	// starts (QEMU maps the memfd but reads no guest RAM before the state
+	// load); waited says it was received.
+	copied  chan error
+	waited  bool
+	copyErr error
+}
+
+// waitCopy waits until mem holds the template's RAM.
+func (c *clone) waitCopy(ctx context.Context) error {
+	if c.waited {
+		return c.copyErr
+	}
+	select {
+	case err := <-c.copied:
+		c.waited, c.copyErr = true, err
+		if err != nil {
+			return fmt.Errorf("copying the template's RAM: %w", err)
+		}
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // restoring says a VM is a clone (it loads a template's state).
@@ -91,22 +114,28 @@ func openClone(dir string, memMiB uint64) (_ *clone, err error) {
 	if err != nil {
 		return nil, err
 	}
-	defer src.Close()
 	fd, err := unix.MemfdCreate("cocoon-guest-ram", unix.MFD_CLOEXEC)
 	if err != nil {
+		src.Close()
 		return nil, fmt.Errorf("memfd: %w", err)
 	}
 	c.mem = os.NewFile(uintptr(fd), "cocoon-guest-ram")
 	if err := c.mem.Truncate(int64(memMiB) << 20); err != nil {
+		src.Close()
 		return nil, err
 	}
-	if err := copySparse(c.mem, src); err != nil {
-		return nil, fmt.Errorf("copying the template's RAM: %w", err)
-	}
+	c.copied = make(chan error, 1)
+	go func() {
+		defer src.Close()
+		c.copied <- copySparse(c.mem, src)
+	}()
 	return c, nil
 }
 
 func (c *clone) close() {
+	if c.copied != nil && !c.waited {
+		_ = c.waitCopy(context.Background()) // the copy writes to mem: let it end first
+	}
 	for _, f := range []*os.File{c.state, c.mem} {
 		if f != nil {
 			f.Close()
@@ -188,6 +217,9 @@ func withMemoryFile(args []string, path string) []string {
 func (c *clone) steps(v *qemuVM, spec *vm.Spec, vfsSockets *[]string) []pipeline.Step {
 	return []pipeline.Step{
 		{Name: "incoming", Run: func(ctx context.Context) (func() error, error) {
+			if err := c.waitCopy(ctx); err != nil {
+				return nil, err
+			}
 			return nil, v.loadState(ctx, c.state)
 		}},
 		{Name: "plug", Run: func(ctx context.Context) (func() error, error) {
