@@ -103,8 +103,18 @@ func addEntropy(b []byte) error {
 	if _, _, errno := unix.Syscall(unix.SYS_IOCTL, f.Fd(), unix.RNDADDENTROPY, uintptr(unsafe.Pointer(&info[0]))); errno != 0 {
 		return status.Errorf(codes.Internal, "entropy: RNDADDENTROPY: %v", errno)
 	}
+	// Since Linux 5.18 added entropy does not reach a running CRNG until its
+	// next scheduled reseed (up to a minute): clones of one template would
+	// hand out the same random bytes until then. Reseed now.
+	if _, _, errno := unix.Syscall(unix.SYS_IOCTL, f.Fd(), rndReseedCRNG, 0); errno != 0 {
+		return status.Errorf(codes.Internal, "entropy: RNDRESEEDCRNG: %v", errno)
+	}
 	return nil
 }
+
+// rndReseedCRNG is RNDRESEEDCRNG, _IO('R', 0x07) in linux/random.h (not in
+// x/sys/unix).
+const rndReseedCRNG = 0x5207
 
 // writeSysctl sets one sysctl; keys are dotted ("net.ipv4.ip_forward").
 func writeSysctl(key, value string) error {

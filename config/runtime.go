@@ -24,6 +24,7 @@ type Handler struct {
 	MemoryMiB    uint64   `toml:"memory_mib" json:"memory_mib" comment:"Memory at boot, MiB."`
 	MaxMemoryMiB uint64   `toml:"max_memory_mib" json:"max_memory_mib" comment:"Memory hotplug limit, MiB; when unset, never below memory_mib."`
 	KernelArgs   []string `toml:"kernel_args" json:"kernel_args" comment:"Extra guest kernel command line arguments."`
+	Template     Template `toml:"template" json:"template" comment:"Snapshot template: VMs of this handler restore from a saved, booted guest instead of booting the kernel (qemu only)."`
 	BootTimeout  Duration `toml:"boot_timeout" json:"boot_timeout" comment:"How long a VM may take from VMM start to a healthy agent."`
 	GuestDir     string   `toml:"guest_dir" json:"guest_dir" comment:"Guest for this handler; empty: runtime.guest_dir."`
 	Pool         Pool     `toml:"pool" json:"pool" comment:"Warm pool: VMs of this handler booted ahead of their pods, which RunPodSandbox claims instead of booting."`
@@ -57,6 +58,11 @@ func (p Pool) Resolve(cpus int, memAvailableMiB, memoryMiB uint64) int {
 		return 0
 	}
 	return autoPoolSize
+}
+
+// Template configures a handler's snapshot template.
+type Template struct {
+	Enabled bool `toml:"enabled" json:"enabled" comment:"Restore VMs of the handler's default size from a template (rebuilt in the background when the guest, QEMU or the handler's command line changes; until then, and whenever a restore fails, VMs boot cold). Clones share the template's memory contents, so their guests' random state is reseeded by the agent when the pod is set up."`
 }
 
 // handlerDefaults fill what a handler leaves unset, so a drop-in that sets one

@@ -217,6 +217,7 @@ func (m *Manager) runPod(ctx context.Context, cfg *runtimeapi.PodSandboxConfig, 
 				Shares: []vm.Share{{Tag: shareTag, Source: pod.ShareDir}},
 				NICs:   []vm.NIC{{ID: "eth0", Tap: net.Tap, MAC: net.MAC, MTU: net.MTU}},
 				Accel:  h.Accel, BootTimeout: h.BootTimeout.Std(),
+				Template: templateFor(handler, h, vcpus, mem),
 			})
 			if err != nil {
 				return nil, err

@@ -76,6 +76,10 @@ type Spec struct {
 	Accel string
 	// BootTimeout bounds how long an accelerator probe may take (auto).
 	BootTimeout time.Duration
+	// Template, when set, names the snapshot template (one per handler) a
+	// driver that has templates restores the VM from instead of booting the
+	// kernel; a missing, stale or failing template means a cold boot.
+	Template string
 }
 
 // Share is a host directory the guest mounts with virtio-fs under Tag.

@@ -79,6 +79,8 @@ func serve(loaded *config.Loaded, configPath string) error {
 
 	var server *cri.Server
 	paths := cfg.Paths()
+	qemuDriver := qemu.New(qemu.Options{Log: log.WithField("component", "qemu"), DebugConsole: cfg.Debug.Console, TemplateDir: paths.TemplateDir})
+	defer qemuDriver.Close() // ends template builds
 	pods, err := sandbox.New(sandbox.Options{
 		StateDir: paths.PodStateDir,
 		RunDir:   paths.PodRunDir,
@@ -87,7 +89,7 @@ func serve(loaded *config.Loaded, configPath string) error {
 		Drivers: map[string]vm.Driver{
 			// [debug] console is also the agents' policy: their VMs boot
 			// with cocoon.debug_console=1 only then.
-			"qemu": qemu.New(qemu.Options{Log: log.WithField("component", "qemu"), DebugConsole: cfg.Debug.Console}),
+			"qemu": qemuDriver,
 			"clh":  clh.New(clh.Options{Log: log.WithField("component", "clh"), DebugConsole: cfg.Debug.Console}),
 		},
 		Network: &sandbox.CNINetwork{
