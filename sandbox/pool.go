@@ -118,13 +118,23 @@ func (m *Manager) StartPools(maker WarmMaker) {
 		if size == 0 || m.pools[name] != nil {
 			continue
 		}
-		if _, ok := m.opts.Drivers[h.VMM]; !ok {
+		driver, ok := m.opts.Drivers[h.VMM]
+		if !ok {
 			log.Infof("no warm pool: VMM %q is not available", h.VMM)
 			continue
 		}
+		// A pool nobody sized does not boot VMs that cannot run here (a
+		// VMM without its binary or KVM); one an operator sized tries, and
+		// says why it fails.
+		if u, ok := driver.(usableDriver); ok && isAuto(h.Pool) {
+			if err := u.Usable(); err != nil {
+				log.WithError(err).Info("no warm pool: this handler's VMs cannot run here")
+				continue
+			}
+		}
 		ctx, cancel := context.WithCancel(context.Background())
 		p := &pool{
-			handler: name, h: h, size: size, auto: h.Pool.Size == nil || *h.Pool.Size == config.PoolAuto, make: maker, refillDelay: delay, discard: m.discardWarm, log: log,
+			handler: name, h: h, size: size, auto: isAuto(h.Pool), make: maker, refillDelay: delay, discard: m.discardWarm, log: log,
 			kick: make(chan struct{}, 1), cancel: cancel, done: make(chan struct{}),
 		}
 		m.pools[name] = p
@@ -132,6 +142,15 @@ func (m *Manager) StartPools(maker WarmMaker) {
 		log.Info("warm pool started")
 	}
 }
+
+// usableDriver is a driver that can tell, without booting, whether its VMs
+// can run on this host.
+type usableDriver interface {
+	Usable() error
+}
+
+// isAuto says whether the operator left the pool's size to the host.
+func isAuto(p config.Pool) bool { return p.Size == nil || *p.Size == config.PoolAuto }
 
 // StopPools stops refilling and discards every warm VM. Warm VMs are not
 // kept across a cocoond restart (a restart reclaims them as strays anyway),

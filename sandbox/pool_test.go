@@ -295,3 +295,45 @@ func TestMemAvailable(t *testing.T) {
 		t.Errorf("missing file: %d, want 0", got)
 	}
 }
+
+// unusableDriver is a driver whose VMs cannot run on this host (a VMM
+// binary missing, no KVM).
+type unusableDriver struct{ fakeDriver }
+
+func (unusableDriver) Usable() error { return errors.New("cloud-hypervisor: not on PATH") }
+
+// TestPoolSkipsAHandlerWhoseVMsCannotRun: an auto pool boots nothing for a
+// handler whose driver says its VMs cannot run here, while a pool an
+// operator sized still tries (and says why it fails).
+func TestPoolSkipsAHandlerWhoseVMsCannotRun(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		size     *int
+		wantPool bool
+	}{
+		{"auto", nil, false},
+		{"sized by the operator", func() *int { n := 1; return &n }(), true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			netw := &fakeWarmNetwork{fakeNetwork: &fakeNetwork{}}
+			m := testManager(t, netw.fakeNetwork, &fakeDriver{})
+			m.opts.Network = netw
+			h := m.opts.Runtime.Handlers["h"]
+			h.Pool.Size = tc.size
+			m.opts.Runtime.Handlers["h"] = h
+			m.opts.Drivers[h.VMM] = &unusableDriver{}
+			maker := &fakeWarmMaker{t: t, m: m, failing: true}
+			m.StartPools(maker.make)
+			t.Cleanup(func() { _ = m.StopPools(context.Background()) })
+			m.mu.Lock()
+			p := m.pools["h"]
+			m.mu.Unlock()
+			if tc.size == nil && p == nil {
+				return // as wanted (or the host has no room: either way nothing boots)
+			}
+			if (p != nil) != tc.wantPool {
+				t.Fatalf("pool started: %v, want %v", p != nil, tc.wantPool)
+			}
+		})
+	}
+}

@@ -207,13 +207,15 @@ address = "127.0.0.1:0"
 	return filepath.Join(dir, "cocoon.toml"), nil
 }
 
-// poolOff turns the warm pool off unless extra configures it: the other
-// tests count VMs, netns and run dirs, which warm VMs would add to.
+// poolOff turns every handler's warm pool off unless extra configures the
+// cocoon handler's: the other tests count VMs, netns and run dirs, which
+// warm VMs would add to.
 func poolOff(extra []string) string {
+	off := "[runtime.handlers.cocoon-clh.pool]\nsize = 0\n"
 	if strings.Contains(strings.Join(extra, ""), "[runtime.handlers.cocoon.pool]") {
-		return ""
+		return off
 	}
-	return "[runtime.handlers.cocoon.pool]\nsize = 0\n"
+	return off + "[runtime.handlers.cocoon.pool]\nsize = 0\n"
 }
 
 func startDaemon(bin, dir string, extraConfig ...string) (*env, error) {

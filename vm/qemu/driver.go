@@ -79,6 +79,16 @@ func (d *Driver) Close() {
 // Name implements vm.Driver.
 func (d *Driver) Name() string { return "qemu" }
 
+// Usable says whether VMs of this driver can run here at all: the QEMU
+// binary is on PATH (TCG runs anywhere). What runs VMs ahead of any request
+// (the warm pool) asks first.
+func (d *Driver) Usable() error {
+	if _, err := exec.LookPath(d.opts.Binary); err != nil {
+		return fmt.Errorf("qemu: %w", err)
+	}
+	return nil
+}
+
 // Create implements vm.Driver: it starts QEMU paused with every device, or
 // restores the VM from its snapshot template (Spec.Template) and plugs the
 // devices a template has none of. A VM that cannot be restored boots cold.
