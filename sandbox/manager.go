@@ -15,8 +15,8 @@ import (
 	"go.podman.io/storage"
 
 	"github.com/cocoon-runtime/cocoon/agentclient"
-	"github.com/cocoon-runtime/cocoon/cni"
 	agentapi "github.com/cocoon-runtime/cocoon/api/agent"
+	"github.com/cocoon-runtime/cocoon/cni"
 	"github.com/cocoon-runtime/cocoon/config"
 	"github.com/cocoon-runtime/cocoon/errdefs"
 	"github.com/cocoon-runtime/cocoon/image"
