@@ -247,7 +247,8 @@ func (m *Manager) runPod(ctx context.Context, cfg *runtimeapi.PodSandboxConfig, 
 		}},
 		{Name: "grow", Run: func(ctx context.Context) (func() error, error) {
 			// The warm VM has the handler's size; the pod's limits may want more.
-			return nil, m.growClaimed(ctx, rt, h, cfg.GetLinux().GetResources())
+			_, err := growToFit(ctx, rt, h, cfg.GetLinux().GetResources())
+			return nil, err
 		}},
 		{Name: "guest-setup", Run: func(ctx context.Context) (func() error, error) {
 			return nil, m.setupGuest(ctx, rt.agent, id, cfg, claimedNetwork(net, w))

@@ -13,8 +13,6 @@ import (
 
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/types/known/emptypb"
-	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	agentapi "github.com/cocoon-runtime/cocoon/api/agent"
 	"github.com/cocoon-runtime/cocoon/config"
@@ -140,23 +138,6 @@ func claimedNetwork(n *PodNetwork, w *warmVM) *PodNetwork {
 	out.Interface.SetHwAddr = n.MAC.String()
 	out.Interface.HwAddr = w.mac.String()
 	return &out
-}
-
-// growClaimed hotplugs vCPUs and memory into a claimed VM when the pod's
-// limits want more than the handler's size it was booted with.
-func (m *Manager) growClaimed(ctx context.Context, rt *podRuntime, h config.Handler, res *runtimeapi.LinuxContainerResources) error {
-	st := rt.vmm.State()
-	vcpus, mem := fitResources(st.VCPUs, st.MemoryMiB, h, res)
-	if vcpus == st.VCPUs && mem == st.MemoryMiB {
-		return nil
-	}
-	if err := rt.vmm.Resize(ctx, vcpus, mem); err != nil {
-		return fmt.Errorf("grow the warm VM to %d vCPUs, %d MiB: %w", vcpus, mem, err)
-	}
-	if _, err := rt.agent.OnlineCPUMem(ctx, &emptypb.Empty{}); err != nil {
-		return fmt.Errorf("agent OnlineCPUMem: %w", err)
-	}
-	return nil
 }
 
 // claimPriority gives a claimed VM's processes back the normal priority.
