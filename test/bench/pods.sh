@@ -2,14 +2,14 @@
 # Pod benchmark, cocoond (each pod a QEMU VM) against Debian's containerd 1.6
 # + runc in the same run, with the same images and CNI plugins:
 #   - RunPodSandbox p50/p90 and "pod + container running" p50, per
-#     configuration: containerd+runc, cocoond from a warm pool, cocoond cold
-#     (pool size 0), each as a ratio to containerd+runc;
+#     configuration: containerd+runc, cocoond from a warm pool, cocoond
+#     restoring each VM from a snapshot template (no pool), cocoond cold
+#     (pool size 0, no template), each as a ratio to containerd+runc;
 #   - a burst of BURST RunPodSandbox calls at once: time until all are Ready,
 #     errors, leftovers after removing them;
 #   - cocoond's RSS with PODS pods running.
-# A cocoond configuration is a runtime handler of one cocoond: add a mode
-# (say, template restore without a pool) as one more handler in
-# COCOON_EXTRA_CONFIG and one more entry in CONFIGS.
+# A cocoond configuration is a runtime handler of one cocoond: add a mode as
+# one more handler in COCOON_EXTRA_CONFIG and one more entry in CONFIGS.
 set -euo pipefail
 RUNS=${RUNS:-10}
 PODS=${PODS:-10}
@@ -25,9 +25,17 @@ export COCOON_EXTRA_CONFIG="[runtime.handlers.cold]
 accel = \"${COCOON_ACCEL:-auto}\"
 boot_timeout = \"$COCOON_BOOT_TIMEOUT\"
 [runtime.handlers.cold.pool]
-size = 0"
-# label:runtime-handler, in report order; "ctrd" is the baseline.
-CONFIGS=${CONFIGS:-"pool:cocoon cold:cold"}
+size = 0
+[runtime.handlers.restore]
+accel = \"${COCOON_ACCEL:-auto}\"
+boot_timeout = \"$COCOON_BOOT_TIMEOUT\"
+[runtime.handlers.restore.pool]
+size = 0
+[runtime.handlers.restore.template]
+enabled = true"
+# label:runtime-handler, in report order; "ctrd" is the baseline. "restore"
+# has no pool and restores every VM from its handler's snapshot template.
+CONFIGS=${CONFIGS:-"pool:cocoon restore:restore cold:cold"}
 . "$(dirname "$0")/../critest/env.sh"
 
 cocoon_start_registry >/dev/null
@@ -54,12 +62,26 @@ wait_pool() {
   return 1
 }
 
+# prime_template HANDLER: the first pod of a template handler boots cold and
+# builds the template in the background; wait until it is saved.
+prime_template() {
+  printf '{"metadata":{"name":"prime","namespace":"bench","uid":"prime"}}' >"$WORK/prime.json"
+  cocoon_crictl rmp -f "$(cocoon_crictl runp --runtime "$1" "$WORK/prime.json")" >/dev/null
+  for _ in $(seq 1 1200); do
+    [ -f "$WORK/lib/templates/$1/template.json" ] && return 0
+    sleep 0.25
+  done
+  echo "bench: the $1 template was not built" >&2
+  return 1
+}
+
 # measure ENDPOINT HANDLER LABEL: prints "runp_p50 runp_p90 full_p50" (ms).
 measure() {
   local ep=$1 handler=$2 label=$3 c runp=() full=() made=0
   c=$(crictl_for "$ep")
   $c pull "$IMAGE" >/dev/null
   $c pull registry.k8s.io/pause:3.9 >/dev/null
+  if [ "$label" = restore ]; then prime_template "$handler"; fi
   for i in $(seq 1 "$RUNS"); do
     if [ "$label" = pool ]; then made=$((made + 1)); wait_pool $((POOL + made - 1)); fi
     printf '{"metadata":{"name":"%s-%s","namespace":"bench","uid":"u-%s-%s"},"log_directory":"%s/logs"}' "$label" "$i" "$label" "$i" "$WORK" >"$WORK/pod.json"
