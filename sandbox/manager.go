@@ -143,6 +143,11 @@ func (m *Manager) waitAgent(ctx context.Context, v vm.VMM) (*ttrpc.Client, error
 	return agentclient.Wait(ctx, v.DialAgent, agentclient.ObserveCalls(m.opts.AgentCalls))
 }
 
+// reconnectAgent connects to the agent of a VM re-adopted after a restart.
+func (m *Manager) reconnectAgent(ctx context.Context, v vm.VMM) (*ttrpc.Client, error) {
+	return agentclient.Reconnect(ctx, v.DialAgent, agentclient.ObserveCalls(m.opts.AgentCalls))
+}
+
 func newID() string {
 	var b [32]byte
 	_, _ = rand.Read(b[:])
