@@ -72,5 +72,7 @@ func toCRINetwork(ns *sandbox.NetworkStats) *runtimeapi.NetworkUsage {
 		TxBytes:  u64(ns.TxBytes),
 		TxErrors: u64(ns.TxErrors),
 	}
-	return &runtimeapi.NetworkUsage{Timestamp: ns.Timestamp.UnixNano(), DefaultInterface: iface}
+	// The pod has one interface, so it is the default and the whole list
+	// (kubelet's summary reads the list).
+	return &runtimeapi.NetworkUsage{Timestamp: ns.Timestamp.UnixNano(), DefaultInterface: iface, Interfaces: []*runtimeapi.NetworkInterfaceUsage{iface}}
 }

@@ -193,4 +193,7 @@ func TestPodSandboxStatsSilentAgent(t *testing.T) {
 		iface.GetRxErrors().GetValue() != 1 || iface.GetTxErrors().GetValue() != 2 {
 		t.Fatalf("pod network: %v", resp.GetStats().GetLinux().GetNetwork())
 	}
+	if ifaces := resp.GetStats().GetLinux().GetNetwork().GetInterfaces(); len(ifaces) != 1 || ifaces[0].GetName() != "eth0" {
+		t.Fatalf("pod interfaces: %v", ifaces)
+	}
 }
