@@ -18,6 +18,10 @@ CRI_TOOLS_DIR      = $(shell $(GO) env GOMODCACHE)/sigs.k8s.io/cri-tools@$(CRI_T
 # bump rebuilds it.
 GOLANGCI_LINT_VERSION := v2.15.0
 GOLANGCI_LINT          := $(BIN)/golangci-lint-$(GOLANGCI_LINT_VERSION)
+# kubelet for test/k8s, built from the k8s.io/kubernetes pin in
+# test/k8s/kubelet/go.mod; the version in its name rebuilds it when the pin moves.
+KUBELET_VERSION := $(shell awk '$$1 == "require" && $$2 == "k8s.io/kubernetes" {print $$3}' test/k8s/kubelet/go.mod)
+KUBELET         := $(BIN)/kubelet-$(KUBELET_VERSION)
 
 # Where `make run` keeps the daemon's pid and log.
 RUN_PID     := /run/cocoon/cocoond.pid
@@ -27,7 +31,7 @@ SOCKET      := /run/cocoon/cocoon.sock
 GUEST_DIR   ?= /var/lib/cocoon/guest
 TEST_GUEST  := $(CURDIR)/_output/guest
 
-.PHONY: all build guest deps check-deps tools run registry registry-down stop test test-unit lint fuzz verify-generate test-integration test-critest conformance bench generate fmt vet clean
+.PHONY: all build guest deps check-deps tools run registry registry-down stop test test-unit lint fuzz verify-generate test-integration test-k8s kubelet test-critest conformance bench generate fmt vet clean
 
 all: build
 
@@ -98,7 +102,7 @@ stop:
 	@if [ -f $(RUN_PID) ]; then kill -TERM $$(cat $(RUN_PID)) 2>/dev/null || true; rm -f $(RUN_PID); fi
 
 ## test: everything CI runs (unit, integration as root, critest)
-test: deps check-deps build tools test-unit lint fuzz test-integration test-critest
+test: deps check-deps build tools test-unit lint fuzz test-integration test-k8s test-critest
 
 # The agent links libcontainer's C nsenter, so tests build with cgo; cocoond itself stays CGO_ENABLED=0.
 test-unit: verify-generate
@@ -145,6 +149,20 @@ test-integration:
 	$(MAKE) guest GUEST_DIR=$(TEST_GUEST)
 	set -o pipefail; CGO_ENABLED=1 COCOON_INTEGRATION=1 COCOON_BIN=$(BIN) COCOON_GUEST_DIR=$(TEST_GUEST) $(GO) test -timeout 20m -v -count=1 -p 1 ./vm/... ./test/e2e/... | grep -E "^(=== RUN|\s*--- |PASS|FAIL|ok|e2e:)|SKIP|skip|_test.go:"
 
+## kubelet: kubelet from the pinned k8s.io/kubernetes (about 12 min cold on 2 cores, cached by version)
+kubelet: $(KUBELET)
+
+$(KUBELET): test/k8s/kubelet/go.mod
+	@mkdir -p $(BIN)
+	@# kubelet reports (and its node status carries) the version only from these ldflags.
+	cd test/k8s/kubelet && CGO_ENABLED=0 GOFLAGS=-buildvcs=false nice -n 10 $(GO) build -trimpath \
+		-ldflags '-s -w -X k8s.io/component-base/version.gitVersion=$(KUBELET_VERSION)' -o $@ k8s.io/kubernetes/cmd/kubelet
+
+## test-k8s: a real standalone kubelet with cocoond as its only runtime (test/k8s)
+test-k8s: $(KUBELET) tools
+	$(MAKE) guest GUEST_DIR=$(TEST_GUEST)
+	set -o pipefail; CGO_ENABLED=1 COCOON_INTEGRATION=1 COCOON_BIN=$(BIN) COCOON_GUEST_DIR=$(TEST_GUEST) $(GO) test -timeout 15m -v -count=1 ./test/k8s/ | grep -E "^(=== RUN|\s*--- |PASS|FAIL|ok|k8s:)|SKIP|skip|_test.go:"
+
 ## test-critest: the full critest validation suite against cocoond, minus test/critest/skip.txt
 test-critest:
 	$(MAKE) guest GUEST_DIR=$(TEST_GUEST)
@@ -155,11 +173,12 @@ conformance: deps build tools
 	$(MAKE) guest GUEST_DIR=$(TEST_GUEST)
 	BIN=$(BIN) COCOON_GUEST_DIR=$(TEST_GUEST) test/critest/run.sh --baseline
 
-## bench: image pull through cocoond against skopeo, guest boot against bare kernel boot, as ratios
+## bench: image pull through cocoond against skopeo, guest boot against bare kernel boot, memory per idle pod and density against containerd+runc, as ratios
 bench: deps build tools
 	BIN=$(BIN) test/bench/pull.sh
 	$(MAKE) guest GUEST_DIR=$(TEST_GUEST)
 	BIN=$(BIN) COCOON_GUEST_DIR=$(TEST_GUEST) test/bench/pods.sh
+	BIN=$(BIN) COCOON_GUEST_DIR=$(TEST_GUEST) test/bench/memory.sh
 	CGO_ENABLED=1 COCOON_INTEGRATION=1 COCOON_GUEST_DIR=$(TEST_GUEST) $(GO) test -run XXX -bench GuestBoot -benchtime $${BOOTS:-5}x ./test/e2e/
 	CGO_ENABLED=1 COCOON_INTEGRATION=1 COCOON_GUEST_DIR=$(TEST_GUEST) $(GO) test -run XXX -bench QEMUColdBoot -benchtime $${BOOTS:-10}x ./vm/qemu/
 	CGO_ENABLED=1 COCOON_INTEGRATION=1 COCOON_GUEST_DIR=$(TEST_GUEST) COCOON_CYCLES=$${CYCLES:-50} $(GO) test -count=1 -v -timeout 30m -run BootStopCycles ./vm/qemu/ | grep -E "cycles|^(---|ok|FAIL)"

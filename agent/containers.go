@@ -40,14 +40,13 @@ type container struct {
 type engine struct {
 	mu         sync.Mutex
 	containers map[string]*container
-	oom        *oomBroker
 	guest      execTable
 	// host is set in host mode (hostmode.go): a host pod's agent.
 	host *hostPod
 }
 
 func newEngine() *engine {
-	return &engine{containers: map[string]*container{}, oom: newOOMBroker()}
+	return &engine{containers: map[string]*container{}}
 }
 
 func notFound(kind, id string) error {
@@ -103,6 +102,8 @@ func (e *engine) create(req *agentapi.CreateContainerRequest) (err error) {
 	// The guest root is the initramfs, where pivot_root cannot work; the VM
 	// boundary is the isolation, and containers still get their own mount ns.
 	// On the host, libcontainer pivots as runc does.
+	steps := newStepLog("create", id)
+	defer steps.done()
 	cfg, err := specconv.CreateLibcontainerConfig(&specconv.CreateOpts{
 		CgroupName:       id,
 		NoPivotRoot:      e.host == nil,
@@ -112,10 +113,12 @@ func (e *engine) create(req *agentapi.CreateContainerRequest) (err error) {
 	if err != nil {
 		return status.Errorf(codes.InvalidArgument, "oci spec: %v", err)
 	}
+	steps.mark("spec")
 	lc, err := libcontainer.Create(stateDir, id, cfg)
 	if err != nil {
 		return status.Errorf(codes.Internal, "create container: %v", err)
 	}
+	steps.mark("libcontainer-create")
 	c := &container{id: id, lc: lc, spec: &spec}
 	p, err := newProcess(libcontainerProcess(spec.Process, true), req.GetTty(), req.GetStdin())
 	if err != nil {
@@ -128,6 +131,7 @@ func (e *engine) create(req *agentapi.CreateContainerRequest) (err error) {
 		_ = lc.Destroy()
 		return status.Errorf(codes.Internal, "start container init: %v", err)
 	}
+	steps.mark("init-start")
 	if err := p.started(); err != nil {
 		_ = lc.Signal(unix.SIGKILL)
 		_ = lc.Destroy()
@@ -135,7 +139,6 @@ func (e *engine) create(req *agentapi.CreateContainerRequest) (err error) {
 	}
 	c.init = p
 	go p.watch()
-	e.oom.watch(c)
 	e.mu.Lock()
 	e.containers[id] = c
 	e.mu.Unlock()
@@ -150,10 +153,14 @@ func (e *engine) start(id string) error {
 	if st, _ := c.lc.Status(); st != libcontainer.Created {
 		return status.Errorf(codes.FailedPrecondition, "container %q is %s, not created", id, st)
 	}
+	steps := newStepLog("start", id)
+	defer steps.done()
 	if err := c.lc.Exec(); err != nil {
 		return status.Errorf(codes.Internal, "start container: %v", err)
 	}
+	steps.mark("exec")
 	waitExecve(c.init)
+	steps.mark("execve")
 	return nil
 }
 

@@ -80,7 +80,6 @@ func ParseHostArgs(args []string) (HostOptions, error) {
 var hostRefused = map[string]bool{
 	"/" + agentapi.AgentServiceName + "/UpdateInterface": true,
 	"/" + agentapi.AgentServiceName + "/UpdateRoutes":    true,
-	"/" + agentapi.AgentServiceName + "/AddNeighbors":    true,
 	"/" + agentapi.AgentServiceName + "/OnlineCPUMem":    true,
 }
 

@@ -171,7 +171,6 @@ func TestHostModeRefusesToConfigureTheHost(t *testing.T) {
 	for name, call := range map[string]func() error{
 		"UpdateInterface": func() error { _, err := a.UpdateInterface(ctx, &agentapi.Interface{Name: "eth0"}); return err },
 		"UpdateRoutes":    func() error { _, err := a.UpdateRoutes(ctx, &agentapi.Routes{}); return err },
-		"AddNeighbors":    func() error { _, err := a.AddNeighbors(ctx, &agentapi.Neighbors{}); return err },
 		"OnlineCPUMem":    func() error { _, err := a.OnlineCPUMem(ctx, &emptypb.Empty{}); return err },
 		"guest-root exec": func() error {
 			_, err := a.ExecProcess(ctx, &agentapi.ExecProcessRequest{ExecId: "x", GuestRoot: true, Process: []byte(`{"args":["true"]}`)})
@@ -189,7 +188,7 @@ func TestHostModeRefusesToConfigureTheHost(t *testing.T) {
 	}
 	c := ttrpc.NewClient(conn, agentclient.WithToken([]byte("0123456789abcdef0123456789abcdef")))
 	defer c.Close()
-	if _, err := agentapi.NewAgentClient(c).ListRoutes(ctx, &emptypb.Empty{}); status.Code(err) != codes.Unauthenticated {
+	if _, err := agentapi.NewAgentClient(c).OnlineCPUMem(ctx, &emptypb.Empty{}); status.Code(err) != codes.Unauthenticated {
 		t.Fatalf("wrong token: got %v, want Unauthenticated", err)
 	}
 }

@@ -15,10 +15,10 @@ import (
 // OnlineCPUMem onlines every present vCPU and memory block the VMM hotplugged.
 // The kernel onlines memory itself (memhp_default_state=online); vCPUs wait
 // for userspace, which in this guest is us.
-func (s *Server) OnlineCPUMem(ctx context.Context, _ *emptypb.Empty) (*agentapi.GuestDetails, error) {
+func (s *Server) OnlineCPUMem(context.Context, *emptypb.Empty) (*agentapi.GuestDetails, error) {
 	onlineAll("/sys/devices/system/cpu/cpu*/online", "0", "1")
 	onlineAll("/sys/devices/system/memory/memory*/state", "offline", "online")
-	return s.GetGuestDetails(ctx, nil)
+	return guestDetails(), nil
 }
 
 func onlineAll(pattern, offline, online string) {

@@ -6,10 +6,13 @@ import (
 	"encoding/hex"
 	"fmt"
 	"os"
+	"path"
 	"strings"
 	"sync/atomic"
+	"time"
 
 	"github.com/containerd/ttrpc"
+	"github.com/sirupsen/logrus"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -107,6 +110,8 @@ func (p Policy) authorize(ctx context.Context) error {
 // unaryInterceptor refuses every unary call, Check included, without the
 // token. Check too: it is what proves a connection before its streams (see
 // authorizeStream), and a host with a wrong token learns at once.
+// Each call's duration is logged at debug level (cocoon.log=debug on the
+// kernel command line): the guest's own view of where pod start time goes.
 func (p Policy) unaryInterceptor(ctx context.Context, um ttrpc.Unmarshaler, info *ttrpc.UnaryServerInfo, m ttrpc.Method) (any, error) {
 	if err := p.authorize(ctx); err != nil {
 		return nil, err
@@ -114,7 +119,12 @@ func (p Policy) unaryInterceptor(ctx context.Context, um ttrpc.Unmarshaler, info
 	if p.HostMode && hostRefused[info.FullMethod] {
 		return nil, status.Errorf(codes.PermissionDenied, "%s: a host pod's agent does not configure the host", info.FullMethod)
 	}
-	return m(ctx, um)
+	start := time.Now()
+	resp, err := m(ctx, um)
+	if logrus.IsLevelEnabled(logrus.DebugLevel) {
+		logrus.WithFields(logrus.Fields{"method": path.Base(info.FullMethod), "took": time.Since(start).String(), "error": err}).Debug("call")
+	}
+	return resp, err
 }
 
 // authorizeStream admits a stream only on a connection that already made a

@@ -2,10 +2,12 @@ package agent
 
 import (
 	"context"
+	"encoding/binary"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
@@ -23,6 +25,12 @@ func (s *Server) CreateSandbox(_ context.Context, req *agentapi.CreateSandboxReq
 	}
 	if err := netconf.BringUpLoopback(); err != nil {
 		return nil, status.Errorf(codes.Internal, "loopback: %v", err)
+	}
+	if err := setClock(req.GetClockUnixNano()); err != nil {
+		return nil, err
+	}
+	if err := addEntropy(req.GetEntropy()); err != nil {
+		return nil, err
 	}
 	if h := req.GetHostname(); h != "" {
 		if err := unix.Sethostname([]byte(h)); err != nil {
@@ -57,6 +65,58 @@ func (s *Server) CreateSandbox(_ context.Context, req *agentapi.CreateSandboxReq
 	}
 	return empty, nil
 }
+
+// maxEntropy bounds what one CreateSandbox may credit: the kernel's input
+// pool is 256 bytes, more adds nothing.
+const maxEntropy = 512
+
+// setClock sets the guest's wall clock to the host's, when the host sent it.
+func setClock(unixNano int64) error {
+	if unixNano == 0 {
+		return nil
+	}
+	ts := unix.NsecToTimespec(unixNano)
+	if err := unix.ClockSettime(unix.CLOCK_REALTIME, &ts); err != nil {
+		return status.Errorf(codes.Internal, "set clock: %v", err)
+	}
+	return nil
+}
+
+// addEntropy mixes the host's random bytes into the guest's pool and credits
+// them (RNDADDENTROPY), so a guest made ahead of its pod starts with fresh,
+// unshared random state.
+func addEntropy(b []byte) error {
+	if len(b) == 0 {
+		return nil
+	}
+	if len(b) > maxEntropy {
+		return status.Errorf(codes.InvalidArgument, "entropy: %d bytes, at most %d", len(b), maxEntropy)
+	}
+	f, err := os.OpenFile("/dev/random", os.O_WRONLY, 0)
+	if err != nil {
+		return status.Errorf(codes.Internal, "entropy: %v", err)
+	}
+	defer f.Close()
+	// struct rand_pool_info { int entropy_count; int buf_size; __u32 buf[]; }
+	info := make([]byte, 8+len(b))
+	binary.NativeEndian.PutUint32(info[0:], uint32(len(b)*8))
+	binary.NativeEndian.PutUint32(info[4:], uint32(len(b)))
+	copy(info[8:], b)
+	if _, _, errno := unix.Syscall(unix.SYS_IOCTL, f.Fd(), unix.RNDADDENTROPY, uintptr(unsafe.Pointer(&info[0]))); errno != 0 {
+		return status.Errorf(codes.Internal, "entropy: RNDADDENTROPY: %v", errno)
+	}
+	// Since Linux 5.18 added entropy does not reach a running CRNG until its
+	// next scheduled reseed (up to a minute): clones of one template would
+	// hand out the same random bytes until then. Reseed now.
+	if _, _, errno := unix.Syscall(unix.SYS_IOCTL, f.Fd(), rndReseedCRNG, 0); errno != 0 {
+		return status.Errorf(codes.Internal, "entropy: RNDRESEEDCRNG: %v", errno)
+	}
+	return nil
+}
+
+// rndReseedCRNG is RNDRESEEDCRNG, _IO('R', 0x07) in linux/random.h (not in
+// x/sys/unix).
+const rndReseedCRNG = 0x5207
 
 // writeSysctl sets one sysctl; keys are dotted ("net.ipv4.ip_forward").
 func writeSysctl(key, value string) error {

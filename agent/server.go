@@ -26,9 +26,6 @@ import (
 	"github.com/cocoon-runtime/cocoon/version"
 )
 
-// ProtocolVersion changes when the agent protocol changes incompatibly.
-const ProtocolVersion = 1
-
 var empty = &emptypb.Empty{}
 
 // Server implements the Agent and Health services.
@@ -50,6 +47,10 @@ func Serve(ctx context.Context) error {
 	if lvl, err := logrus.ParseLevel(os.Getenv("COCOON_LOG_LEVEL")); err == nil {
 		logrus.SetLevel(lvl)
 	}
+	if logrus.IsLevelEnabled(logrus.DebugLevel) {
+		// Debug logs are for timing: stamp them to the microsecond.
+		logrus.SetFormatter(&logrus.TextFormatter{FullTimestamp: true, TimestampFormat: "15:04:05.000000", DisableColors: true})
+	}
 	// A VM told to expect a token that cannot read one serves nothing: the
 	// host would otherwise reach an agent open to every host user.
 	policy, err := loadGuestPolicy()
@@ -60,7 +61,8 @@ func Serve(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	logrus.WithFields(logrus.Fields{"addr": l.Addr().String(), "token": len(policy.Token) > 0, "debug_console": policy.DebugConsole}).Info("agent serving")
+	go warmContainerCgroups()
+	logrus.WithFields(logrus.Fields{"version": version.Version, "addr": l.Addr().String(), "token": len(policy.Token) > 0, "debug_console": policy.DebugConsole}).Info("agent serving")
 	return ServeOn(ctx, l, NewServer(func() { _ = unix.Kill(1, unix.SIGTERM) }, policy))
 }
 
@@ -95,10 +97,6 @@ func (s *Server) Check(context.Context, *agentapi.CheckRequest) (*agentapi.Check
 	return &agentapi.CheckResponse{Status: agentapi.CheckResponse_SERVING}, nil
 }
 
-func (s *Server) Version(context.Context, *agentapi.CheckRequest) (*agentapi.VersionResponse, error) {
-	return &agentapi.VersionResponse{AgentVersion: version.Version, KernelRelease: kernelRelease(), ProtocolVersion: ProtocolVersion}, nil
-}
-
 func kernelRelease() string {
 	var u unix.Utsname
 	if unix.Uname(&u) != nil {
@@ -107,14 +105,15 @@ func kernelRelease() string {
 	return unix.ByteSliceToString(u.Release[:])
 }
 
-func (s *Server) GetGuestDetails(context.Context, *emptypb.Empty) (*agentapi.GuestDetails, error) {
+// guestDetails describes the guest as OnlineCPUMem answers it.
+func guestDetails() *agentapi.GuestDetails {
 	d := &agentapi.GuestDetails{KernelRelease: kernelRelease(), AgentVersion: version.Version, OnlineCpus: onlineCPUs()}
 	var si unix.Sysinfo_t
 	if unix.Sysinfo(&si) == nil {
 		d.MemoryBytes = uint64(si.Totalram) * uint64(si.Unit)
 	}
 	d.AgentRssBytes = selfRSS()
-	return d, nil
+	return d
 }
 
 // selfRSS reads VmRSS of the agent server process.
@@ -148,22 +147,6 @@ func (s *Server) UpdateContainer(_ context.Context, req *agentapi.UpdateContaine
 
 func (s *Server) StatsContainer(_ context.Context, req *agentapi.ContainerRequest) (*agentapi.ContainerStats, error) {
 	return s.engine.stats(req.GetContainerId())
-}
-
-func (s *Server) PauseContainer(_ context.Context, req *agentapi.ContainerRequest) (*emptypb.Empty, error) {
-	c, err := s.engine.get(req.GetContainerId())
-	if err != nil {
-		return nil, err
-	}
-	return empty, errorf(codes.Internal, c.lc.Pause())
-}
-
-func (s *Server) ResumeContainer(_ context.Context, req *agentapi.ContainerRequest) (*emptypb.Empty, error) {
-	c, err := s.engine.get(req.GetContainerId())
-	if err != nil {
-		return nil, err
-	}
-	return empty, errorf(codes.Internal, c.lc.Resume())
 }
 
 func (s *Server) ExecProcess(_ context.Context, req *agentapi.ExecProcessRequest) (*emptypb.Empty, error) {
@@ -353,24 +336,6 @@ func (s *Server) ResizeTty(_ context.Context, req *agentapi.ResizeTtyRequest) (*
 	return empty, errorf(codes.Internal, p.tty.Resize(console.WinSize{Height: uint16(req.GetRows()), Width: uint16(req.GetColumns())}))
 }
 
-func (s *Server) OOMEvents(ctx context.Context, _ *emptypb.Empty, stream agentapi.Agent_OOMEventsServer) error {
-	if err := s.policy.authorizeStream(ctx); err != nil {
-		return err
-	}
-	events, cancel := s.engine.oom.subscribe()
-	defer cancel()
-	for {
-		select {
-		case ev := <-events:
-			if err := stream.Send(ev); err != nil {
-				return err
-			}
-		case <-ctx.Done():
-			return nil
-		}
-	}
-}
-
 func (s *Server) UpdateInterface(_ context.Context, req *agentapi.Interface) (*agentapi.Interface, error) {
 	iface, err := netconf.UpdateInterface(req)
 	return iface, netError(err)
@@ -378,20 +343,6 @@ func (s *Server) UpdateInterface(_ context.Context, req *agentapi.Interface) (*a
 
 func (s *Server) UpdateRoutes(_ context.Context, req *agentapi.Routes) (*agentapi.Routes, error) {
 	routes, err := netconf.UpdateRoutes(req)
-	return routes, netError(err)
-}
-
-func (s *Server) AddNeighbors(_ context.Context, req *agentapi.Neighbors) (*emptypb.Empty, error) {
-	return empty, netError(netconf.AddNeighbors(req))
-}
-
-func (s *Server) ListInterfaces(context.Context, *emptypb.Empty) (*agentapi.Interfaces, error) {
-	ifaces, err := netconf.ListInterfaces()
-	return ifaces, netError(err)
-}
-
-func (s *Server) ListRoutes(context.Context, *emptypb.Empty) (*agentapi.Routes, error) {
-	routes, err := netconf.ListRoutes()
 	return routes, netError(err)
 }
 

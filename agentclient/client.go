@@ -34,6 +34,26 @@ type Dialer func(ctx context.Context) (net.Conn, error)
 // interceptor sees them as the caller will). An agent refusing the token is
 // an error at once: waiting cannot fix it.
 func Wait(ctx context.Context, dial Dialer, opts ...ttrpc.ClientOpts) (*ttrpc.Client, error) {
+	return wait(ctx, dial, bootCheck, opts...)
+}
+
+// Reconnect is Wait for an agent that already runs (a VM cocoond re-adopts
+// after a restart): every check is short. Over virtio-serial the guest drops
+// what reached its port while the agent was still closing the previous
+// cocoond's session, so the first check can be lost; waiting a boot's time
+// for its answer would hold the restart for nothing.
+func Reconnect(ctx context.Context, dial Dialer, opts ...ttrpc.ClientOpts) (*ttrpc.Client, error) {
+	return wait(ctx, dial, retryCheck, opts...)
+}
+
+// bootCheck bounds the first health check of a booting guest; retryCheck
+// every later one.
+const (
+	bootCheck  = 10 * time.Second
+	retryCheck = time.Second
+)
+
+func wait(ctx context.Context, dial Dialer, first time.Duration, opts ...ttrpc.ClientOpts) (*ttrpc.Client, error) {
 	conn, err := dialRetry(ctx, dial)
 	if err != nil {
 		return nil, err
@@ -41,7 +61,7 @@ func Wait(ctx context.Context, dial Dialer, opts ...ttrpc.ClientOpts) (*ttrpc.Cl
 	opts = append(append(opts, ConnOpts(conn)...), GuestErrors())
 	client := ttrpc.NewClient(conn, opts...)
 	health := agentapi.NewHealthClient(client)
-	attempt := 10 * time.Second
+	attempt := first
 	for {
 		actx, cancel := context.WithTimeout(ctx, attempt)
 		resp, err := health.Check(actx, &agentapi.CheckRequest{})
@@ -57,7 +77,7 @@ func Wait(ctx context.Context, dial Dialer, opts ...ttrpc.ClientOpts) (*ttrpc.Cl
 			client.Close()
 			return nil, fmt.Errorf("agent not healthy: %w (last: %v)", ctx.Err(), err)
 		}
-		attempt = time.Second
+		attempt = retryCheck
 	}
 }
 

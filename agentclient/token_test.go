@@ -28,10 +28,6 @@ func (f fakeHealth) Check(ctx context.Context, _ *agentapi.CheckRequest) (*agent
 	return &agentapi.CheckResponse{Status: agentapi.CheckResponse_SERVING}, nil
 }
 
-func (fakeHealth) Version(context.Context, *agentapi.CheckRequest) (*agentapi.VersionResponse, error) {
-	return &agentapi.VersionResponse{}, nil
-}
-
 func TestWaitSendsTheConnectionsToken(t *testing.T) {
 	token := []byte("\x00\xff0123456789abcdef0123456789abcd")
 	for _, tc := range []struct {

@@ -50,32 +50,17 @@ type Tap struct {
 // the bridge plugin's DEL reads them to undo ipMasq rules. They cost
 // nothing, as the netns stack never receives a frame: ARP for the pod IP is
 // answered by the guest, which owns the IP.
-func SetupTap(netnsPath, veth string) (tap *Tap, err error) {
-	ns, err := OpenNetns(netnsPath)
+func SetupTap(netnsPath, veth string) (*Tap, error) {
+	f, err := CreateTap(netnsPath)
 	if err != nil {
 		return nil, err
 	}
-	err = ns.Do(func() error {
-		v, err := netlink.LinkByName(veth)
-		if err != nil {
-			return fmt.Errorf("pod interface %s: %w", veth, err)
-		}
-		f, err := openTap(TapName)
-		if err != nil {
-			return err
-		}
-		tap = &Tap{File: f, Name: TapName, MAC: v.Attrs().HardwareAddr, MTU: v.Attrs().MTU}
-		if err := redirect(v, tap); err != nil {
-			f.Close() // the tap goes with its only fd, and its qdisc with it
-			_ = cleanRedirects()
-			tap = nil
-			return err
-		}
-		return nil
-	})
+	tap, err := ConnectTap(netnsPath, veth)
 	if err != nil {
-		return nil, fmt.Errorf("tap in %s: %w", netnsPath, err)
+		f.Close() // the tap goes with its only fd, and its qdisc with it
+		return nil, err
 	}
+	tap.File = f
 	return tap, nil
 }
 

@@ -203,6 +203,20 @@ func TestRuntimeHandlers(t *testing.T) {
 				}
 			},
 		},
+		{
+			name: "a pool left unset is auto, size 0 turns it off",
+			body: "[runtime.handlers.cocoon.pool]\nsize = 0\n[runtime.handlers.big]\nvcpus = 2\n",
+			check: func(t *testing.T, c *Config) {
+				if n := c.Runtime.Handlers["cocoon"].Pool.Size; n == nil || *n != 0 {
+					t.Fatalf("cocoon pool size %v, want 0", n)
+				}
+				if n := c.Runtime.Handlers["big"].Pool.Size; n == nil || *n != PoolAuto {
+					t.Fatalf("big pool size %v, want auto", n)
+				}
+			},
+		},
+		{name: "pool too big", body: "[runtime.handlers.x.pool]\nsize = 1000\n", wantErr: []string{"runtime.handlers.x.pool.size"}},
+		{name: "pool size below auto", body: "[runtime.handlers.x.pool]\nsize = -2\n", wantErr: []string{"runtime.handlers.x.pool.size"}},
 		{name: "unknown default handler", body: "[runtime]\ndefault_handler = \"nope\"\n", wantErr: []string{"runtime.default_handler", "nope"}},
 		{name: "bad vmm", body: "[runtime.handlers.x]\nvmm = \"firecracker\"\n", wantErr: []string{"runtime.handlers.x.vmm", "firecracker"}},
 		{name: "limit below size", body: "[runtime.handlers.x]\nvcpus = 8\nmax_vcpus = 2\n", wantErr: []string{"runtime.handlers.x.max_vcpus"}},
@@ -259,6 +273,32 @@ func TestRuntimeHandlers(t *testing.T) {
 				t.Fatal(err)
 			}
 			tt.check(t, &l.Config)
+		})
+	}
+}
+
+func TestPoolResolve(t *testing.T) {
+	n := func(i int) *int { return &i }
+	for _, tt := range []struct {
+		name      string
+		size      *int
+		cpus      int
+		availMiB  uint64
+		memoryMiB uint64
+		want      int
+	}{
+		{"explicit size wins over a small host", n(3), 1, 100, 256, 3},
+		{"off", n(0), 8, 1 << 20, 256, 0},
+		{"auto with room", n(PoolAuto), 2, 16 << 10, 256, 2},
+		{"unset is auto", nil, 2, 16 << 10, 256, 2},
+		{"auto on one CPU", n(PoolAuto), 1, 16 << 10, 256, 0},
+		{"auto short of memory", n(PoolAuto), 4, 6143, 256, 0},
+		{"auto just enough memory", n(PoolAuto), 4, 6144, 256, 2},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := (Pool{Size: tt.size}).Resolve(tt.cpus, tt.availMiB, tt.memoryMiB); got != tt.want {
+				t.Errorf("Resolve = %d, want %d", got, tt.want)
+			}
 		})
 	}
 }

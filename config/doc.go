@@ -148,6 +148,8 @@ func typeName(t reflect.Type) (string, error) {
 		return `duration ("5s", "1m30s")`, nil
 	}
 	switch t.Kind() {
+	case reflect.Pointer: // optional: unset takes a default
+		return typeName(t.Elem())
 	case reflect.String:
 		return "string", nil
 	case reflect.Bool:
@@ -178,6 +180,11 @@ func tomlValue(v reflect.Value) string {
 		return strconv.Quote(string(b))
 	}
 	switch v.Kind() {
+	case reflect.Pointer:
+		if v.IsNil() {
+			return ""
+		}
+		return tomlValue(v.Elem())
 	case reflect.String:
 		return strconv.Quote(v.String())
 	case reflect.Slice:

@@ -12,6 +12,7 @@ type Paths struct {
 	VMDir       string `toml:"vm_dir" json:"vm_dir" comment:"Per-VM run dirs: VMM sockets, console log, vm.json."`
 	NetnsDir    string `toml:"netns_dir" json:"netns_dir" comment:"Bind mounts of pod network namespaces."`
 	CNIStateDir string `toml:"cni_state_dir" json:"cni_state_dir" comment:"Conflist, runtime conf and result of every CNI ADD."`
+	TemplateDir string `toml:"template_dir" json:"template_dir" comment:"Snapshot templates of the handlers that enable them: saved guest state, one dir per handler."`
 }
 
 // Paths derives the daemon's paths from the daemon section.
@@ -25,5 +26,6 @@ func (c *Config) Paths() Paths {
 		VMDir:       filepath.Join(run, "vm"),
 		NetnsDir:    filepath.Join(run, "netns"),
 		CNIStateDir: filepath.Join(state, "cni"),
+		TemplateDir: filepath.Join(state, "templates"),
 	}
 }

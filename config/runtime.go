@@ -40,8 +40,45 @@ type Handler struct {
 	MemoryMiB    uint64   `toml:"memory_mib" json:"memory_mib" comment:"Memory at boot, MiB."`
 	MaxMemoryMiB uint64   `toml:"max_memory_mib" json:"max_memory_mib" comment:"Memory hotplug limit, MiB; when unset, never below memory_mib."`
 	KernelArgs   []string `toml:"kernel_args" json:"kernel_args" comment:"Extra guest kernel command line arguments."`
+	Template     Template `toml:"template" json:"template" comment:"Snapshot template: VMs of this handler restore from a saved, booted guest instead of booting the kernel (qemu only)."`
 	BootTimeout  Duration `toml:"boot_timeout" json:"boot_timeout" comment:"How long a VM may take from VMM start to a healthy agent."`
 	GuestDir     string   `toml:"guest_dir" json:"guest_dir" comment:"Guest for this handler; empty: runtime.guest_dir."`
+	Pool         Pool     `toml:"pool" json:"pool" comment:"Warm pool: VMs of this handler booted ahead of their pods, which RunPodSandbox claims instead of booting."`
+}
+
+// PoolAuto is Pool.Size's default: the host decides (Pool.Resolve).
+const PoolAuto = -1
+
+// Pool sizes a handler's warm pool.
+type Pool struct {
+	Size *int `toml:"size" json:"size" comment:"Warm VMs kept ready; 0 turns the pool off; -1 (auto): 2 where the host has room (at least 2 CPUs, and the warm VMs at most an eighth of MemAvailable), else 0."`
+}
+
+// poolVMOverheadMiB is what a warm VM costs the host beyond its guest
+// memory (QEMU's own memory under TCG, virtiofsd, page tables).
+const poolVMOverheadMiB = 128
+
+// autoPoolSize is the size an auto pool takes where the host has room.
+const autoPoolSize = 2
+
+// Resolve is the pool's size on this host: Size, or for auto, 2 when the
+// host has at least 2 CPUs and 2 warm VMs of memoryMiB (plus their VMM's
+// overhead) take at most an eighth of its available memory, else 0. An
+// eighth keeps the pool from competing with the pods it serves.
+func (p Pool) Resolve(cpus int, memAvailableMiB, memoryMiB uint64) int {
+	if p.Size != nil && *p.Size != PoolAuto {
+		return *p.Size
+	}
+	need := autoPoolSize * (memoryMiB + poolVMOverheadMiB)
+	if cpus < 2 || need*8 > memAvailableMiB {
+		return 0
+	}
+	return autoPoolSize
+}
+
+// Template configures a handler's snapshot template.
+type Template struct {
+	Enabled bool `toml:"enabled" json:"enabled" comment:"Restore VMs of the handler's default size from a template (rebuilt in the background when the guest, QEMU or the handler's command line changes; until then, and whenever a restore fails, VMs boot cold). Clones share the template's memory contents, so their guests' random state is reseeded by the agent when the pod is set up."`
 }
 
 // handlerDefaults fill what a handler leaves unset, so a drop-in that sets one
@@ -50,6 +87,9 @@ var handlerDefaults = Handler{
 	Kind: KindVM, VMM: "qemu", Accel: "auto", VCPUs: 1, MaxVCPUs: 4, MemoryMiB: 256, MaxMemoryMiB: 2048,
 	BootTimeout: Duration(60e9),
 }
+
+// maxPoolSize bounds a pool: warm VMs cost memory whether used or not.
+const maxPoolSize = 64
 
 var handlerName = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`)
 
@@ -83,6 +123,11 @@ func (r *Runtime) fillDefaults() {
 		}
 		if h.GuestDir == "" {
 			h.GuestDir = r.GuestDir
+		}
+		// A pointer: 0 (off) is a value a drop-in may set, unset is auto.
+		if h.Pool.Size == nil {
+			auto := PoolAuto
+			h.Pool.Size = &auto
 		}
 		r.Handlers[name] = h
 	}
@@ -148,6 +193,9 @@ func (r *Runtime) Validate() []*FieldError {
 		}
 		if h.BootTimeout <= 0 {
 			errs = append(errs, fieldErr(key("boot_timeout"), "must be positive"))
+		}
+		if n := h.Pool.Size; n != nil && (*n < PoolAuto || *n > maxPoolSize) {
+			errs = append(errs, fieldErr(key("pool.size"), "must be -1 (auto) or 0 to %d, got %d", maxPoolSize, *n))
 		}
 	}
 	return errs

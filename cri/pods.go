@@ -26,6 +26,7 @@ type podManager interface {
 	ExecSync(ctx context.Context, id string, cmd []string, timeout time.Duration) (*sandbox.ExecResult, error)
 	ReopenContainerLog(id string) error
 	ContainerStats(ctx context.Context, id string) (*sandbox.Stats, error)
+	PodNetworkStats(id string) (*sandbox.NetworkStats, error)
 	UpdateContainerResources(ctx context.Context, id string, res *runtimeapi.LinuxContainerResources) error
 	Subscribe() (<-chan sandbox.Event, func())
 	UpdatePodResources(ctx context.Context, podID string, res *runtimeapi.LinuxContainerResources) error

@@ -52,8 +52,27 @@ func (s *Server) podStats(ctx context.Context, p *sandbox.Pod) (*runtimeapi.PodS
 		linux.Memory.MajorPageFaults.Value += st.MajorPageFaults
 		linux.Process.ProcessCount.Value += st.Processes
 	}
+	// The counters are the host's: a pod whose netns cannot be read (it is
+	// going away) reports no network rather than failing its CPU and memory.
+	if ns, err := s.pods.PodNetworkStats(p.ID); err == nil && ns != nil {
+		linux.Network = toCRINetwork(ns)
+	}
 	return &runtimeapi.PodSandboxStats{
 		Attributes: podAttributes(p),
 		Linux:      linux,
 	}, nil
+}
+
+// toCRINetwork is kubelet's view of a pod's interface counters.
+func toCRINetwork(ns *sandbox.NetworkStats) *runtimeapi.NetworkUsage {
+	iface := &runtimeapi.NetworkInterfaceUsage{
+		Name:     ns.Interface,
+		RxBytes:  u64(ns.RxBytes),
+		RxErrors: u64(ns.RxErrors),
+		TxBytes:  u64(ns.TxBytes),
+		TxErrors: u64(ns.TxErrors),
+	}
+	// The pod has one interface, so it is the default and the whole list
+	// (kubelet's summary reads the list).
+	return &runtimeapi.NetworkUsage{Timestamp: ns.Timestamp.UnixNano(), DefaultInterface: iface, Interfaces: []*runtimeapi.NetworkInterfaceUsage{iface}}
 }

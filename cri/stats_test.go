@@ -39,6 +39,14 @@ func (f *statsPods) Pod(id string) (sandbox.Pod, error) {
 	return sandbox.Pod{}, errdefs.ErrNotFound
 }
 
+// PodNetworkStats gives every pod the same counters.
+func (f *statsPods) PodNetworkStats(id string) (*sandbox.NetworkStats, error) {
+	if _, err := f.Pod(id); err != nil {
+		return nil, err
+	}
+	return &sandbox.NetworkStats{Timestamp: time.Now(), Interface: "eth0", RxBytes: 1000, TxBytes: 2000, RxErrors: 1, TxErrors: 2}, nil
+}
+
 func (f *statsPods) ContainerStats(ctx context.Context, id string) (*sandbox.Stats, error) {
 	f.mu.Lock()
 	f.busy++
@@ -175,7 +183,17 @@ func TestPodSandboxStatsSilentAgent(t *testing.T) {
 	}); err == nil {
 		t.Fatal("PodSandboxStats of a silent pod succeeded")
 	}
-	if resp, err := s.PodSandboxStats(context.Background(), &runtimeapi.PodSandboxStatsRequest{PodSandboxId: "p0"}); err != nil || resp.GetStats().GetLinux().GetMemory().GetWorkingSetBytes().GetValue() != 14 {
+	resp, err := s.PodSandboxStats(context.Background(), &runtimeapi.PodSandboxStatsRequest{PodSandboxId: "p0"})
+	if err != nil || resp.GetStats().GetLinux().GetMemory().GetWorkingSetBytes().GetValue() != 14 {
 		t.Fatalf("PodSandboxStats of an answering pod: %v, %v", resp, err)
+	}
+	// kubelet's /stats/summary takes the pod's network from here.
+	iface := resp.GetStats().GetLinux().GetNetwork().GetDefaultInterface()
+	if iface.GetName() != "eth0" || iface.GetRxBytes().GetValue() != 1000 || iface.GetTxBytes().GetValue() != 2000 ||
+		iface.GetRxErrors().GetValue() != 1 || iface.GetTxErrors().GetValue() != 2 {
+		t.Fatalf("pod network: %v", resp.GetStats().GetLinux().GetNetwork())
+	}
+	if ifaces := resp.GetStats().GetLinux().GetNetwork().GetInterfaces(); len(ifaces) != 1 || ifaces[0].GetName() != "eth0" {
+		t.Fatalf("pod interfaces: %v", ifaces)
 	}
 }

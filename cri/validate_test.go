@@ -57,7 +57,8 @@ func (f *fakePods) Containers() []sandbox.Container { return nil }
 func (f *fakePods) ExecSync(context.Context, string, []string, time.Duration) (*sandbox.ExecResult, error) {
 	return nil, errUnused
 }
-func (f *fakePods) ReopenContainerLog(string) error { return errUnused }
+func (f *fakePods) ReopenContainerLog(string) error                       { return errUnused }
+func (f *fakePods) PodNetworkStats(string) (*sandbox.NetworkStats, error) { return nil, errUnused }
 func (f *fakePods) ContainerStats(context.Context, string) (*sandbox.Stats, error) {
 	return nil, errUnused
 }

@@ -59,7 +59,8 @@ resolve() {
       path=$need
       [ -e "$path" ] || { echo "check-deps: $need is missing (run make deps)"; resolve_fail=1; continue; }
     else
-      path=$(command -v "$need" 2>/dev/null) || { echo "check-deps: command $need is not on PATH (run make deps)"; resolve_fail=1; continue; }
+      # type -P: a path even for a shell builtin (true, test), which command -v names bare.
+      path=$(type -P "$need" 2>/dev/null) || { echo "check-deps: command $need is not on PATH (run make deps)"; resolve_fail=1; continue; }
     fi
     if ! pkg=$(owner "$path"); then
       echo "check-deps: $need ($path) belongs to no Debian package: it was installed by hand"

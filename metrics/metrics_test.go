@@ -89,8 +89,8 @@ func histogramCount(t *testing.T, m *Metrics, name string, labels map[string]str
 	return metricstest.Find(families, name, labels).GetHistogram().GetSampleCount()
 }
 
-// fakeHealth is a hand-written agent Health service: Check answers, Version
-// fails, as an agent in trouble would.
+// fakeHealth is a hand-written agent Health service whose Check answers
+// (once block, when set, is closed).
 type fakeHealth struct{ block chan struct{} }
 
 func (f *fakeHealth) Check(ctx context.Context, _ *agentapi.CheckRequest) (*agentapi.CheckResponse, error) {
@@ -103,7 +103,10 @@ func (f *fakeHealth) Check(ctx context.Context, _ *agentapi.CheckRequest) (*agen
 	return &agentapi.CheckResponse{Status: agentapi.CheckResponse_SERVING}, nil
 }
 
-func (f *fakeHealth) Version(context.Context, *agentapi.CheckRequest) (*agentapi.VersionResponse, error) {
+// troubledAgent fails StatsContainer, as an agent in trouble would.
+type troubledAgent struct{ *agenttest.Hostile }
+
+func (troubledAgent) StatsContainer(context.Context, *agentapi.ContainerRequest) (*agentapi.ContainerStats, error) {
 	return nil, status.Error(codes.FailedPrecondition, "agent not ready")
 }
 
@@ -111,7 +114,7 @@ func (f *fakeHealth) Version(context.Context, *agentapi.CheckRequest) (*agentapi
 // client interceptor agentclient.ObserveCalls installs.
 func TestAgentErrorsThroughTheInterceptor(t *testing.T) {
 	health := &fakeHealth{}
-	sock := agenttest.ServeHealth(t, health)
+	sock := agenttest.Serve(t, troubledAgent{&agenttest.Hostile{}}, health)
 
 	m := New(nil)
 	client, err := agentclient.Wait(context.Background(), func(ctx context.Context) (net.Conn, error) {
@@ -121,13 +124,14 @@ func TestAgentErrorsThroughTheInterceptor(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := agentapi.NewHealthClient(client)
+	h, a := agentapi.NewHealthClient(client), agentapi.NewAgentClient(client)
 	ctx := context.Background()
-	if _, err := h.Version(ctx, &agentapi.CheckRequest{}); agentclient.GuestCode(err) != codes.FailedPrecondition {
-		t.Fatalf("Version: %v", err)
+	stats := &agentapi.ContainerRequest{ContainerId: "c"}
+	if _, err := a.StatsContainer(ctx, stats); agentclient.GuestCode(err) != codes.FailedPrecondition {
+		t.Fatalf("StatsContainer: %v", err)
 	}
-	if _, err := h.Version(ctx, &agentapi.CheckRequest{}); err == nil {
-		t.Fatal("Version succeeded")
+	if _, err := a.StatsContainer(ctx, stats); err == nil {
+		t.Fatal("StatsContainer succeeded")
 	}
 	// A call its caller gives up on is not the agent's failure.
 	health.block = make(chan struct{})
@@ -139,22 +143,22 @@ func TestAgentErrorsThroughTheInterceptor(t *testing.T) {
 	close(health.block)
 	// Nor is a call on a connection cocoond closed.
 	client.Close()
-	if _, err := h.Version(ctx, &agentapi.CheckRequest{}); err == nil {
-		t.Fatal("Version on a closed client succeeded")
+	if _, err := a.StatsContainer(ctx, stats); err == nil {
+		t.Fatal("StatsContainer on a closed client succeeded")
 	}
 
-	want := map[string]float64{"Version": 2, "Check": 0, "CreateContainer": 0}
+	want := map[string]float64{"StatsContainer": 2, "Check": 0, "CreateContainer": 0}
 	for method, n := range want {
 		if got := testutil.ToFloat64(m.agentErrors.WithLabelValues(method)); got != n {
 			t.Errorf("agent errors for %s = %v, want %v", method, got, n)
 		}
 	}
 	// Every unary method starts at 0; streams are not observed.
-	if got := testutil.CollectAndCount(m.agentErrors); got != len(unaryAgentMethods()) || got < 20 {
+	if got := testutil.CollectAndCount(m.agentErrors); got != len(unaryAgentMethods()) || got < 15 {
 		t.Errorf("%d agent error series, want one per unary method (%d)", got, len(unaryAgentMethods()))
 	}
 	for _, method := range unaryAgentMethods() {
-		if method == "ReadOutput" || method == "OOMEvents" || method == "PortForward" {
+		if method == "ReadOutput" || method == "PortForward" {
 			t.Errorf("streaming method %s listed as unary", method)
 		}
 	}

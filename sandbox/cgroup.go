@@ -65,11 +65,7 @@ func (m *Manager) joinPodCgroup(ctx context.Context, ref *podcgroup.Ref, st *vm.
 	if st == nil || st.Pid == 0 {
 		return fmt.Errorf("pod cgroup %s: the VM has no process to place", ref)
 	}
-	pids := []int{st.Pid}
-	for _, h := range st.Helpers {
-		pids = append(pids, h.Pid)
-	}
-	return m.opts.Cgroups.Join(ctx, *ref, pids...)
+	return m.opts.Cgroups.Join(ctx, *ref, st.Pids()...)
 }
 
 // removePodCgroup removes a stopped pod's cgroup (its processes are gone).

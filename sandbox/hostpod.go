@@ -166,3 +166,12 @@ func hostPodFileMounts(shareDir string, mounts []*runtimeapi.Mount) []ocispec.Mo
 	}
 	return out
 }
+
+// takeWarmFor takes a warm VM of the handler for a VM pod; a host pod has
+// no VM to take.
+func (m *Manager) takeWarmFor(host bool, handler string) *warmVM {
+	if host {
+		return nil
+	}
+	return m.takeWarm(handler)
+}

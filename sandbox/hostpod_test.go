@@ -17,6 +17,7 @@ import (
 
 	agentapi "github.com/cocoon-runtime/cocoon/api/agent"
 	"github.com/cocoon-runtime/cocoon/api/agent/agenttest"
+	"github.com/cocoon-runtime/cocoon/cni"
 	"github.com/cocoon-runtime/cocoon/config"
 	"github.com/cocoon-runtime/cocoon/errdefs"
 	"github.com/cocoon-runtime/cocoon/sandbox/podcgroup"
@@ -202,6 +203,10 @@ func (n *recordingNetwork) Detach(context.Context, string, string) error {
 }
 
 func (n *recordingNetwork) Attached() (map[string]string, error) { return nil, nil }
+
+func (n *recordingNetwork) Stats(string) (*cni.InterfaceStats, error) {
+	return &cni.InterfaceStats{}, nil
+}
 
 func TestHostPodFiles(t *testing.T) {
 	dir := t.TempDir()

@@ -17,6 +17,7 @@ import (
 
 	"github.com/cocoon-runtime/cocoon/agentclient"
 	agentapi "github.com/cocoon-runtime/cocoon/api/agent"
+	"github.com/cocoon-runtime/cocoon/cni"
 	"github.com/cocoon-runtime/cocoon/config"
 	"github.com/cocoon-runtime/cocoon/errdefs"
 	"github.com/cocoon-runtime/cocoon/image"
@@ -32,6 +33,8 @@ type network interface {
 	// Attached lists what is attached, pod ID to netns path, so a restart
 	// can detach what no pod record claims.
 	Attached() (map[string]string, error)
+	// Stats reads the pod's interface counters in its netns.
+	Stats(netnsPath string) (*cni.InterfaceStats, error)
 }
 
 // images is what containers need from the image service.
@@ -78,6 +81,10 @@ type Manager struct {
 
 	mu   sync.Mutex
 	live map[string]*podRuntime // running pods' VM and agent connection
+	// pools are the handlers' warm pools (pool.go), set by StartPools.
+	pools map[string]*pool
+	// refillDelay overrides the pools' defaultRefillDelay (tests).
+	refillDelay time.Duration
 
 	podCIDR func() string
 	cpu     cpuSamples
@@ -142,6 +149,18 @@ func (m *Manager) waitAgent(ctx context.Context, v vm.VMM) (*ttrpc.Client, error
 // dialAgent is waitAgent that also returns the client's connection, which
 // Detach half-closes.
 func (m *Manager) dialAgent(ctx context.Context, v vm.VMM) (*ttrpc.Client, net.Conn, error) {
+	return connectAgent(ctx, v, agentclient.Wait, agentclient.ObserveCalls(m.opts.AgentCalls))
+}
+
+// reconnectAgent connects to the agent of a VM re-adopted after a restart,
+// returning the client's connection too.
+func (m *Manager) reconnectAgent(ctx context.Context, v vm.VMM) (*ttrpc.Client, net.Conn, error) {
+	return connectAgent(ctx, v, agentclient.Reconnect, agentclient.ObserveCalls(m.opts.AgentCalls))
+}
+
+// connectAgent connects with connect (agentclient.Wait or Reconnect) and
+// returns the connection the client got, the last one dialled.
+func connectAgent(ctx context.Context, v vm.VMM, connect func(context.Context, agentclient.Dialer, ...ttrpc.ClientOpts) (*ttrpc.Client, error), opts ...ttrpc.ClientOpts) (*ttrpc.Client, net.Conn, error) {
 	var mu sync.Mutex
 	var last net.Conn
 	dial := func(ctx context.Context) (net.Conn, error) {
@@ -153,7 +172,7 @@ func (m *Manager) dialAgent(ctx context.Context, v vm.VMM) (*ttrpc.Client, net.C
 		}
 		return c, err
 	}
-	c, err := agentclient.Wait(ctx, dial, agentclient.ObserveCalls(m.opts.AgentCalls))
+	c, err := connect(ctx, dial, opts...)
 	mu.Lock()
 	defer mu.Unlock()
 	return c, last, err

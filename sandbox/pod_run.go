@@ -2,6 +2,7 @@ package sandbox
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"os"
@@ -66,16 +67,41 @@ func (m *Manager) RunPod(ctx context.Context, cfg *runtimeapi.PodSandboxConfig, 
 	if err != nil {
 		return "", err
 	}
+	// The warm pool first; an empty pool, or a claim that fails, means a
+	// cold boot, never an error of its own.
+	// Host pods have no VM to take from a pool.
+	if w := m.takeWarmFor(host, handler); w != nil {
+		id, err := m.runPod(ctx, cfg, raw, handler, h, driver, w)
+		var taken *nameTakenError
+		if err == nil || ctx.Err() != nil || errors.As(err, &taken) {
+			return id, err
+		}
+		m.opts.Log.WithFields(logrus.Fields{"pod": id, "handler": handler}).WithError(err).Warn("claiming a warm VM failed: booting the pod cold")
+	}
+	return m.runPod(ctx, cfg, raw, handler, h, driver, nil)
+}
+
+// runPod runs a pod in w, a warm VM taken from the pool, or, with w nil, in
+// a VM it boots. A failure undoes everything, w included.
+func (m *Manager) runPod(ctx context.Context, cfg *runtimeapi.PodSandboxConfig, raw []byte, handler string, h config.Handler, driver vm.Driver, w *warmVM) (string, error) {
+	host := h.Kind == config.KindHost
 	id := newID()
+	if w != nil {
+		// Everything of the warm VM is named after the pod it becomes.
+		id = w.id
+	}
 	// Nobody knows the ID yet, but a StopPodSandbox of every pod (crictl
 	// rmp -a) may find the record once it is written.
 	unlock, err := m.locks.lock(ctx, id)
 	if err != nil {
+		m.giveBack(w)
 		return "", err
 	}
 	defer unlock()
 	name := podName(cfg.GetMetadata())
 	if err := m.podNames.reserve(name, id); err != nil {
+		// A kubelet retry: the warm VM is still nobody's.
+		m.giveBack(w)
 		return "", err
 	}
 	pod := Pod{
@@ -124,8 +150,21 @@ func (m *Manager) RunPod(ctx context.Context, cfg *runtimeapi.PodSandboxConfig, 
 				return m.pods.remove(id)
 			}, nil
 		}},
+		// Before the claim or the VM: its undo (removing the cgroup) must run
+		// after theirs has stopped the processes in it.
+		m.cgroupStep(&pod, cfg.GetLinux().GetCgroupParent(), tracked),
+		{Name: "claim", Run: func(context.Context) (func() error, error) {
+			// Right after the record: any later failure discards the whole
+			// warm VM (VM, then network, then dirs), and a failed undo
+			// leaves the record to finish it.
+			rt.vmm, rt.client, rt.agent = w.vmm, w.client, agentapi.NewAgentClient(w.client)
+			return tracked(func() error { return m.discardWarm(context.Background(), w) }), claimPriority(w.vmm)
+		}},
 		{Name: "dirs", Run: func(context.Context) (func() error, error) {
 			undo := func() error { return removePodDirs(pod.RunDir, pod.ShareDir) }
+			if w != nil {
+				return nil, nil // the warm VM's, at the same paths; the claim undoes them
+			}
 			if err := mkdirs(pod.RunDir); err != nil {
 				return nil, err
 			}
@@ -137,23 +176,33 @@ func (m *Manager) RunPod(ctx context.Context, cfg *runtimeapi.PodSandboxConfig, 
 				return nil, nil
 			}
 			md := cfg.GetMetadata()
-			n, err := m.opts.Network.Attach(ctx, PodNetworkRequest{
+			req := PodNetworkRequest{
 				PodID: id, Name: md.GetName(), Namespace: md.GetNamespace(), UID: md.GetUid(),
 				PortMappings: cfg.GetPortMappings(), PodCIDR: m.podCIDR(),
 				// A host pod's containers use the CNI veth itself.
 				NoTap: host,
-			})
-			if err != nil {
-				return nil, err
+			}
+			var n *PodNetwork
+			var undo func() error
+			if w != nil {
+				// The netns is the warm VM's: the claim's undo detaches it.
+				if n, err = m.attachHeld(ctx, req, w); err != nil {
+					return nil, err
+				}
+				undo = func() error { return nil }
+			} else {
+				if n, err = m.opts.Network.Attach(ctx, req); err != nil {
+					return nil, err
+				}
+				undo = tracked(func() error {
+					if n.Tap != nil {
+						n.Tap.Close()
+					}
+					return m.opts.Network.Detach(context.Background(), id, n.NetnsPath)
+				})
 			}
 			net = n
 			pod.NetnsPath, pod.IPs = n.NetnsPath, n.IPs
-			undo := tracked(func() error {
-				if n.Tap != nil {
-					n.Tap.Close()
-				}
-				return m.opts.Network.Detach(context.Background(), id, n.NetnsPath)
-			})
 			if _, err := m.pods.update(id, func(p *Pod) error { p.NetnsPath, p.IPs = n.NetnsPath, n.IPs; return nil }); err != nil {
 				return undo, err
 			}
@@ -161,7 +210,6 @@ func (m *Manager) RunPod(ctx context.Context, cfg *runtimeapi.PodSandboxConfig, 
 		}},
 		// Written before the VM exists: the guest never had a chance to
 		// plant anything where they go.
-		m.cgroupStep(&pod, cfg.GetLinux().GetCgroupParent(), tracked),
 		{Name: "pod-files", Run: func(context.Context) (func() error, error) {
 			return nil, writePodFiles(pod.ShareDir, cfg, net)
 		}},
@@ -190,6 +238,7 @@ func (m *Manager) RunPod(ctx context.Context, cfg *runtimeapi.PodSandboxConfig, 
 				Shares: []vm.Share{{Tag: shareTag, Source: pod.ShareDir}},
 				NICs:   []vm.NIC{{ID: "eth0", Tap: net.Tap, MAC: net.MAC, MTU: net.MTU}},
 				Accel:  h.Accel, BootTimeout: h.BootTimeout.Std(),
+				Template: templateFor(handler, h, vcpus, mem),
 			})
 			if err != nil {
 				return nil, err
@@ -217,11 +266,16 @@ func (m *Manager) RunPod(ctx context.Context, cfg *runtimeapi.PodSandboxConfig, 
 			rt.client, rt.conn, rt.agent = c, conn, agentapi.NewAgentClient(c)
 			return c.Close, nil
 		}},
+		{Name: "grow", Run: func(ctx context.Context) (func() error, error) {
+			// The warm VM has the handler's size; the pod's limits may want more.
+			_, err := growToFit(ctx, rt, h, cfg.GetLinux().GetResources())
+			return nil, err
+		}},
 		{Name: "guest-setup", Run: func(ctx context.Context) (func() error, error) {
 			if host {
 				return nil, setupHostPod(ctx, rt.agent, id, cfg)
 			}
-			return nil, m.setupGuest(ctx, rt.agent, id, cfg, net)
+			return nil, m.setupGuest(ctx, rt.agent, id, cfg, claimedNetwork(net, w))
 		}},
 		{Name: "seal-share", Run: func(context.Context) (func() error, error) {
 			if host {
@@ -244,6 +298,11 @@ func (m *Manager) RunPod(ctx context.Context, cfg *runtimeapi.PodSandboxConfig, 
 			_, err := m.pods.update(id, func(p *Pod) error { *p = pod; return nil })
 			return nil, err
 		}},
+	}
+	if w != nil {
+		steps = withoutSteps(steps, "vm-create", "vm-start", "agent")
+	} else {
+		steps = withoutSteps(steps, "claim", "grow")
 	}
 	if _, err := pipeline.Run(bootCtx, log, steps); err != nil {
 		if !bootStart.IsZero() && !booted {
@@ -317,12 +376,20 @@ func (m *Manager) setupGuest(ctx context.Context, a agentapi.AgentClient, id str
 	if err != nil {
 		return err
 	}
+	entropy := make([]byte, guestEntropyBytes)
+	if _, err := rand.Read(entropy); err != nil {
+		return fmt.Errorf("entropy for the guest: %w", err)
+	}
 	_, err = a.CreateSandbox(ctx, &agentapi.CreateSandboxRequest{
-		SandboxId:  id,
-		Hostname:   hostname,
-		ResolvConf: resolvConf(cfg.GetDnsConfig()),
-		Hosts:      hostsFile(net.IPs, hostname),
-		Sysctls:    sysctls,
+		SandboxId: id,
+		// A guest booted ahead of its pod, or restored, has a stale clock
+		// and random state it may share with others.
+		ClockUnixNano: time.Now().UnixNano(),
+		Entropy:       entropy,
+		Hostname:      hostname,
+		ResolvConf:    resolvConf(cfg.GetDnsConfig()),
+		Hosts:         hostsFile(net.IPs, hostname),
+		Sysctls:       sysctls,
 		// shareProcessNamespace: the agent makes a PID namespace the pod's containers join.
 		SharedPidNamespace: cfg.GetLinux().GetSecurityContext().GetNamespaceOptions().GetPid() == runtimeapi.NamespaceMode_POD,
 		Shares:             []*agentapi.Share{{Kind: agentapi.Share_VIRTIOFS, Tag: shareTag, MountPoint: guestShare}},

@@ -18,6 +18,7 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/cocoon-runtime/cocoon/api/agent/agenttest"
+	"github.com/cocoon-runtime/cocoon/cni"
 	"github.com/cocoon-runtime/cocoon/config"
 	"github.com/cocoon-runtime/cocoon/errdefs"
 	"github.com/cocoon-runtime/cocoon/vm"
@@ -31,9 +32,18 @@ type fakeNetwork struct {
 	detached    int
 	stray       map[string]string // what Attached reports
 	detachedIDs []string
+	stats       *cni.InterfaceStats // what Stats reports for any netns
 }
 
 func (f *fakeNetwork) Attached() (map[string]string, error) { return f.stray, nil }
+
+func (f *fakeNetwork) Stats(netnsPath string) (*cni.InterfaceStats, error) {
+	if f.stats == nil {
+		return nil, fmt.Errorf("no counters for %s", netnsPath)
+	}
+	st := *f.stats
+	return &st, nil
+}
 
 func (f *fakeNetwork) Attach(_ context.Context, req PodNetworkRequest) (*PodNetwork, error) {
 	if f.attachErr != nil {

@@ -28,9 +28,30 @@ func (n *CNINetwork) Attach(ctx context.Context, req PodNetworkRequest) (_ *PodN
 			err = errors.Join(err, n.Detach(context.Background(), req.PodID, ns.Path()))
 		}
 	}()
+	res, err := n.CNI.Setup(ctx, cniPod(req, ns.Path()))
+	if err != nil {
+		return nil, fmt.Errorf("CNI ADD: %w", err)
+	}
+	if req.NoTap {
+		// A host pod's containers use the CNI interface in the netns.
+		out := &PodNetwork{NetnsPath: ns.Path()}
+		for _, ip := range res.IPs {
+			out.IPs = append(out.IPs, ip.String())
+		}
+		return out, nil
+	}
+	tap, err := cni.SetupTap(ns.Path(), res.Interface)
+	if err != nil {
+		return nil, fmt.Errorf("tap: %w", err)
+	}
+	return podNetwork(ns.Path(), tap, res), nil
+}
+
+// cniPod is the CNI view of a pod in netnsPath.
+func cniPod(req PodNetworkRequest, netnsPath string) cni.PodNetwork {
 	pod := cni.PodNetwork{
 		ID: req.PodID, Name: req.Name, Namespace: req.Namespace, UID: req.UID,
-		NetnsPath: ns.Path(), PodCIDR: req.PodCIDR,
+		NetnsPath: netnsPath, PodCIDR: req.PodCIDR,
 	}
 	for _, pm := range req.PortMappings {
 		pod.PortMappings = append(pod.PortMappings, cni.PortMapping{
@@ -38,23 +59,20 @@ func (n *CNINetwork) Attach(ctx context.Context, req PodNetworkRequest) (_ *PodN
 			Protocol: protocolName(pm.GetProtocol().String()), HostIP: pm.GetHostIp(),
 		})
 	}
-	res, err := n.CNI.Setup(ctx, pod)
-	if err != nil {
-		return nil, fmt.Errorf("CNI ADD: %w", err)
-	}
-	out := &PodNetwork{NetnsPath: ns.Path()}
-	if !req.NoTap {
-		tap, err := cni.SetupTap(ns.Path(), res.Interface)
-		if err != nil {
-			return nil, fmt.Errorf("tap: %w", err)
-		}
-		out.Tap, out.MAC, out.MTU = tap.File, tap.MAC, tap.MTU
-		out.Interface, out.Routes = AgentNetwork(res.Guest())
+	return pod
+}
+
+// podNetwork is what the pod's VM and guest need from CNI's result.
+func podNetwork(netnsPath string, tap *cni.Tap, res *cni.Result) *PodNetwork {
+	iface, routes := AgentNetwork(res.Guest())
+	out := &PodNetwork{
+		NetnsPath: netnsPath, Tap: tap.File, MAC: tap.MAC, MTU: tap.MTU,
+		Interface: iface, Routes: routes,
 	}
 	for _, ip := range res.IPs {
 		out.IPs = append(out.IPs, ip.String())
 	}
-	return out, nil
+	return out
 }
 
 // Detach implements network; every part tolerates being already undone.
@@ -85,6 +103,11 @@ func (n *CNINetwork) Attached() (map[string]string, error) {
 		out[id] = filepath.Join(n.NetnsRoot, id)
 	}
 	return out, nil
+}
+
+// Stats implements network.
+func (n *CNINetwork) Stats(netnsPath string) (*cni.InterfaceStats, error) {
+	return cni.ReadInterfaceStats(netnsPath)
 }
 
 // protocolName maps CRI's TCP/UDP/SCTP enum names to CNI's lower case.

@@ -97,7 +97,7 @@ func (m *Manager) recoverPod(ctx context.Context, p Pod) (err error) {
 	}()
 	actx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	client, conn, err := m.dialAgent(actx, v)
+	client, conn, err := m.reconnectAgent(actx, v)
 	if err != nil {
 		return err
 	}

@@ -25,6 +25,34 @@ type Stats struct {
 	WritableLayerSize uint64
 }
 
+// NetworkStats is a pod interface's usage: Rx is what reached the pod.
+type NetworkStats struct {
+	Timestamp time.Time
+	Interface string
+	RxBytes   uint64
+	RxErrors  uint64
+	TxBytes   uint64
+	TxErrors  uint64
+}
+
+// PodNetworkStats reads the pod's network usage: the counters of its CNI
+// interface on the host, which carries every packet of the VM. A pod that is
+// not ready, or has no netns of its own, has none (nil, no error).
+func (m *Manager) PodNetworkStats(id string) (*NetworkStats, error) {
+	p, err := m.Pod(id)
+	if err != nil {
+		return nil, err
+	}
+	if p.NetnsPath == "" || p.State != StateReady {
+		return nil, nil
+	}
+	s, err := m.opts.Network.Stats(p.NetnsPath)
+	if err != nil {
+		return nil, fmt.Errorf("network stats of pod %s: %w", id, err)
+	}
+	return &NetworkStats{Timestamp: time.Now(), Interface: s.Name, RxBytes: s.RxBytes, RxErrors: s.RxErrors, TxBytes: s.TxBytes, TxErrors: s.TxErrors}, nil
+}
+
 // cpuSamples remembers each container's last CPU reading to turn cumulative
 // usage into a rate, as kubelet expects usage_nano_cores.
 type cpuSamples struct {

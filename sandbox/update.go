@@ -82,21 +82,32 @@ func (m *Manager) growVM(ctx context.Context, podID string, rt *podRuntime, res 
 	if pod.isHostPod() {
 		return nil // no VM to grow: limits are the containers' own cgroups'
 	}
-	h := m.opts.Runtime.Handlers[pod.Handler]
+	grown, err := growToFit(ctx, rt, m.opts.Runtime.Handlers[pod.Handler], res)
+	if err != nil || !grown {
+		return err
+	}
+	st := rt.vmm.State()
+	_, err = m.pods.update(podID, func(p *Pod) error { p.VM = st; return nil })
+	m.opts.Log.WithField("pod", podID).WithField("vcpus", st.VCPUs).WithField("memory_mib", st.MemoryMiB).Info("VM grown for new limits")
+	return err
+}
+
+// growToFit hotplugs vCPUs and memory into a running VM until it fits res
+// (within the handler's limits) and has the guest bring them online. It
+// says whether the VM grew.
+func growToFit(ctx context.Context, rt *podRuntime, h config.Handler, res *runtimeapi.LinuxContainerResources) (bool, error) {
 	st := rt.vmm.State()
 	vcpus, mem := fitResources(st.VCPUs, st.MemoryMiB, h, res)
 	if vcpus == st.VCPUs && mem == st.MemoryMiB {
-		return nil
+		return false, nil
 	}
 	if err := rt.vmm.Resize(ctx, vcpus, mem); err != nil {
-		return fmt.Errorf("grow VM to %d vCPUs, %d MiB: %w", vcpus, mem, err)
+		return false, fmt.Errorf("grow the VM to %d vCPUs, %d MiB: %w", vcpus, mem, err)
 	}
 	if _, err := rt.agent.OnlineCPUMem(ctx, &emptypb.Empty{}); err != nil {
-		return fmt.Errorf("agent OnlineCPUMem: %w", err)
+		return false, fmt.Errorf("agent OnlineCPUMem: %w", err)
 	}
-	_, err = m.pods.update(podID, func(p *Pod) error { p.VM = rt.vmm.State(); return nil })
-	m.opts.Log.WithField("pod", podID).WithField("vcpus", vcpus).WithField("memory_mib", mem).Info("VM grown for new limits")
-	return err
+	return true, nil
 }
 
 // updatePodResources grows the pod's VM to fit new pod-level limits (kubelet

@@ -61,9 +61,6 @@ type healthyAgent struct{}
 func (healthyAgent) Check(context.Context, *agentapi.CheckRequest) (*agentapi.CheckResponse, error) {
 	return &agentapi.CheckResponse{Status: agentapi.CheckResponse_SERVING}, nil
 }
-func (healthyAgent) Version(context.Context, *agentapi.CheckRequest) (*agentapi.VersionResponse, error) {
-	return &agentapi.VersionResponse{}, nil
-}
 
 func serveAgent(t *testing.T) string {
 	t.Helper()

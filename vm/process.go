@@ -44,6 +44,21 @@ func (p Process) Alive() bool {
 	return err == nil && st.Starttime == p.StartTime && st.State != "Z"
 }
 
+// Signal sends sig to p and never to a later process that got its pid: the
+// signal goes through a fresh pidfd, opened and then checked against the
+// recorded start time. A process that is gone is not an error.
+func (p Process) Signal(sig unix.Signal) {
+	fd, err := unix.PidfdOpen(p.Pid, 0)
+	if err != nil {
+		return
+	}
+	defer unix.Close(fd)
+	if !p.Alive() {
+		return
+	}
+	_ = unix.PidfdSendSignal(fd, sig, nil, 0)
+}
+
 // Watched is a process whose exit we learn about: a child we started (reaped
 // through exec.Cmd) or an adopted one (watched through a pidfd).
 type Watched struct {
@@ -51,6 +66,9 @@ type Watched struct {
 	done chan struct{}
 	err  error
 	cmd  *exec.Cmd
+	// release ends the watch of an adopted process (Release); nil for a
+	// child.
+	release *os.File
 }
 
 // StartWatched starts cmd in its own session, so it outlives cocoond, and
@@ -112,17 +130,28 @@ func AdoptWatched(p Process) (*Watched, error) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("%s (pid %d): %w", p.Name, p.Pid, ErrNotRunning)
 	}
-	w := &Watched{Process: p, done: make(chan struct{})}
+	stopR, stopW, err := os.Pipe()
+	if err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	w := &Watched{Process: p, done: make(chan struct{}), release: stopW}
 	go func() {
 		defer unix.Close(fd)
+		defer stopR.Close()
+		defer stopW.Close()
+		stop := int32(stopR.Fd())
 		for {
-			fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+			fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}, {Fd: stop, Events: unix.POLLIN}}
 			if _, err := unix.Poll(fds, -1); err != nil && !errors.Is(err, unix.EINTR) {
 				w.err = err
 				break
 			}
 			if fds[0].Revents != 0 {
 				break
+			}
+			if fds[1].Revents != 0 {
+				return // released: the process runs on, unwatched; Done stays open
 			}
 		}
 		if w.err == nil {
@@ -131,6 +160,14 @@ func AdoptWatched(p Process) (*Watched, error) {
 		close(w.done)
 	}()
 	return w, nil
+}
+
+// Release stops watching an adopted process without touching it: its pidfd
+// and watcher go, and Done never closes. A no-op for a child we started.
+func (w *Watched) Release() {
+	if w.release != nil {
+		_, _ = w.release.Write([]byte{0}) // fails harmlessly once the watch ended
+	}
 }
 
 // Done is closed when the process has exited.
@@ -149,6 +186,16 @@ func (w *Watched) Exited() bool {
 	}
 }
 
+// signal sends sig to this very process: a child we started keeps its pid
+// until we reap it, and an adopted one goes through Process.Signal.
+func (w *Watched) signal(sig unix.Signal) {
+	if w.cmd != nil {
+		_ = w.cmd.Process.Signal(sig)
+		return
+	}
+	w.Signal(sig)
+}
+
 // Kill sends SIGKILL and waits for the process to go.
 func (w *Watched) Kill() error { return w.Terminate(0) }
 
@@ -159,14 +206,14 @@ func (w *Watched) Terminate(grace time.Duration) error {
 		return nil
 	}
 	if grace > 0 {
-		_ = unix.Kill(w.Pid, unix.SIGTERM)
+		w.signal(unix.SIGTERM)
 		select {
 		case <-w.done:
 			return nil
 		case <-time.After(grace):
 		}
 	}
-	_ = unix.Kill(w.Pid, unix.SIGKILL)
+	w.signal(unix.SIGKILL)
 	select {
 	case <-w.done:
 		return nil

@@ -6,6 +6,8 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 func TestDropOOMProtection(t *testing.T) {
@@ -52,5 +54,37 @@ func TestFileTail(t *testing.T) {
 	}
 	if got := FileTail(p, 12); got != "… not syncing" {
 		t.Errorf("tail: %q", got)
+	}
+}
+
+// TestSignalSparesAProcessThatReusedThePid signals a record whose start time
+// is not the live process's, as after the recorded process died and its pid
+// went to another: the live one must not be touched.
+func TestSignalSparesAProcessThatReusedThePid(t *testing.T) {
+	cmd := exec.Command("sleep", "30")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	st, err := StartTime(cmd.Process.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stale := Process{Name: "stale", Pid: cmd.Process.Pid, StartTime: st + 1}
+	adopted := &Watched{Process: stale, done: make(chan struct{})}
+	for name, send := range map[string]func(){
+		"Process.Signal":    func() { stale.Signal(unix.SIGKILL) },
+		"Watched.Terminate": func() { _ = adopted.Terminate(0) },
+	} {
+		send()
+		live := Process{Pid: cmd.Process.Pid, StartTime: st}
+		if !live.Alive() {
+			t.Fatalf("%s killed the process that reused the pid", name)
+		}
+	}
+	// The right record does reach it.
+	Process{Name: "sleep", Pid: cmd.Process.Pid, StartTime: st}.Signal(unix.SIGKILL)
+	if err := cmd.Wait(); err == nil {
+		t.Fatal("sleep was not killed through its own record")
 	}
 }

@@ -176,26 +176,35 @@ func RemoveDead(st *State) error {
 			_ = w.Kill()
 		}
 	}
-	var errs []error
-	if st.RunDir != "" {
-		errs = append(errs, KillReferencing("/proc", st.RunDir))
-		errs = append(errs, os.RemoveAll(st.RunDir))
+	if st.RunDir == "" {
+		return nil
 	}
-	return errors.Join(errs...)
+	if err := checkRunDir(st.RunDir); err != nil {
+		return err // a damaged record: neither kill by it nor remove it
+	}
+	return errors.Join(KillReferencing("/proc", st.RunDir), os.RemoveAll(st.RunDir))
+}
+
+// checkRunDir refuses a path that cannot be a VM run dir: one that is
+// relative or shallow (a damaged record) would match unrelated processes,
+// and removing it would remove what is not a VM's.
+func checkRunDir(dir string) error {
+	if clean := filepath.Clean(dir); !filepath.IsAbs(clean) || strings.Count(clean, "/") < 2 {
+		return fmt.Errorf("%q is not a VM run dir", dir)
+	}
+	return nil
 }
 
 // KillReferencing SIGKILLs every process whose command line names a path in
 // dir (the VMM's sockets, virtiofsd's --socket-path) and waits for them to
 // go. It finds processes a crash kept out of the record.
 func KillReferencing(procDir, dir string) error {
-	// A run dir is absolute and deep; anything else (a damaged record) would
-	// match unrelated processes.
-	if clean := filepath.Clean(dir); !filepath.IsAbs(clean) || strings.Count(clean, "/") < 2 {
-		return fmt.Errorf("refusing to kill processes naming %q: not a VM run dir", dir)
+	if err := checkRunDir(dir); err != nil {
+		return fmt.Errorf("refusing to kill processes naming it: %w", err)
 	}
 	pids := ProcessesReferencing(procDir, dir)
 	for _, p := range pids {
-		_ = unix.Kill(p.Pid, unix.SIGKILL)
+		p.Signal(unix.SIGKILL)
 	}
 	deadline := time.Now().Add(5 * time.Second)
 	for _, p := range pids {

@@ -52,6 +52,7 @@ type Supervisor struct {
 	failed   error // why the supervisor killed the VMM itself
 
 	console *CappedLog
+	vmmLog  *CappedLog // copies the VMM's output into VMMLog, capped
 	cleanup *pipeline.Cleanup
 
 	stopMu  sync.Mutex
@@ -151,9 +152,11 @@ func (s *Supervisor) Launch(ctx context.Context, spec *Spec, l Launch) error {
 }
 
 // startVMM starts cmd logging into VMMLog, from /, so the VMM, which
-// outlives cocoond, pins no directory of ours.
+// outlives cocoond, pins no directory of ours. Its output goes through a
+// FIFO into a capped log, as a helper's does: a guest can make its VMM print
+// without end, and the run dir is on the host's tmpfs.
 func (s *Supervisor) startVMM(runDir string, cmd *exec.Cmd) (*Watched, error) {
-	logFile, err := os.OpenFile(VMMLog(runDir, s.name), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	capped, logFile, err := OpenHelperLog(VMMLog(runDir, s.name), s.log)
 	if err != nil {
 		return nil, err
 	}
@@ -162,7 +165,26 @@ func (s *Supervisor) startVMM(runDir string, cmd *exec.Cmd) (*Watched, error) {
 	if cmd.Dir == "" {
 		cmd.Dir = "/"
 	}
-	return StartWatched(s.name, cmd)
+	w, err := StartWatched(s.name, cmd)
+	if err != nil {
+		capped.Close()
+		return nil, err
+	}
+	s.vmmLog = capped
+	go func() {
+		<-w.Done()
+		capped.Close()
+	}()
+	return w, nil
+}
+
+// LogTail is the end of the VMM's own log, up to max bytes, for an error:
+// once the VMM has exited, all it wrote is copied first.
+func (s *Supervisor) LogTail(max int) string {
+	if s.vmmLog != nil && s.proc != nil && s.proc.Exited() {
+		s.vmmLog.Close() // drains the FIFO; the copier's own Close is then a no-op
+	}
+	return FileTail(VMMLog(s.st.RunDir, s.name), max)
 }
 
 // stopHelpers ends the helpers (the VMM is gone by then: they follow it).
@@ -212,6 +234,10 @@ func (s *Supervisor) Adopt(ctx context.Context, connect func(ctx context.Context
 	if st.RunDir == "" || st.Pid == 0 {
 		return fmt.Errorf("%s: state of %s lacks a run dir or a pid", st.Driver, st.ID)
 	}
+	// Stop and abandon remove the run dir: never one a damaged record names.
+	if err := checkRunDir(st.RunDir); err != nil {
+		return fmt.Errorf("%s: state of %s: %w", st.Driver, st.ID, err)
+	}
 	proc, err := AdoptWatched(Process{Name: s.name, Pid: st.Pid, StartTime: st.StartTime})
 	if err != nil {
 		return s.abandon(&st, err)
@@ -237,21 +263,32 @@ func (s *Supervisor) Adopt(ctx context.Context, connect func(ctx context.Context
 	} else {
 		s.log.WithError(err).Warn("guest console not copied: its output is dropped")
 	}
-	for _, w := range helpers {
-		AdoptHelperLog(filepath.Join(st.RunDir, w.Name+".log"), w.Done(), s.log)
-	}
 	s.cleanup.Push("virtiofsd", s.stopHelpers)
 	s.cleanup.Push(s.name, proc.Kill)
 	undo, err := connect(ctx)
 	if err != nil {
 		if ctx.Err() != nil {
-			// Our caller gave up, the VM did not: leave it for the next try.
+			// Our caller gave up, the VM did not: leave it for the next try,
+			// holding nothing of it (no pidfd, no copier: the next try
+			// opens its own).
 			s.closeConsole()
+			proc.Release()
+			for _, w := range helpers {
+				w.Release()
+			}
 			return fmt.Errorf("%s: adopt %s: %w", st.Driver, st.ID, err)
 		}
 		return s.abandon(&st, fmt.Errorf("%s (pid %d): %w", s.name, st.Pid, err))
 	}
 	s.cleanup.Push("control", undo)
+	// Only now that the VM is ours: a copier started before would outlive
+	// an adoption the caller gave up on, and read the FIFO against the next.
+	for _, w := range helpers {
+		AdoptHelperLog(filepath.Join(st.RunDir, w.Name+".log"), w.Done(), s.log)
+	}
+	// A VMM started by a cocoond before the log was capped writes into the
+	// file itself: there is no FIFO to read then, only a warning.
+	AdoptHelperLog(VMMLog(st.RunDir, s.name), proc.Done(), s.log)
 	s.watchHelpers()
 	s.log.WithField("pid", st.Pid).Info("adopted VM")
 	return nil

@@ -23,7 +23,7 @@ import (
 
 // The test binary doubles as a fake VMM and a fake virtiofsd, so the
 // supervisor runs, watches and kills real processes.
-const envFake = "COCOON_TEST_FAKE" // "vmm", "stubborn-vmm" or "virtiofsd"
+const envFake = "COCOON_TEST_FAKE" // "vmm", "stubborn-vmm", "chatty-vmm" or "virtiofsd"
 
 func TestMain(m *testing.M) {
 	switch os.Getenv(envFake) {
@@ -31,6 +31,15 @@ func TestMain(m *testing.M) {
 		sleepForever() // SIGTERM (the fake's graceful shutdown) ends it
 	case "stubborn-vmm":
 		signal.Ignore(syscall.SIGTERM)
+		sleepForever()
+	case "chatty-vmm":
+		// A guest can make its VMM print without end (a device it breaks
+		// and resets, again and again): 8 MiB of warnings, then wait.
+		signal.Ignore(syscall.SIGPIPE)
+		line := []byte(strings.Repeat("w", 1023) + "\n")
+		for range 8 << 10 {
+			_, _ = os.Stderr.Write(line)
+		}
 		sleepForever()
 	case "virtiofsd":
 		os.Exit(fakeVirtiofsd(os.Args[1:]))
@@ -76,6 +85,7 @@ func sleepForever() {
 type fakeHypervisor struct {
 	t         *testing.T
 	stubborn  bool  // the VMM ignores the graceful shutdown
+	chatty    bool  // the VMM writes 8 MiB to stderr
 	readyErr  error // the Ready step fails
 	connErr   error // connecting to an adopted VMM fails
 	shutdowns int
@@ -92,6 +102,9 @@ func (f *fakeHypervisor) vmmCommand(runDir string) *exec.Cmd {
 	mode := "vmm"
 	if f.stubborn {
 		mode = "stubborn-vmm"
+	}
+	if f.chatty {
+		mode = "chatty-vmm"
 	}
 	cmd.Env = append(os.Environ(), envFake+"="+mode)
 	return cmd
@@ -288,7 +301,7 @@ func TestSupervisorEndsTheVMWithItsHelper(t *testing.T) {
 		{name: "virtiofsd ends, then the VMM (a guest powering off)", killHelper: true, vmmFollows: true, wantErrWith: "fakevmm exited: signal: terminated"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			t.Parallel()
+			// Not parallel: the harness swaps the package's VirtiofsdPath.
 			h := newSupervisorHarness(t)
 			s := h.mustLaunch(&fakeHypervisor{t: t}, h.spec("vm"))
 			st := s.State()
@@ -470,5 +483,85 @@ func TestSupervisorAdoptIgnoresAReusedPid(t *testing.T) {
 	}
 	if _, err := os.Stat(runDir); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("run dir left: %v", err)
+	}
+}
+
+// An adoption the caller gives up on holds nothing of the VM it leaves
+// running: no pidfd or watcher, no copier of a helper's log (which would
+// read that FIFO against the next try's copier).
+func TestSupervisorAdoptGivenUpHoldsNothing(t *testing.T) {
+	h := newSupervisorHarness(t)
+	old := h.mustLaunch(&fakeHypervisor{t: t}, h.spec("vm"))
+	old.Detach()
+	st := old.State()
+	fds := func() int {
+		e, err := os.ReadDir("/proc/self/fd")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(e)
+	}
+	before := fds()
+	for range 3 {
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		if _, err := h.adopt(ctx, &fakeHypervisor{t: t, connErr: context.Canceled}, st); !errors.Is(err, context.Canceled) {
+			t.Fatalf("Adopt = %v, want context.Canceled", err)
+		}
+	}
+	// Released watchers close their fds as they return.
+	for deadline := time.Now().Add(2 * time.Second); fds() != before && time.Now().Before(deadline); {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if n := fds() - before; n != 0 {
+		t.Errorf("3 adoptions given up left %d fds open", n)
+	}
+	if ProcessesReferencing("/proc", st.RunDir) == nil {
+		t.Error("the VM was stopped")
+	}
+}
+
+// A record whose run dir is not a VM run dir (relative, or shallow: a damaged
+// or hand-edited record) must not make cocoond remove it: KillReferencing
+// already refuses such a path, and the removal must too.
+func TestRemovalRefusesARunDirThatIsNoRunDir(t *testing.T) {
+	t.Chdir(t.TempDir())
+	if err := os.MkdirAll("victim", 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join("victim", "precious"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	st := &State{Driver: "fake", ID: "bad", RunDir: "victim", Pid: 1 << 22, StartTime: 1}
+	if err := RemoveDead(st); err == nil {
+		t.Error("RemoveDead of a relative run dir succeeded")
+	}
+	if err := NewSupervisor(*st, "fakevmm", nil, quietLog()).Adopt(context.Background(), nil); err == nil {
+		t.Error("Adopt of a relative run dir succeeded")
+	}
+	if _, err := os.Stat(filepath.Join("victim", "precious")); err != nil {
+		t.Errorf("a dir named by a bad record was removed: %v", err)
+	}
+}
+
+// The VMM's own log is per-pod host storage the guest can fill (a VMM prints
+// what a guest's misbehaving devices make it print): it is capped like the
+// console and the helpers' logs.
+func TestSupervisorCapsTheVMMLog(t *testing.T) {
+	h := newSupervisorHarness(t)
+	spec := h.spec("vm")
+	s := h.mustLaunch(&fakeHypervisor{t: t, chatty: true}, spec)
+	time.Sleep(2 * time.Second) // the fake writes 8 MiB
+	var total int64
+	for _, p := range []string{VMMLog(spec.RunDir, "fakevmm"), VMMLog(spec.RunDir, "fakevmm") + ".1"} {
+		if fi, err := os.Stat(p); err == nil {
+			total += fi.Size()
+		}
+	}
+	if total == 0 || total > 2*HelperLogMax {
+		t.Errorf("the VMM's log holds %d bytes, want 1..%d", total, 2*HelperLogMax)
+	}
+	if err := s.Stop(context.Background()); err != nil {
+		t.Fatal(err)
 	}
 }

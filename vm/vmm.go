@@ -80,6 +80,10 @@ type Spec struct {
 	Accel string
 	// BootTimeout bounds how long an accelerator probe may take (auto).
 	BootTimeout time.Duration
+	// Template, when set, names the snapshot template (one per handler) a
+	// driver that has templates restores the VM from instead of booting the
+	// kernel; a missing, stale or failing template means a cold boot.
+	Template string
 }
 
 // Share is a host directory the guest mounts with virtio-fs under Tag.
@@ -122,6 +126,19 @@ type State struct {
 	VCPUs         uint32 `json:"vcpus"`
 	MemoryMiB     uint64 `json:"memoryMiB"`
 	Accel         string `json:"accel,omitempty"`
+}
+
+// Pids are the VMM process and its helpers (virtiofsd): what a pod cgroup
+// holds, what a priority applies to.
+func (s *State) Pids() []int {
+	if s.Pid == 0 {
+		return nil
+	}
+	pids := []int{s.Pid}
+	for _, h := range s.Helpers {
+		pids = append(pids, h.Pid)
+	}
+	return pids
 }
 
 // Process is a pid with its start time.

@@ -36,6 +36,12 @@ func UpdateInterface(iface *agentapi.Interface) (*agentapi.Interface, error) {
 	if err != nil {
 		return nil, invalid(item, err)
 	}
+	var newMAC net.HardwareAddr
+	if s := iface.GetSetHwAddr(); s != "" {
+		if newMAC, err = net.ParseMAC(s); err != nil || len(newMAC) != 6 || newMAC[0]&1 != 0 {
+			return nil, invalid(item, fmt.Errorf("new MAC %q: not a unicast Ethernet address", s))
+		}
+	}
 
 	mu.Lock()
 	defer mu.Unlock()
@@ -51,6 +57,15 @@ func UpdateInterface(iface *agentapi.Interface) (*agentapi.Interface, error) {
 	if name != "" && name != attrs.Name {
 		if err := rename(link, name); err != nil {
 			return nil, fmt.Errorf("%s: %w", item, err)
+		}
+	}
+	if newMAC != nil && !bytes.Equal(newMAC, attrs.HardwareAddr) {
+		// Down first: not every NIC driver changes its address while up.
+		if err := netlink.LinkSetDown(link); err != nil {
+			return nil, fmt.Errorf("%s: set down for MAC change: %w", item, err)
+		}
+		if err := netlink.LinkSetHardwareAddr(link, newMAC); err != nil {
+			return nil, fmt.Errorf("%s: set MAC %s: %w", item, newMAC, err)
 		}
 	}
 	if mtu := iface.GetMtu(); mtu != 0 && int(mtu) != attrs.MTU {

@@ -1,6 +1,6 @@
 // Package netconf configures the guest's network from what the host sends
-// over ttRPC: it renames and addresses the NICs (found by MAC), installs
-// routes and static neighbour entries, and lists what the kernel has.
+// over ttRPC: it renames and addresses the NICs (found by MAC) and installs
+// routes.
 //
 // Every function works on the calling thread's network namespace through
 // netlink's package-level functions, which open a fresh socket per request.
@@ -58,40 +58,9 @@ func BringUpLoopback() error {
 	return nil
 }
 
-// ListInterfaces returns every link but loopback, with its addresses. IPv6
-// link-local addresses are left out: the kernel generates them (some time
-// after link-up) and they are not part of what the host configures.
-func ListInterfaces() (*agentapi.Interfaces, error) {
-	links, err := dump(netlink.LinkList)
-	if err != nil {
-		return nil, fmt.Errorf("list links: %w", err)
-	}
-	addrs, err := dump(func() ([]netlink.Addr, error) { return netlink.AddrList(nil, netlink.FAMILY_ALL) })
-	if err != nil {
-		return nil, fmt.Errorf("list addresses: %w", err)
-	}
-	byLink := map[int][]netlink.Addr{}
-	for _, a := range addrs {
-		byLink[a.LinkIndex] = append(byLink[a.LinkIndex], a)
-	}
-	out := &agentapi.Interfaces{}
-	for _, l := range links {
-		if isLoopback(l) {
-			continue
-		}
-		out.Interfaces = append(out.Interfaces, toInterface(l, byLink[l.Attrs().Index]))
-	}
-	return out, nil
-}
-
-// ListRoutes returns the main table's unicast routes, except those on
-// loopback and IPv6 link-local (fe80::/64) routes the kernel adds per link.
-func ListRoutes() (*agentapi.Routes, error) {
-	return listRoutes(nil)
-}
-
-// listRoutes lists as ListRoutes does, limited to the links in only when it
-// is non-nil.
+// listRoutes returns the main table's unicast routes, except those on
+// loopback and IPv6 link-local (fe80::/64) routes the kernel adds per link;
+// only those on the links in only when it is non-nil.
 func listRoutes(only map[int]bool) (*agentapi.Routes, error) {
 	links, err := dump(netlink.LinkList)
 	if err != nil {

@@ -137,7 +137,7 @@ func TestUpdateRoutes(t *testing.T) {
 			}
 			defer func() {
 				// Whatever happened, the peer's routes are untouched.
-				all, err := ListRoutes()
+				all, err := listRoutes(nil)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -195,7 +195,7 @@ func TestListRoutes(t *testing.T) {
 	if err := netlink.RouteAdd(&netlink.Route{LinkIndex: lo.Attrs().Index, Dst: dst, Scope: netlink.SCOPE_LINK}); err != nil {
 		t.Fatal(err)
 	}
-	got, err := ListRoutes()
+	got, err := listRoutes(nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -206,75 +206,7 @@ func TestListRoutes(t *testing.T) {
 	}, peerRoutes...)
 	slices.Sort(want)
 	if g := routeStrs(got); !reflect.DeepEqual(g, want) {
-		t.Errorf("ListRoutes = %q, want %q", g, want)
-	}
-}
-
-func TestAddNeighbors(t *testing.T) {
-	const macA, macB = "02:00:00:00:aa:01", "02:00:00:00:bb:01"
-	tests := []struct {
-		name  string
-		steps []*agentapi.Neighbors // applied in order; the last is checked
-		want  map[string]string     // IP -> MAC of eth0's permanent entries
-		err   error
-	}{{
-		name: "IPv4 and IPv6",
-		steps: []*agentapi.Neighbors{{Neighbors: []*agentapi.Neighbor{
-			{IpAddress: "10.88.0.1", HwAddr: macA, Device: "eth0"},
-			{IpAddress: "fd00::1", HwAddr: strings.ToUpper(macB), Device: "eth0"},
-		}}},
-		want: map[string]string{"10.88.0.1": macA, "fd00::1": macB},
-	}, {
-		name: "existing entry is replaced",
-		steps: []*agentapi.Neighbors{
-			{Neighbors: []*agentapi.Neighbor{{IpAddress: "10.88.0.1", HwAddr: macA, Device: "eth0"}}},
-			{Neighbors: []*agentapi.Neighbor{{IpAddress: "10.88.0.1", HwAddr: macB, Device: "eth0"}}},
-		},
-		want: map[string]string{"10.88.0.1": macB},
-	}, {
-		name:  "unknown device",
-		steps: []*agentapi.Neighbors{{Neighbors: []*agentapi.Neighbor{{IpAddress: "10.88.0.1", HwAddr: macA, Device: "eth9"}}}},
-		err:   ErrNoSuchInterface,
-	}, {
-		name: "bad MAC writes nothing",
-		steps: []*agentapi.Neighbors{{Neighbors: []*agentapi.Neighbor{
-			{IpAddress: "10.88.0.1", HwAddr: macA, Device: "eth0"},
-			{IpAddress: "10.88.0.2", HwAddr: "zz", Device: "eth0"},
-		}}},
-		err:  errdefs.ErrInvalidArgument,
-		want: map[string]string{},
-	}}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			inNetns(t)
-			setupGuest(t, "10.88.0.5/16", "fd00::5/64")
-			var err error
-			for i, step := range tt.steps {
-				if err = AddNeighbors(step); err != nil && i < len(tt.steps)-1 {
-					t.Fatalf("step %d: %v", i, err)
-				}
-			}
-			if !errors.Is(err, tt.err) {
-				t.Fatalf("err = %v, want %v", err, tt.err)
-			}
-			if tt.want == nil {
-				return
-			}
-			eth0, _ := netlink.LinkByName("eth0")
-			ns, err := netlink.NeighList(eth0.Attrs().Index, netlink.FAMILY_ALL)
-			if err != nil {
-				t.Fatal(err)
-			}
-			got := map[string]string{}
-			for _, n := range ns {
-				if n.State == netlink.NUD_PERMANENT {
-					got[n.IP.String()] = n.HardwareAddr.String()
-				}
-			}
-			if !reflect.DeepEqual(got, tt.want) {
-				t.Errorf("permanent neighbours = %v, want %v", got, tt.want)
-			}
-		})
+		t.Errorf("listRoutes = %q, want %q", g, want)
 	}
 }
 

@@ -119,7 +119,7 @@ func (x Share_Kind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Share_Kind.Descriptor instead.
 func (Share_Kind) EnumDescriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{3, 0}
+	return file_agent_proto_rawDescGZIP(), []int{2, 0}
 }
 
 type ReadOutputRequest_Stream int32
@@ -165,7 +165,7 @@ func (x ReadOutputRequest_Stream) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ReadOutputRequest_Stream.Descriptor instead.
 func (ReadOutputRequest_Stream) EnumDescriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{16, 0}
+	return file_agent_proto_rawDescGZIP(), []int{15, 0}
 }
 
 type CheckRequest struct {
@@ -248,66 +248,6 @@ func (x *CheckResponse) GetStatus() CheckResponse_Status {
 	return CheckResponse_UNKNOWN
 }
 
-type VersionResponse struct {
-	state           protoimpl.MessageState `protogen:"open.v1"`
-	AgentVersion    string                 `protobuf:"bytes,1,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
-	KernelRelease   string                 `protobuf:"bytes,2,opt,name=kernel_release,json=kernelRelease,proto3" json:"kernel_release,omitempty"`
-	ProtocolVersion uint32                 `protobuf:"varint,3,opt,name=protocol_version,json=protocolVersion,proto3" json:"protocol_version,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
-}
-
-func (x *VersionResponse) Reset() {
-	*x = VersionResponse{}
-	mi := &file_agent_proto_msgTypes[2]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *VersionResponse) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*VersionResponse) ProtoMessage() {}
-
-func (x *VersionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[2]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use VersionResponse.ProtoReflect.Descriptor instead.
-func (*VersionResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{2}
-}
-
-func (x *VersionResponse) GetAgentVersion() string {
-	if x != nil {
-		return x.AgentVersion
-	}
-	return ""
-}
-
-func (x *VersionResponse) GetKernelRelease() string {
-	if x != nil {
-		return x.KernelRelease
-	}
-	return ""
-}
-
-func (x *VersionResponse) GetProtocolVersion() uint32 {
-	if x != nil {
-		return x.ProtocolVersion
-	}
-	return 0
-}
-
 // Share is the host directory the VM sees (container root filesystems, volumes).
 type Share struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -322,7 +262,7 @@ type Share struct {
 
 func (x *Share) Reset() {
 	*x = Share{}
-	mi := &file_agent_proto_msgTypes[3]
+	mi := &file_agent_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -334,7 +274,7 @@ func (x *Share) String() string {
 func (*Share) ProtoMessage() {}
 
 func (x *Share) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[3]
+	mi := &file_agent_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -347,7 +287,7 @@ func (x *Share) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Share.ProtoReflect.Descriptor instead.
 func (*Share) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{3}
+	return file_agent_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *Share) GetKind() Share_Kind {
@@ -383,13 +323,21 @@ type CreateSandboxRequest struct {
 	Shares  []*Share          `protobuf:"bytes,6,rep,name=shares,proto3" json:"shares,omitempty"`
 	// shared_pid_namespace makes every container share one PID namespace.
 	SharedPidNamespace bool `protobuf:"varint,7,opt,name=shared_pid_namespace,json=sharedPidNamespace,proto3" json:"shared_pid_namespace,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// clock_unix_nano, when set, is the host's wall clock: the agent sets the
+	// guest's to it. A VM booted ahead of its pod (the warm pool) or restored
+	// from a template has a clock that lags the host's.
+	ClockUnixNano int64 `protobuf:"varint,8,opt,name=clock_unix_nano,json=clockUnixNano,proto3" json:"clock_unix_nano,omitempty"`
+	// entropy, when set, is fresh host randomness the agent credits to the
+	// guest's pool (RNDADDENTROPY), so VMs made ahead of time do not share
+	// or lack random state. At most 512 bytes.
+	Entropy       []byte `protobuf:"bytes,9,opt,name=entropy,proto3" json:"entropy,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CreateSandboxRequest) Reset() {
 	*x = CreateSandboxRequest{}
-	mi := &file_agent_proto_msgTypes[4]
+	mi := &file_agent_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -401,7 +349,7 @@ func (x *CreateSandboxRequest) String() string {
 func (*CreateSandboxRequest) ProtoMessage() {}
 
 func (x *CreateSandboxRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[4]
+	mi := &file_agent_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -414,7 +362,7 @@ func (x *CreateSandboxRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateSandboxRequest.ProtoReflect.Descriptor instead.
 func (*CreateSandboxRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{4}
+	return file_agent_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *CreateSandboxRequest) GetSandboxId() string {
@@ -466,6 +414,20 @@ func (x *CreateSandboxRequest) GetSharedPidNamespace() bool {
 	return false
 }
 
+func (x *CreateSandboxRequest) GetClockUnixNano() int64 {
+	if x != nil {
+		return x.ClockUnixNano
+	}
+	return 0
+}
+
+func (x *CreateSandboxRequest) GetEntropy() []byte {
+	if x != nil {
+		return x.Entropy
+	}
+	return nil
+}
+
 type DestroySandboxRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	SandboxId     string                 `protobuf:"bytes,1,opt,name=sandbox_id,json=sandboxId,proto3" json:"sandbox_id,omitempty"`
@@ -475,7 +437,7 @@ type DestroySandboxRequest struct {
 
 func (x *DestroySandboxRequest) Reset() {
 	*x = DestroySandboxRequest{}
-	mi := &file_agent_proto_msgTypes[5]
+	mi := &file_agent_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -487,7 +449,7 @@ func (x *DestroySandboxRequest) String() string {
 func (*DestroySandboxRequest) ProtoMessage() {}
 
 func (x *DestroySandboxRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[5]
+	mi := &file_agent_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -500,7 +462,7 @@ func (x *DestroySandboxRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DestroySandboxRequest.ProtoReflect.Descriptor instead.
 func (*DestroySandboxRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{5}
+	return file_agent_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *DestroySandboxRequest) GetSandboxId() string {
@@ -523,7 +485,7 @@ type GuestDetails struct {
 
 func (x *GuestDetails) Reset() {
 	*x = GuestDetails{}
-	mi := &file_agent_proto_msgTypes[6]
+	mi := &file_agent_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -535,7 +497,7 @@ func (x *GuestDetails) String() string {
 func (*GuestDetails) ProtoMessage() {}
 
 func (x *GuestDetails) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[6]
+	mi := &file_agent_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -548,7 +510,7 @@ func (x *GuestDetails) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GuestDetails.ProtoReflect.Descriptor instead.
 func (*GuestDetails) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{6}
+	return file_agent_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *GuestDetails) GetKernelRelease() string {
@@ -601,7 +563,7 @@ type CreateContainerRequest struct {
 
 func (x *CreateContainerRequest) Reset() {
 	*x = CreateContainerRequest{}
-	mi := &file_agent_proto_msgTypes[7]
+	mi := &file_agent_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -613,7 +575,7 @@ func (x *CreateContainerRequest) String() string {
 func (*CreateContainerRequest) ProtoMessage() {}
 
 func (x *CreateContainerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[7]
+	mi := &file_agent_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -626,7 +588,7 @@ func (x *CreateContainerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateContainerRequest.ProtoReflect.Descriptor instead.
 func (*CreateContainerRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{7}
+	return file_agent_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *CreateContainerRequest) GetContainerId() string {
@@ -673,7 +635,7 @@ type ContainerRequest struct {
 
 func (x *ContainerRequest) Reset() {
 	*x = ContainerRequest{}
-	mi := &file_agent_proto_msgTypes[8]
+	mi := &file_agent_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -685,7 +647,7 @@ func (x *ContainerRequest) String() string {
 func (*ContainerRequest) ProtoMessage() {}
 
 func (x *ContainerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[8]
+	mi := &file_agent_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -698,7 +660,7 @@ func (x *ContainerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerRequest.ProtoReflect.Descriptor instead.
 func (*ContainerRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{8}
+	return file_agent_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ContainerRequest) GetContainerId() string {
@@ -719,7 +681,7 @@ type RemoveContainerRequest struct {
 
 func (x *RemoveContainerRequest) Reset() {
 	*x = RemoveContainerRequest{}
-	mi := &file_agent_proto_msgTypes[9]
+	mi := &file_agent_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -731,7 +693,7 @@ func (x *RemoveContainerRequest) String() string {
 func (*RemoveContainerRequest) ProtoMessage() {}
 
 func (x *RemoveContainerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[9]
+	mi := &file_agent_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -744,7 +706,7 @@ func (x *RemoveContainerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveContainerRequest.ProtoReflect.Descriptor instead.
 func (*RemoveContainerRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{9}
+	return file_agent_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *RemoveContainerRequest) GetContainerId() string {
@@ -772,7 +734,7 @@ type UpdateContainerRequest struct {
 
 func (x *UpdateContainerRequest) Reset() {
 	*x = UpdateContainerRequest{}
-	mi := &file_agent_proto_msgTypes[10]
+	mi := &file_agent_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -784,7 +746,7 @@ func (x *UpdateContainerRequest) String() string {
 func (*UpdateContainerRequest) ProtoMessage() {}
 
 func (x *UpdateContainerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[10]
+	mi := &file_agent_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -797,7 +759,7 @@ func (x *UpdateContainerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateContainerRequest.ProtoReflect.Descriptor instead.
 func (*UpdateContainerRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{10}
+	return file_agent_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *UpdateContainerRequest) GetContainerId() string {
@@ -835,7 +797,7 @@ type ContainerStats struct {
 
 func (x *ContainerStats) Reset() {
 	*x = ContainerStats{}
-	mi := &file_agent_proto_msgTypes[11]
+	mi := &file_agent_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -847,7 +809,7 @@ func (x *ContainerStats) String() string {
 func (*ContainerStats) ProtoMessage() {}
 
 func (x *ContainerStats) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[11]
+	mi := &file_agent_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -860,7 +822,7 @@ func (x *ContainerStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerStats.ProtoReflect.Descriptor instead.
 func (*ContainerStats) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{11}
+	return file_agent_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ContainerStats) GetCpuUsageNs() uint64 {
@@ -967,7 +929,7 @@ type ExecProcessRequest struct {
 
 func (x *ExecProcessRequest) Reset() {
 	*x = ExecProcessRequest{}
-	mi := &file_agent_proto_msgTypes[12]
+	mi := &file_agent_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -979,7 +941,7 @@ func (x *ExecProcessRequest) String() string {
 func (*ExecProcessRequest) ProtoMessage() {}
 
 func (x *ExecProcessRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[12]
+	mi := &file_agent_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -992,7 +954,7 @@ func (x *ExecProcessRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecProcessRequest.ProtoReflect.Descriptor instead.
 func (*ExecProcessRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{12}
+	return file_agent_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ExecProcessRequest) GetContainerId() string {
@@ -1047,7 +1009,7 @@ type ProcessRequest struct {
 
 func (x *ProcessRequest) Reset() {
 	*x = ProcessRequest{}
-	mi := &file_agent_proto_msgTypes[13]
+	mi := &file_agent_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1059,7 +1021,7 @@ func (x *ProcessRequest) String() string {
 func (*ProcessRequest) ProtoMessage() {}
 
 func (x *ProcessRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[13]
+	mi := &file_agent_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1072,7 +1034,7 @@ func (x *ProcessRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProcessRequest.ProtoReflect.Descriptor instead.
 func (*ProcessRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{13}
+	return file_agent_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ProcessRequest) GetContainerId() string {
@@ -1102,7 +1064,7 @@ type SignalProcessRequest struct {
 
 func (x *SignalProcessRequest) Reset() {
 	*x = SignalProcessRequest{}
-	mi := &file_agent_proto_msgTypes[14]
+	mi := &file_agent_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1114,7 +1076,7 @@ func (x *SignalProcessRequest) String() string {
 func (*SignalProcessRequest) ProtoMessage() {}
 
 func (x *SignalProcessRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[14]
+	mi := &file_agent_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1127,7 +1089,7 @@ func (x *SignalProcessRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignalProcessRequest.ProtoReflect.Descriptor instead.
 func (*SignalProcessRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{14}
+	return file_agent_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *SignalProcessRequest) GetContainerId() string {
@@ -1170,7 +1132,7 @@ type WaitProcessResponse struct {
 
 func (x *WaitProcessResponse) Reset() {
 	*x = WaitProcessResponse{}
-	mi := &file_agent_proto_msgTypes[15]
+	mi := &file_agent_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1182,7 +1144,7 @@ func (x *WaitProcessResponse) String() string {
 func (*WaitProcessResponse) ProtoMessage() {}
 
 func (x *WaitProcessResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[15]
+	mi := &file_agent_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1195,7 +1157,7 @@ func (x *WaitProcessResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitProcessResponse.ProtoReflect.Descriptor instead.
 func (*WaitProcessResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{15}
+	return file_agent_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *WaitProcessResponse) GetExitCode() int32 {
@@ -1230,7 +1192,7 @@ type ReadOutputRequest struct {
 
 func (x *ReadOutputRequest) Reset() {
 	*x = ReadOutputRequest{}
-	mi := &file_agent_proto_msgTypes[16]
+	mi := &file_agent_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1242,7 +1204,7 @@ func (x *ReadOutputRequest) String() string {
 func (*ReadOutputRequest) ProtoMessage() {}
 
 func (x *ReadOutputRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[16]
+	mi := &file_agent_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1255,7 +1217,7 @@ func (x *ReadOutputRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadOutputRequest.ProtoReflect.Descriptor instead.
 func (*ReadOutputRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{16}
+	return file_agent_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ReadOutputRequest) GetContainerId() string {
@@ -1288,7 +1250,7 @@ type OutputChunk struct {
 
 func (x *OutputChunk) Reset() {
 	*x = OutputChunk{}
-	mi := &file_agent_proto_msgTypes[17]
+	mi := &file_agent_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1300,7 +1262,7 @@ func (x *OutputChunk) String() string {
 func (*OutputChunk) ProtoMessage() {}
 
 func (x *OutputChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[17]
+	mi := &file_agent_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1313,7 +1275,7 @@ func (x *OutputChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OutputChunk.ProtoReflect.Descriptor instead.
 func (*OutputChunk) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{17}
+	return file_agent_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *OutputChunk) GetData() []byte {
@@ -1334,7 +1296,7 @@ type WriteStdinRequest struct {
 
 func (x *WriteStdinRequest) Reset() {
 	*x = WriteStdinRequest{}
-	mi := &file_agent_proto_msgTypes[18]
+	mi := &file_agent_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1346,7 +1308,7 @@ func (x *WriteStdinRequest) String() string {
 func (*WriteStdinRequest) ProtoMessage() {}
 
 func (x *WriteStdinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[18]
+	mi := &file_agent_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1359,7 +1321,7 @@ func (x *WriteStdinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteStdinRequest.ProtoReflect.Descriptor instead.
 func (*WriteStdinRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{18}
+	return file_agent_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *WriteStdinRequest) GetContainerId() string {
@@ -1392,7 +1354,7 @@ type WriteStdinResponse struct {
 
 func (x *WriteStdinResponse) Reset() {
 	*x = WriteStdinResponse{}
-	mi := &file_agent_proto_msgTypes[19]
+	mi := &file_agent_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1404,7 +1366,7 @@ func (x *WriteStdinResponse) String() string {
 func (*WriteStdinResponse) ProtoMessage() {}
 
 func (x *WriteStdinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[19]
+	mi := &file_agent_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1417,7 +1379,7 @@ func (x *WriteStdinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteStdinResponse.ProtoReflect.Descriptor instead.
 func (*WriteStdinResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{19}
+	return file_agent_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *WriteStdinResponse) GetWritten() uint32 {
@@ -1439,7 +1401,7 @@ type ResizeTtyRequest struct {
 
 func (x *ResizeTtyRequest) Reset() {
 	*x = ResizeTtyRequest{}
-	mi := &file_agent_proto_msgTypes[20]
+	mi := &file_agent_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1451,7 +1413,7 @@ func (x *ResizeTtyRequest) String() string {
 func (*ResizeTtyRequest) ProtoMessage() {}
 
 func (x *ResizeTtyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[20]
+	mi := &file_agent_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1464,7 +1426,7 @@ func (x *ResizeTtyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResizeTtyRequest.ProtoReflect.Descriptor instead.
 func (*ResizeTtyRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{20}
+	return file_agent_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ResizeTtyRequest) GetContainerId() string {
@@ -1505,7 +1467,7 @@ type IPAddress struct {
 
 func (x *IPAddress) Reset() {
 	*x = IPAddress{}
-	mi := &file_agent_proto_msgTypes[21]
+	mi := &file_agent_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1517,7 +1479,7 @@ func (x *IPAddress) String() string {
 func (*IPAddress) ProtoMessage() {}
 
 func (x *IPAddress) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[21]
+	mi := &file_agent_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1530,7 +1492,7 @@ func (x *IPAddress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IPAddress.ProtoReflect.Descriptor instead.
 func (*IPAddress) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{21}
+	return file_agent_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *IPAddress) GetAddress() string {
@@ -1545,16 +1507,19 @@ type Interface struct {
 	// hw_addr identifies the NIC: the guest finds its link by MAC.
 	HwAddr string `protobuf:"bytes,1,opt,name=hw_addr,json=hwAddr,proto3" json:"hw_addr,omitempty"`
 	// name to give the link (e.g. "eth0"); empty keeps the kernel's.
-	Name          string       `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
-	Mtu           uint32       `protobuf:"varint,3,opt,name=mtu,proto3" json:"mtu,omitempty"`
-	Addresses     []*IPAddress `protobuf:"bytes,4,rep,name=addresses,proto3" json:"addresses,omitempty"`
+	Name      string       `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Mtu       uint32       `protobuf:"varint,3,opt,name=mtu,proto3" json:"mtu,omitempty"`
+	Addresses []*IPAddress `protobuf:"bytes,4,rep,name=addresses,proto3" json:"addresses,omitempty"`
+	// set_hw_addr, when set, is the MAC the link takes: a VM booted before its
+	// pod (the warm pool) has a NIC whose MAC is not the pod veth's yet.
+	SetHwAddr     string `protobuf:"bytes,5,opt,name=set_hw_addr,json=setHwAddr,proto3" json:"set_hw_addr,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Interface) Reset() {
 	*x = Interface{}
-	mi := &file_agent_proto_msgTypes[22]
+	mi := &file_agent_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1566,7 +1531,7 @@ func (x *Interface) String() string {
 func (*Interface) ProtoMessage() {}
 
 func (x *Interface) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[22]
+	mi := &file_agent_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1579,7 +1544,7 @@ func (x *Interface) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Interface.ProtoReflect.Descriptor instead.
 func (*Interface) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{22}
+	return file_agent_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Interface) GetHwAddr() string {
@@ -1610,48 +1575,11 @@ func (x *Interface) GetAddresses() []*IPAddress {
 	return nil
 }
 
-type Interfaces struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Interfaces    []*Interface           `protobuf:"bytes,1,rep,name=interfaces,proto3" json:"interfaces,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *Interfaces) Reset() {
-	*x = Interfaces{}
-	mi := &file_agent_proto_msgTypes[23]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *Interfaces) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*Interfaces) ProtoMessage() {}
-
-func (x *Interfaces) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[23]
+func (x *Interface) GetSetHwAddr() string {
 	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
+		return x.SetHwAddr
 	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use Interfaces.ProtoReflect.Descriptor instead.
-func (*Interfaces) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{23}
-}
-
-func (x *Interfaces) GetInterfaces() []*Interface {
-	if x != nil {
-		return x.Interfaces
-	}
-	return nil
+	return ""
 }
 
 type Route struct {
@@ -1670,7 +1598,7 @@ type Route struct {
 
 func (x *Route) Reset() {
 	*x = Route{}
-	mi := &file_agent_proto_msgTypes[24]
+	mi := &file_agent_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1682,7 +1610,7 @@ func (x *Route) String() string {
 func (*Route) ProtoMessage() {}
 
 func (x *Route) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[24]
+	mi := &file_agent_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1695,7 +1623,7 @@ func (x *Route) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Route.ProtoReflect.Descriptor instead.
 func (*Route) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{24}
+	return file_agent_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Route) GetDestination() string {
@@ -1742,7 +1670,7 @@ type Routes struct {
 
 func (x *Routes) Reset() {
 	*x = Routes{}
-	mi := &file_agent_proto_msgTypes[25]
+	mi := &file_agent_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1754,7 +1682,7 @@ func (x *Routes) String() string {
 func (*Routes) ProtoMessage() {}
 
 func (x *Routes) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[25]
+	mi := &file_agent_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1767,7 +1695,7 @@ func (x *Routes) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Routes.ProtoReflect.Descriptor instead.
 func (*Routes) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{25}
+	return file_agent_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Routes) GetRoutes() []*Route {
@@ -1775,162 +1703,6 @@ func (x *Routes) GetRoutes() []*Route {
 		return x.Routes
 	}
 	return nil
-}
-
-type Neighbor struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	IpAddress     string                 `protobuf:"bytes,1,opt,name=ip_address,json=ipAddress,proto3" json:"ip_address,omitempty"`
-	HwAddr        string                 `protobuf:"bytes,2,opt,name=hw_addr,json=hwAddr,proto3" json:"hw_addr,omitempty"`
-	Device        string                 `protobuf:"bytes,3,opt,name=device,proto3" json:"device,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *Neighbor) Reset() {
-	*x = Neighbor{}
-	mi := &file_agent_proto_msgTypes[26]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *Neighbor) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*Neighbor) ProtoMessage() {}
-
-func (x *Neighbor) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[26]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use Neighbor.ProtoReflect.Descriptor instead.
-func (*Neighbor) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{26}
-}
-
-func (x *Neighbor) GetIpAddress() string {
-	if x != nil {
-		return x.IpAddress
-	}
-	return ""
-}
-
-func (x *Neighbor) GetHwAddr() string {
-	if x != nil {
-		return x.HwAddr
-	}
-	return ""
-}
-
-func (x *Neighbor) GetDevice() string {
-	if x != nil {
-		return x.Device
-	}
-	return ""
-}
-
-type Neighbors struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Neighbors     []*Neighbor            `protobuf:"bytes,1,rep,name=neighbors,proto3" json:"neighbors,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *Neighbors) Reset() {
-	*x = Neighbors{}
-	mi := &file_agent_proto_msgTypes[27]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *Neighbors) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*Neighbors) ProtoMessage() {}
-
-func (x *Neighbors) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[27]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use Neighbors.ProtoReflect.Descriptor instead.
-func (*Neighbors) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{27}
-}
-
-func (x *Neighbors) GetNeighbors() []*Neighbor {
-	if x != nil {
-		return x.Neighbors
-	}
-	return nil
-}
-
-type OOMEvent struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	ContainerId   string                 `protobuf:"bytes,1,opt,name=container_id,json=containerId,proto3" json:"container_id,omitempty"`
-	AtNs          int64                  `protobuf:"varint,2,opt,name=at_ns,json=atNs,proto3" json:"at_ns,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *OOMEvent) Reset() {
-	*x = OOMEvent{}
-	mi := &file_agent_proto_msgTypes[28]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *OOMEvent) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*OOMEvent) ProtoMessage() {}
-
-func (x *OOMEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[28]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use OOMEvent.ProtoReflect.Descriptor instead.
-func (*OOMEvent) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{28}
-}
-
-func (x *OOMEvent) GetContainerId() string {
-	if x != nil {
-		return x.ContainerId
-	}
-	return ""
-}
-
-func (x *OOMEvent) GetAtNs() int64 {
-	if x != nil {
-		return x.AtNs
-	}
-	return 0
 }
 
 type PortForwardChunk struct {
@@ -1943,7 +1715,7 @@ type PortForwardChunk struct {
 
 func (x *PortForwardChunk) Reset() {
 	*x = PortForwardChunk{}
-	mi := &file_agent_proto_msgTypes[29]
+	mi := &file_agent_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1955,7 +1727,7 @@ func (x *PortForwardChunk) String() string {
 func (*PortForwardChunk) ProtoMessage() {}
 
 func (x *PortForwardChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[29]
+	mi := &file_agent_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1968,7 +1740,7 @@ func (x *PortForwardChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PortForwardChunk.ProtoReflect.Descriptor instead.
 func (*PortForwardChunk) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{29}
+	return file_agent_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *PortForwardChunk) GetPort() uint32 {
@@ -1996,11 +1768,7 @@ const file_agent_proto_rawDesc = "" +
 	"\x06Status\x12\v\n" +
 	"\aUNKNOWN\x10\x00\x12\v\n" +
 	"\aSERVING\x10\x01\x12\x0f\n" +
-	"\vNOT_SERVING\x10\x02\"\x88\x01\n" +
-	"\x0fVersionResponse\x12#\n" +
-	"\ragent_version\x18\x01 \x01(\tR\fagentVersion\x12%\n" +
-	"\x0ekernel_release\x18\x02 \x01(\tR\rkernelRelease\x12)\n" +
-	"\x10protocol_version\x18\x03 \x01(\rR\x0fprotocolVersion\"\x8c\x01\n" +
+	"\vNOT_SERVING\x10\x02\"\x8c\x01\n" +
 	"\x05Share\x12/\n" +
 	"\x04kind\x18\x01 \x01(\x0e2\x1b.cocoon.agent.v1.Share.KindR\x04kind\x12\x10\n" +
 	"\x03tag\x18\x02 \x01(\tR\x03tag\x12\x1f\n" +
@@ -2008,7 +1776,7 @@ const file_agent_proto_rawDesc = "" +
 	"mountPoint\"\x1f\n" +
 	"\x04Kind\x12\f\n" +
 	"\bVIRTIOFS\x10\x00\x12\t\n" +
-	"\x05NINEP\x10\x01\"\xf4\x02\n" +
+	"\x05NINEP\x10\x01\"\xb6\x03\n" +
 	"\x14CreateSandboxRequest\x12\x1d\n" +
 	"\n" +
 	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x1a\n" +
@@ -2018,7 +1786,9 @@ const file_agent_proto_rawDesc = "" +
 	"\x05hosts\x18\x04 \x01(\tR\x05hosts\x12L\n" +
 	"\asysctls\x18\x05 \x03(\v22.cocoon.agent.v1.CreateSandboxRequest.SysctlsEntryR\asysctls\x12.\n" +
 	"\x06shares\x18\x06 \x03(\v2\x16.cocoon.agent.v1.ShareR\x06shares\x120\n" +
-	"\x14shared_pid_namespace\x18\a \x01(\bR\x12sharedPidNamespace\x1a:\n" +
+	"\x14shared_pid_namespace\x18\a \x01(\bR\x12sharedPidNamespace\x12&\n" +
+	"\x0fclock_unix_nano\x18\b \x01(\x03R\rclockUnixNano\x12\x18\n" +
+	"\aentropy\x18\t \x01(\fR\aentropy\x1a:\n" +
 	"\fSysctlsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"6\n" +
@@ -2107,17 +1877,13 @@ const file_agent_proto_rawDesc = "" +
 	"\x04rows\x18\x03 \x01(\rR\x04rows\x12\x18\n" +
 	"\acolumns\x18\x04 \x01(\rR\acolumns\"%\n" +
 	"\tIPAddress\x12\x18\n" +
-	"\aaddress\x18\x01 \x01(\tR\aaddress\"\x84\x01\n" +
+	"\aaddress\x18\x01 \x01(\tR\aaddress\"\xa4\x01\n" +
 	"\tInterface\x12\x17\n" +
 	"\ahw_addr\x18\x01 \x01(\tR\x06hwAddr\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x10\n" +
 	"\x03mtu\x18\x03 \x01(\rR\x03mtu\x128\n" +
-	"\taddresses\x18\x04 \x03(\v2\x1a.cocoon.agent.v1.IPAddressR\taddresses\"H\n" +
-	"\n" +
-	"Interfaces\x12:\n" +
-	"\n" +
-	"interfaces\x18\x01 \x03(\v2\x1a.cocoon.agent.v1.InterfaceR\n" +
-	"interfaces\"\x89\x01\n" +
+	"\taddresses\x18\x04 \x03(\v2\x1a.cocoon.agent.v1.IPAddressR\taddresses\x12\x1e\n" +
+	"\vset_hw_addr\x18\x05 \x01(\tR\tsetHwAddr\"\x89\x01\n" +
 	"\x05Route\x12 \n" +
 	"\vdestination\x18\x01 \x01(\tR\vdestination\x12\x18\n" +
 	"\agateway\x18\x02 \x01(\tR\agateway\x12\x16\n" +
@@ -2125,32 +1891,19 @@ const file_agent_proto_rawDesc = "" +
 	"\x06source\x18\x04 \x01(\tR\x06source\x12\x14\n" +
 	"\x05scope\x18\x05 \x01(\rR\x05scope\"8\n" +
 	"\x06Routes\x12.\n" +
-	"\x06routes\x18\x01 \x03(\v2\x16.cocoon.agent.v1.RouteR\x06routes\"Z\n" +
-	"\bNeighbor\x12\x1d\n" +
-	"\n" +
-	"ip_address\x18\x01 \x01(\tR\tipAddress\x12\x17\n" +
-	"\ahw_addr\x18\x02 \x01(\tR\x06hwAddr\x12\x16\n" +
-	"\x06device\x18\x03 \x01(\tR\x06device\"D\n" +
-	"\tNeighbors\x127\n" +
-	"\tneighbors\x18\x01 \x03(\v2\x19.cocoon.agent.v1.NeighborR\tneighbors\"B\n" +
-	"\bOOMEvent\x12!\n" +
-	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12\x13\n" +
-	"\x05at_ns\x18\x02 \x01(\x03R\x04atNs\":\n" +
+	"\x06routes\x18\x01 \x03(\v2\x16.cocoon.agent.v1.RouteR\x06routes\":\n" +
 	"\x10PortForwardChunk\x12\x12\n" +
 	"\x04port\x18\x01 \x01(\rR\x04port\x12\x12\n" +
-	"\x04data\x18\x02 \x01(\fR\x04data2\x90\x0f\n" +
+	"\x04data\x18\x02 \x01(\fR\x04data2\x9f\v\n" +
 	"\x05Agent\x12N\n" +
 	"\rCreateSandbox\x12%.cocoon.agent.v1.CreateSandboxRequest\x1a\x16.google.protobuf.Empty\x12P\n" +
-	"\x0eDestroySandbox\x12&.cocoon.agent.v1.DestroySandboxRequest\x1a\x16.google.protobuf.Empty\x12H\n" +
-	"\x0fGetGuestDetails\x12\x16.google.protobuf.Empty\x1a\x1d.cocoon.agent.v1.GuestDetails\x12E\n" +
+	"\x0eDestroySandbox\x12&.cocoon.agent.v1.DestroySandboxRequest\x1a\x16.google.protobuf.Empty\x12E\n" +
 	"\fOnlineCPUMem\x12\x16.google.protobuf.Empty\x1a\x1d.cocoon.agent.v1.GuestDetails\x12R\n" +
 	"\x0fCreateContainer\x12'.cocoon.agent.v1.CreateContainerRequest\x1a\x16.google.protobuf.Empty\x12K\n" +
 	"\x0eStartContainer\x12!.cocoon.agent.v1.ContainerRequest\x1a\x16.google.protobuf.Empty\x12R\n" +
 	"\x0fRemoveContainer\x12'.cocoon.agent.v1.RemoveContainerRequest\x1a\x16.google.protobuf.Empty\x12R\n" +
 	"\x0fUpdateContainer\x12'.cocoon.agent.v1.UpdateContainerRequest\x1a\x16.google.protobuf.Empty\x12T\n" +
-	"\x0eStatsContainer\x12!.cocoon.agent.v1.ContainerRequest\x1a\x1f.cocoon.agent.v1.ContainerStats\x12K\n" +
-	"\x0ePauseContainer\x12!.cocoon.agent.v1.ContainerRequest\x1a\x16.google.protobuf.Empty\x12L\n" +
-	"\x0fResumeContainer\x12!.cocoon.agent.v1.ContainerRequest\x1a\x16.google.protobuf.Empty\x12J\n" +
+	"\x0eStatsContainer\x12!.cocoon.agent.v1.ContainerRequest\x1a\x1f.cocoon.agent.v1.ContainerStats\x12J\n" +
 	"\vExecProcess\x12#.cocoon.agent.v1.ExecProcessRequest\x1a\x16.google.protobuf.Empty\x12N\n" +
 	"\rSignalProcess\x12%.cocoon.agent.v1.SignalProcessRequest\x1a\x16.google.protobuf.Empty\x12T\n" +
 	"\vWaitProcess\x12\x1f.cocoon.agent.v1.ProcessRequest\x1a$.cocoon.agent.v1.WaitProcessResponse\x12P\n" +
@@ -2162,16 +1915,10 @@ const file_agent_proto_rawDesc = "" +
 	"CloseStdin\x12\x1f.cocoon.agent.v1.ProcessRequest\x1a\x16.google.protobuf.Empty\x12F\n" +
 	"\tResizeTty\x12!.cocoon.agent.v1.ResizeTtyRequest\x1a\x16.google.protobuf.Empty\x12I\n" +
 	"\x0fUpdateInterface\x12\x1a.cocoon.agent.v1.Interface\x1a\x1a.cocoon.agent.v1.Interface\x12@\n" +
-	"\fUpdateRoutes\x12\x17.cocoon.agent.v1.Routes\x1a\x17.cocoon.agent.v1.Routes\x12B\n" +
-	"\fAddNeighbors\x12\x1a.cocoon.agent.v1.Neighbors\x1a\x16.google.protobuf.Empty\x12E\n" +
-	"\x0eListInterfaces\x12\x16.google.protobuf.Empty\x1a\x1b.cocoon.agent.v1.Interfaces\x12=\n" +
-	"\n" +
-	"ListRoutes\x12\x16.google.protobuf.Empty\x1a\x17.cocoon.agent.v1.Routes\x12@\n" +
-	"\tOOMEvents\x12\x16.google.protobuf.Empty\x1a\x19.cocoon.agent.v1.OOMEvent0\x01\x12W\n" +
-	"\vPortForward\x12!.cocoon.agent.v1.PortForwardChunk\x1a!.cocoon.agent.v1.PortForwardChunk(\x010\x012\x9c\x01\n" +
+	"\fUpdateRoutes\x12\x17.cocoon.agent.v1.Routes\x1a\x17.cocoon.agent.v1.Routes\x12W\n" +
+	"\vPortForward\x12!.cocoon.agent.v1.PortForwardChunk\x1a!.cocoon.agent.v1.PortForwardChunk(\x010\x012P\n" +
 	"\x06Health\x12F\n" +
-	"\x05Check\x12\x1d.cocoon.agent.v1.CheckRequest\x1a\x1e.cocoon.agent.v1.CheckResponse\x12J\n" +
-	"\aVersion\x12\x1d.cocoon.agent.v1.CheckRequest\x1a .cocoon.agent.v1.VersionResponseB2Z0github.com/cocoon-runtime/cocoon/api/agent;agentb\x06proto3"
+	"\x05Check\x12\x1d.cocoon.agent.v1.CheckRequest\x1a\x1e.cocoon.agent.v1.CheckResponseB2Z0github.com/cocoon-runtime/cocoon/api/agent;agentb\x06proto3"
 
 var (
 	file_agent_proto_rawDescOnce sync.Once
@@ -2186,113 +1933,90 @@ func file_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
+var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
 var file_agent_proto_goTypes = []any{
 	(CheckResponse_Status)(0),      // 0: cocoon.agent.v1.CheckResponse.Status
 	(Share_Kind)(0),                // 1: cocoon.agent.v1.Share.Kind
 	(ReadOutputRequest_Stream)(0),  // 2: cocoon.agent.v1.ReadOutputRequest.Stream
 	(*CheckRequest)(nil),           // 3: cocoon.agent.v1.CheckRequest
 	(*CheckResponse)(nil),          // 4: cocoon.agent.v1.CheckResponse
-	(*VersionResponse)(nil),        // 5: cocoon.agent.v1.VersionResponse
-	(*Share)(nil),                  // 6: cocoon.agent.v1.Share
-	(*CreateSandboxRequest)(nil),   // 7: cocoon.agent.v1.CreateSandboxRequest
-	(*DestroySandboxRequest)(nil),  // 8: cocoon.agent.v1.DestroySandboxRequest
-	(*GuestDetails)(nil),           // 9: cocoon.agent.v1.GuestDetails
-	(*CreateContainerRequest)(nil), // 10: cocoon.agent.v1.CreateContainerRequest
-	(*ContainerRequest)(nil),       // 11: cocoon.agent.v1.ContainerRequest
-	(*RemoveContainerRequest)(nil), // 12: cocoon.agent.v1.RemoveContainerRequest
-	(*UpdateContainerRequest)(nil), // 13: cocoon.agent.v1.UpdateContainerRequest
-	(*ContainerStats)(nil),         // 14: cocoon.agent.v1.ContainerStats
-	(*ExecProcessRequest)(nil),     // 15: cocoon.agent.v1.ExecProcessRequest
-	(*ProcessRequest)(nil),         // 16: cocoon.agent.v1.ProcessRequest
-	(*SignalProcessRequest)(nil),   // 17: cocoon.agent.v1.SignalProcessRequest
-	(*WaitProcessResponse)(nil),    // 18: cocoon.agent.v1.WaitProcessResponse
-	(*ReadOutputRequest)(nil),      // 19: cocoon.agent.v1.ReadOutputRequest
-	(*OutputChunk)(nil),            // 20: cocoon.agent.v1.OutputChunk
-	(*WriteStdinRequest)(nil),      // 21: cocoon.agent.v1.WriteStdinRequest
-	(*WriteStdinResponse)(nil),     // 22: cocoon.agent.v1.WriteStdinResponse
-	(*ResizeTtyRequest)(nil),       // 23: cocoon.agent.v1.ResizeTtyRequest
-	(*IPAddress)(nil),              // 24: cocoon.agent.v1.IPAddress
-	(*Interface)(nil),              // 25: cocoon.agent.v1.Interface
-	(*Interfaces)(nil),             // 26: cocoon.agent.v1.Interfaces
-	(*Route)(nil),                  // 27: cocoon.agent.v1.Route
-	(*Routes)(nil),                 // 28: cocoon.agent.v1.Routes
-	(*Neighbor)(nil),               // 29: cocoon.agent.v1.Neighbor
-	(*Neighbors)(nil),              // 30: cocoon.agent.v1.Neighbors
-	(*OOMEvent)(nil),               // 31: cocoon.agent.v1.OOMEvent
-	(*PortForwardChunk)(nil),       // 32: cocoon.agent.v1.PortForwardChunk
-	nil,                            // 33: cocoon.agent.v1.CreateSandboxRequest.SysctlsEntry
-	(*emptypb.Empty)(nil),          // 34: google.protobuf.Empty
+	(*Share)(nil),                  // 5: cocoon.agent.v1.Share
+	(*CreateSandboxRequest)(nil),   // 6: cocoon.agent.v1.CreateSandboxRequest
+	(*DestroySandboxRequest)(nil),  // 7: cocoon.agent.v1.DestroySandboxRequest
+	(*GuestDetails)(nil),           // 8: cocoon.agent.v1.GuestDetails
+	(*CreateContainerRequest)(nil), // 9: cocoon.agent.v1.CreateContainerRequest
+	(*ContainerRequest)(nil),       // 10: cocoon.agent.v1.ContainerRequest
+	(*RemoveContainerRequest)(nil), // 11: cocoon.agent.v1.RemoveContainerRequest
+	(*UpdateContainerRequest)(nil), // 12: cocoon.agent.v1.UpdateContainerRequest
+	(*ContainerStats)(nil),         // 13: cocoon.agent.v1.ContainerStats
+	(*ExecProcessRequest)(nil),     // 14: cocoon.agent.v1.ExecProcessRequest
+	(*ProcessRequest)(nil),         // 15: cocoon.agent.v1.ProcessRequest
+	(*SignalProcessRequest)(nil),   // 16: cocoon.agent.v1.SignalProcessRequest
+	(*WaitProcessResponse)(nil),    // 17: cocoon.agent.v1.WaitProcessResponse
+	(*ReadOutputRequest)(nil),      // 18: cocoon.agent.v1.ReadOutputRequest
+	(*OutputChunk)(nil),            // 19: cocoon.agent.v1.OutputChunk
+	(*WriteStdinRequest)(nil),      // 20: cocoon.agent.v1.WriteStdinRequest
+	(*WriteStdinResponse)(nil),     // 21: cocoon.agent.v1.WriteStdinResponse
+	(*ResizeTtyRequest)(nil),       // 22: cocoon.agent.v1.ResizeTtyRequest
+	(*IPAddress)(nil),              // 23: cocoon.agent.v1.IPAddress
+	(*Interface)(nil),              // 24: cocoon.agent.v1.Interface
+	(*Route)(nil),                  // 25: cocoon.agent.v1.Route
+	(*Routes)(nil),                 // 26: cocoon.agent.v1.Routes
+	(*PortForwardChunk)(nil),       // 27: cocoon.agent.v1.PortForwardChunk
+	nil,                            // 28: cocoon.agent.v1.CreateSandboxRequest.SysctlsEntry
+	(*emptypb.Empty)(nil),          // 29: google.protobuf.Empty
 }
 var file_agent_proto_depIdxs = []int32{
 	0,  // 0: cocoon.agent.v1.CheckResponse.status:type_name -> cocoon.agent.v1.CheckResponse.Status
 	1,  // 1: cocoon.agent.v1.Share.kind:type_name -> cocoon.agent.v1.Share.Kind
-	33, // 2: cocoon.agent.v1.CreateSandboxRequest.sysctls:type_name -> cocoon.agent.v1.CreateSandboxRequest.SysctlsEntry
-	6,  // 3: cocoon.agent.v1.CreateSandboxRequest.shares:type_name -> cocoon.agent.v1.Share
+	28, // 2: cocoon.agent.v1.CreateSandboxRequest.sysctls:type_name -> cocoon.agent.v1.CreateSandboxRequest.SysctlsEntry
+	5,  // 3: cocoon.agent.v1.CreateSandboxRequest.shares:type_name -> cocoon.agent.v1.Share
 	2,  // 4: cocoon.agent.v1.ReadOutputRequest.stream:type_name -> cocoon.agent.v1.ReadOutputRequest.Stream
-	24, // 5: cocoon.agent.v1.Interface.addresses:type_name -> cocoon.agent.v1.IPAddress
-	25, // 6: cocoon.agent.v1.Interfaces.interfaces:type_name -> cocoon.agent.v1.Interface
-	27, // 7: cocoon.agent.v1.Routes.routes:type_name -> cocoon.agent.v1.Route
-	29, // 8: cocoon.agent.v1.Neighbors.neighbors:type_name -> cocoon.agent.v1.Neighbor
-	7,  // 9: cocoon.agent.v1.Agent.CreateSandbox:input_type -> cocoon.agent.v1.CreateSandboxRequest
-	8,  // 10: cocoon.agent.v1.Agent.DestroySandbox:input_type -> cocoon.agent.v1.DestroySandboxRequest
-	34, // 11: cocoon.agent.v1.Agent.GetGuestDetails:input_type -> google.protobuf.Empty
-	34, // 12: cocoon.agent.v1.Agent.OnlineCPUMem:input_type -> google.protobuf.Empty
-	10, // 13: cocoon.agent.v1.Agent.CreateContainer:input_type -> cocoon.agent.v1.CreateContainerRequest
-	11, // 14: cocoon.agent.v1.Agent.StartContainer:input_type -> cocoon.agent.v1.ContainerRequest
-	12, // 15: cocoon.agent.v1.Agent.RemoveContainer:input_type -> cocoon.agent.v1.RemoveContainerRequest
-	13, // 16: cocoon.agent.v1.Agent.UpdateContainer:input_type -> cocoon.agent.v1.UpdateContainerRequest
-	11, // 17: cocoon.agent.v1.Agent.StatsContainer:input_type -> cocoon.agent.v1.ContainerRequest
-	11, // 18: cocoon.agent.v1.Agent.PauseContainer:input_type -> cocoon.agent.v1.ContainerRequest
-	11, // 19: cocoon.agent.v1.Agent.ResumeContainer:input_type -> cocoon.agent.v1.ContainerRequest
-	15, // 20: cocoon.agent.v1.Agent.ExecProcess:input_type -> cocoon.agent.v1.ExecProcessRequest
-	17, // 21: cocoon.agent.v1.Agent.SignalProcess:input_type -> cocoon.agent.v1.SignalProcessRequest
-	16, // 22: cocoon.agent.v1.Agent.WaitProcess:input_type -> cocoon.agent.v1.ProcessRequest
-	19, // 23: cocoon.agent.v1.Agent.ReadOutput:input_type -> cocoon.agent.v1.ReadOutputRequest
-	21, // 24: cocoon.agent.v1.Agent.WriteStdin:input_type -> cocoon.agent.v1.WriteStdinRequest
-	16, // 25: cocoon.agent.v1.Agent.CloseStdin:input_type -> cocoon.agent.v1.ProcessRequest
-	23, // 26: cocoon.agent.v1.Agent.ResizeTty:input_type -> cocoon.agent.v1.ResizeTtyRequest
-	25, // 27: cocoon.agent.v1.Agent.UpdateInterface:input_type -> cocoon.agent.v1.Interface
-	28, // 28: cocoon.agent.v1.Agent.UpdateRoutes:input_type -> cocoon.agent.v1.Routes
-	30, // 29: cocoon.agent.v1.Agent.AddNeighbors:input_type -> cocoon.agent.v1.Neighbors
-	34, // 30: cocoon.agent.v1.Agent.ListInterfaces:input_type -> google.protobuf.Empty
-	34, // 31: cocoon.agent.v1.Agent.ListRoutes:input_type -> google.protobuf.Empty
-	34, // 32: cocoon.agent.v1.Agent.OOMEvents:input_type -> google.protobuf.Empty
-	32, // 33: cocoon.agent.v1.Agent.PortForward:input_type -> cocoon.agent.v1.PortForwardChunk
-	3,  // 34: cocoon.agent.v1.Health.Check:input_type -> cocoon.agent.v1.CheckRequest
-	3,  // 35: cocoon.agent.v1.Health.Version:input_type -> cocoon.agent.v1.CheckRequest
-	34, // 36: cocoon.agent.v1.Agent.CreateSandbox:output_type -> google.protobuf.Empty
-	34, // 37: cocoon.agent.v1.Agent.DestroySandbox:output_type -> google.protobuf.Empty
-	9,  // 38: cocoon.agent.v1.Agent.GetGuestDetails:output_type -> cocoon.agent.v1.GuestDetails
-	9,  // 39: cocoon.agent.v1.Agent.OnlineCPUMem:output_type -> cocoon.agent.v1.GuestDetails
-	34, // 40: cocoon.agent.v1.Agent.CreateContainer:output_type -> google.protobuf.Empty
-	34, // 41: cocoon.agent.v1.Agent.StartContainer:output_type -> google.protobuf.Empty
-	34, // 42: cocoon.agent.v1.Agent.RemoveContainer:output_type -> google.protobuf.Empty
-	34, // 43: cocoon.agent.v1.Agent.UpdateContainer:output_type -> google.protobuf.Empty
-	14, // 44: cocoon.agent.v1.Agent.StatsContainer:output_type -> cocoon.agent.v1.ContainerStats
-	34, // 45: cocoon.agent.v1.Agent.PauseContainer:output_type -> google.protobuf.Empty
-	34, // 46: cocoon.agent.v1.Agent.ResumeContainer:output_type -> google.protobuf.Empty
-	34, // 47: cocoon.agent.v1.Agent.ExecProcess:output_type -> google.protobuf.Empty
-	34, // 48: cocoon.agent.v1.Agent.SignalProcess:output_type -> google.protobuf.Empty
-	18, // 49: cocoon.agent.v1.Agent.WaitProcess:output_type -> cocoon.agent.v1.WaitProcessResponse
-	20, // 50: cocoon.agent.v1.Agent.ReadOutput:output_type -> cocoon.agent.v1.OutputChunk
-	22, // 51: cocoon.agent.v1.Agent.WriteStdin:output_type -> cocoon.agent.v1.WriteStdinResponse
-	34, // 52: cocoon.agent.v1.Agent.CloseStdin:output_type -> google.protobuf.Empty
-	34, // 53: cocoon.agent.v1.Agent.ResizeTty:output_type -> google.protobuf.Empty
-	25, // 54: cocoon.agent.v1.Agent.UpdateInterface:output_type -> cocoon.agent.v1.Interface
-	28, // 55: cocoon.agent.v1.Agent.UpdateRoutes:output_type -> cocoon.agent.v1.Routes
-	34, // 56: cocoon.agent.v1.Agent.AddNeighbors:output_type -> google.protobuf.Empty
-	26, // 57: cocoon.agent.v1.Agent.ListInterfaces:output_type -> cocoon.agent.v1.Interfaces
-	28, // 58: cocoon.agent.v1.Agent.ListRoutes:output_type -> cocoon.agent.v1.Routes
-	31, // 59: cocoon.agent.v1.Agent.OOMEvents:output_type -> cocoon.agent.v1.OOMEvent
-	32, // 60: cocoon.agent.v1.Agent.PortForward:output_type -> cocoon.agent.v1.PortForwardChunk
-	4,  // 61: cocoon.agent.v1.Health.Check:output_type -> cocoon.agent.v1.CheckResponse
-	5,  // 62: cocoon.agent.v1.Health.Version:output_type -> cocoon.agent.v1.VersionResponse
-	36, // [36:63] is the sub-list for method output_type
-	9,  // [9:36] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	23, // 5: cocoon.agent.v1.Interface.addresses:type_name -> cocoon.agent.v1.IPAddress
+	25, // 6: cocoon.agent.v1.Routes.routes:type_name -> cocoon.agent.v1.Route
+	6,  // 7: cocoon.agent.v1.Agent.CreateSandbox:input_type -> cocoon.agent.v1.CreateSandboxRequest
+	7,  // 8: cocoon.agent.v1.Agent.DestroySandbox:input_type -> cocoon.agent.v1.DestroySandboxRequest
+	29, // 9: cocoon.agent.v1.Agent.OnlineCPUMem:input_type -> google.protobuf.Empty
+	9,  // 10: cocoon.agent.v1.Agent.CreateContainer:input_type -> cocoon.agent.v1.CreateContainerRequest
+	10, // 11: cocoon.agent.v1.Agent.StartContainer:input_type -> cocoon.agent.v1.ContainerRequest
+	11, // 12: cocoon.agent.v1.Agent.RemoveContainer:input_type -> cocoon.agent.v1.RemoveContainerRequest
+	12, // 13: cocoon.agent.v1.Agent.UpdateContainer:input_type -> cocoon.agent.v1.UpdateContainerRequest
+	10, // 14: cocoon.agent.v1.Agent.StatsContainer:input_type -> cocoon.agent.v1.ContainerRequest
+	14, // 15: cocoon.agent.v1.Agent.ExecProcess:input_type -> cocoon.agent.v1.ExecProcessRequest
+	16, // 16: cocoon.agent.v1.Agent.SignalProcess:input_type -> cocoon.agent.v1.SignalProcessRequest
+	15, // 17: cocoon.agent.v1.Agent.WaitProcess:input_type -> cocoon.agent.v1.ProcessRequest
+	18, // 18: cocoon.agent.v1.Agent.ReadOutput:input_type -> cocoon.agent.v1.ReadOutputRequest
+	20, // 19: cocoon.agent.v1.Agent.WriteStdin:input_type -> cocoon.agent.v1.WriteStdinRequest
+	15, // 20: cocoon.agent.v1.Agent.CloseStdin:input_type -> cocoon.agent.v1.ProcessRequest
+	22, // 21: cocoon.agent.v1.Agent.ResizeTty:input_type -> cocoon.agent.v1.ResizeTtyRequest
+	24, // 22: cocoon.agent.v1.Agent.UpdateInterface:input_type -> cocoon.agent.v1.Interface
+	26, // 23: cocoon.agent.v1.Agent.UpdateRoutes:input_type -> cocoon.agent.v1.Routes
+	27, // 24: cocoon.agent.v1.Agent.PortForward:input_type -> cocoon.agent.v1.PortForwardChunk
+	3,  // 25: cocoon.agent.v1.Health.Check:input_type -> cocoon.agent.v1.CheckRequest
+	29, // 26: cocoon.agent.v1.Agent.CreateSandbox:output_type -> google.protobuf.Empty
+	29, // 27: cocoon.agent.v1.Agent.DestroySandbox:output_type -> google.protobuf.Empty
+	8,  // 28: cocoon.agent.v1.Agent.OnlineCPUMem:output_type -> cocoon.agent.v1.GuestDetails
+	29, // 29: cocoon.agent.v1.Agent.CreateContainer:output_type -> google.protobuf.Empty
+	29, // 30: cocoon.agent.v1.Agent.StartContainer:output_type -> google.protobuf.Empty
+	29, // 31: cocoon.agent.v1.Agent.RemoveContainer:output_type -> google.protobuf.Empty
+	29, // 32: cocoon.agent.v1.Agent.UpdateContainer:output_type -> google.protobuf.Empty
+	13, // 33: cocoon.agent.v1.Agent.StatsContainer:output_type -> cocoon.agent.v1.ContainerStats
+	29, // 34: cocoon.agent.v1.Agent.ExecProcess:output_type -> google.protobuf.Empty
+	29, // 35: cocoon.agent.v1.Agent.SignalProcess:output_type -> google.protobuf.Empty
+	17, // 36: cocoon.agent.v1.Agent.WaitProcess:output_type -> cocoon.agent.v1.WaitProcessResponse
+	19, // 37: cocoon.agent.v1.Agent.ReadOutput:output_type -> cocoon.agent.v1.OutputChunk
+	21, // 38: cocoon.agent.v1.Agent.WriteStdin:output_type -> cocoon.agent.v1.WriteStdinResponse
+	29, // 39: cocoon.agent.v1.Agent.CloseStdin:output_type -> google.protobuf.Empty
+	29, // 40: cocoon.agent.v1.Agent.ResizeTty:output_type -> google.protobuf.Empty
+	24, // 41: cocoon.agent.v1.Agent.UpdateInterface:output_type -> cocoon.agent.v1.Interface
+	26, // 42: cocoon.agent.v1.Agent.UpdateRoutes:output_type -> cocoon.agent.v1.Routes
+	27, // 43: cocoon.agent.v1.Agent.PortForward:output_type -> cocoon.agent.v1.PortForwardChunk
+	4,  // 44: cocoon.agent.v1.Health.Check:output_type -> cocoon.agent.v1.CheckResponse
+	26, // [26:45] is the sub-list for method output_type
+	7,  // [7:26] is the sub-list for method input_type
+	7,  // [7:7] is the sub-list for extension type_name
+	7,  // [7:7] is the sub-list for extension extendee
+	0,  // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_agent_proto_init() }
@@ -2306,7 +2030,7 @@ func file_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_proto_rawDesc), len(file_agent_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   31,
+			NumMessages:   26,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -11,15 +11,12 @@ import (
 type AgentService interface {
 	CreateSandbox(context.Context, *CreateSandboxRequest) (*emptypb.Empty, error)
 	DestroySandbox(context.Context, *DestroySandboxRequest) (*emptypb.Empty, error)
-	GetGuestDetails(context.Context, *emptypb.Empty) (*GuestDetails, error)
 	OnlineCPUMem(context.Context, *emptypb.Empty) (*GuestDetails, error)
 	CreateContainer(context.Context, *CreateContainerRequest) (*emptypb.Empty, error)
 	StartContainer(context.Context, *ContainerRequest) (*emptypb.Empty, error)
 	RemoveContainer(context.Context, *RemoveContainerRequest) (*emptypb.Empty, error)
 	UpdateContainer(context.Context, *UpdateContainerRequest) (*emptypb.Empty, error)
 	StatsContainer(context.Context, *ContainerRequest) (*ContainerStats, error)
-	PauseContainer(context.Context, *ContainerRequest) (*emptypb.Empty, error)
-	ResumeContainer(context.Context, *ContainerRequest) (*emptypb.Empty, error)
 	ExecProcess(context.Context, *ExecProcessRequest) (*emptypb.Empty, error)
 	SignalProcess(context.Context, *SignalProcessRequest) (*emptypb.Empty, error)
 	WaitProcess(context.Context, *ProcessRequest) (*WaitProcessResponse, error)
@@ -29,10 +26,6 @@ type AgentService interface {
 	ResizeTty(context.Context, *ResizeTtyRequest) (*emptypb.Empty, error)
 	UpdateInterface(context.Context, *Interface) (*Interface, error)
 	UpdateRoutes(context.Context, *Routes) (*Routes, error)
-	AddNeighbors(context.Context, *Neighbors) (*emptypb.Empty, error)
-	ListInterfaces(context.Context, *emptypb.Empty) (*Interfaces, error)
-	ListRoutes(context.Context, *emptypb.Empty) (*Routes, error)
-	OOMEvents(context.Context, *emptypb.Empty, Agent_OOMEventsServer) error
 	PortForward(context.Context, Agent_PortForwardServer) error
 }
 
@@ -46,19 +39,6 @@ type agentReadOutputServer struct {
 }
 
 func (x *agentReadOutputServer) Send(m *OutputChunk) error {
-	return x.StreamServer.SendMsg(m)
-}
-
-type Agent_OOMEventsServer interface {
-	Send(*OOMEvent) error
-	ttrpc.StreamServer
-}
-
-type agentOOMEventsServer struct {
-	ttrpc.StreamServer
-}
-
-func (x *agentOOMEventsServer) Send(m *OOMEvent) error {
 	return x.StreamServer.SendMsg(m)
 }
 
@@ -101,13 +81,6 @@ func RegisterAgentService(srv *ttrpc.Server, svc AgentService) {
 				}
 				return svc.DestroySandbox(ctx, &req)
 			},
-			"GetGuestDetails": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
-				var req emptypb.Empty
-				if err := unmarshal(&req); err != nil {
-					return nil, err
-				}
-				return svc.GetGuestDetails(ctx, &req)
-			},
 			"OnlineCPUMem": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req emptypb.Empty
 				if err := unmarshal(&req); err != nil {
@@ -149,20 +122,6 @@ func RegisterAgentService(srv *ttrpc.Server, svc AgentService) {
 					return nil, err
 				}
 				return svc.StatsContainer(ctx, &req)
-			},
-			"PauseContainer": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
-				var req ContainerRequest
-				if err := unmarshal(&req); err != nil {
-					return nil, err
-				}
-				return svc.PauseContainer(ctx, &req)
-			},
-			"ResumeContainer": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
-				var req ContainerRequest
-				if err := unmarshal(&req); err != nil {
-					return nil, err
-				}
-				return svc.ResumeContainer(ctx, &req)
 			},
 			"ExecProcess": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req ExecProcessRequest
@@ -220,27 +179,6 @@ func RegisterAgentService(srv *ttrpc.Server, svc AgentService) {
 				}
 				return svc.UpdateRoutes(ctx, &req)
 			},
-			"AddNeighbors": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
-				var req Neighbors
-				if err := unmarshal(&req); err != nil {
-					return nil, err
-				}
-				return svc.AddNeighbors(ctx, &req)
-			},
-			"ListInterfaces": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
-				var req emptypb.Empty
-				if err := unmarshal(&req); err != nil {
-					return nil, err
-				}
-				return svc.ListInterfaces(ctx, &req)
-			},
-			"ListRoutes": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
-				var req emptypb.Empty
-				if err := unmarshal(&req); err != nil {
-					return nil, err
-				}
-				return svc.ListRoutes(ctx, &req)
-			},
 		},
 		Streams: map[string]ttrpc.Stream{
 			"ReadOutput": {
@@ -250,17 +188,6 @@ func RegisterAgentService(srv *ttrpc.Server, svc AgentService) {
 						return nil, err
 					}
 					return nil, svc.ReadOutput(ctx, m, &agentReadOutputServer{stream})
-				},
-				StreamingClient: false,
-				StreamingServer: true,
-			},
-			"OOMEvents": {
-				Handler: func(ctx context.Context, stream ttrpc.StreamServer) (interface{}, error) {
-					m := new(emptypb.Empty)
-					if err := stream.RecvMsg(m); err != nil {
-						return nil, err
-					}
-					return nil, svc.OOMEvents(ctx, m, &agentOOMEventsServer{stream})
 				},
 				StreamingClient: false,
 				StreamingServer: true,
@@ -279,15 +206,12 @@ func RegisterAgentService(srv *ttrpc.Server, svc AgentService) {
 type AgentClient interface {
 	CreateSandbox(context.Context, *CreateSandboxRequest) (*emptypb.Empty, error)
 	DestroySandbox(context.Context, *DestroySandboxRequest) (*emptypb.Empty, error)
-	GetGuestDetails(context.Context, *emptypb.Empty) (*GuestDetails, error)
 	OnlineCPUMem(context.Context, *emptypb.Empty) (*GuestDetails, error)
 	CreateContainer(context.Context, *CreateContainerRequest) (*emptypb.Empty, error)
 	StartContainer(context.Context, *ContainerRequest) (*emptypb.Empty, error)
 	RemoveContainer(context.Context, *RemoveContainerRequest) (*emptypb.Empty, error)
 	UpdateContainer(context.Context, *UpdateContainerRequest) (*emptypb.Empty, error)
 	StatsContainer(context.Context, *ContainerRequest) (*ContainerStats, error)
-	PauseContainer(context.Context, *ContainerRequest) (*emptypb.Empty, error)
-	ResumeContainer(context.Context, *ContainerRequest) (*emptypb.Empty, error)
 	ExecProcess(context.Context, *ExecProcessRequest) (*emptypb.Empty, error)
 	SignalProcess(context.Context, *SignalProcessRequest) (*emptypb.Empty, error)
 	WaitProcess(context.Context, *ProcessRequest) (*WaitProcessResponse, error)
@@ -297,10 +221,6 @@ type AgentClient interface {
 	ResizeTty(context.Context, *ResizeTtyRequest) (*emptypb.Empty, error)
 	UpdateInterface(context.Context, *Interface) (*Interface, error)
 	UpdateRoutes(context.Context, *Routes) (*Routes, error)
-	AddNeighbors(context.Context, *Neighbors) (*emptypb.Empty, error)
-	ListInterfaces(context.Context, *emptypb.Empty) (*Interfaces, error)
-	ListRoutes(context.Context, *emptypb.Empty) (*Routes, error)
-	OOMEvents(context.Context, *emptypb.Empty) (Agent_OOMEventsClient, error)
 	PortForward(context.Context) (Agent_PortForwardClient, error)
 }
 
@@ -325,14 +245,6 @@ func (c *agentClient) CreateSandbox(ctx context.Context, req *CreateSandboxReque
 func (c *agentClient) DestroySandbox(ctx context.Context, req *DestroySandboxRequest) (*emptypb.Empty, error) {
 	var resp emptypb.Empty
 	if err := c.client.Call(ctx, "cocoon.agent.v1.Agent", "DestroySandbox", req, &resp); err != nil {
-		return nil, err
-	}
-	return &resp, nil
-}
-
-func (c *agentClient) GetGuestDetails(ctx context.Context, req *emptypb.Empty) (*GuestDetails, error) {
-	var resp GuestDetails
-	if err := c.client.Call(ctx, "cocoon.agent.v1.Agent", "GetGuestDetails", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -381,22 +293,6 @@ func (c *agentClient) UpdateContainer(ctx context.Context, req *UpdateContainerR
 func (c *agentClient) StatsContainer(ctx context.Context, req *ContainerRequest) (*ContainerStats, error) {
 	var resp ContainerStats
 	if err := c.client.Call(ctx, "cocoon.agent.v1.Agent", "StatsContainer", req, &resp); err != nil {
-		return nil, err
-	}
-	return &resp, nil
-}
-
-func (c *agentClient) PauseContainer(ctx context.Context, req *ContainerRequest) (*emptypb.Empty, error) {
-	var resp emptypb.Empty
-	if err := c.client.Call(ctx, "cocoon.agent.v1.Agent", "PauseContainer", req, &resp); err != nil {
-		return nil, err
-	}
-	return &resp, nil
-}
-
-func (c *agentClient) ResumeContainer(ctx context.Context, req *ContainerRequest) (*emptypb.Empty, error) {
-	var resp emptypb.Empty
-	if err := c.client.Call(ctx, "cocoon.agent.v1.Agent", "ResumeContainer", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -495,59 +391,6 @@ func (c *agentClient) UpdateRoutes(ctx context.Context, req *Routes) (*Routes, e
 	return &resp, nil
 }
 
-func (c *agentClient) AddNeighbors(ctx context.Context, req *Neighbors) (*emptypb.Empty, error) {
-	var resp emptypb.Empty
-	if err := c.client.Call(ctx, "cocoon.agent.v1.Agent", "AddNeighbors", req, &resp); err != nil {
-		return nil, err
-	}
-	return &resp, nil
-}
-
-func (c *agentClient) ListInterfaces(ctx context.Context, req *emptypb.Empty) (*Interfaces, error) {
-	var resp Interfaces
-	if err := c.client.Call(ctx, "cocoon.agent.v1.Agent", "ListInterfaces", req, &resp); err != nil {
-		return nil, err
-	}
-	return &resp, nil
-}
-
-func (c *agentClient) ListRoutes(ctx context.Context, req *emptypb.Empty) (*Routes, error) {
-	var resp Routes
-	if err := c.client.Call(ctx, "cocoon.agent.v1.Agent", "ListRoutes", req, &resp); err != nil {
-		return nil, err
-	}
-	return &resp, nil
-}
-
-func (c *agentClient) OOMEvents(ctx context.Context, req *emptypb.Empty) (Agent_OOMEventsClient, error) {
-	stream, err := c.client.NewStream(ctx, &ttrpc.StreamDesc{
-		StreamingClient: false,
-		StreamingServer: true,
-	}, "cocoon.agent.v1.Agent", "OOMEvents", req)
-	if err != nil {
-		return nil, err
-	}
-	x := &agentOOMEventsClient{stream}
-	return x, nil
-}
-
-type Agent_OOMEventsClient interface {
-	Recv() (*OOMEvent, error)
-	ttrpc.ClientStream
-}
-
-type agentOOMEventsClient struct {
-	ttrpc.ClientStream
-}
-
-func (x *agentOOMEventsClient) Recv() (*OOMEvent, error) {
-	m := new(OOMEvent)
-	if err := x.ClientStream.RecvMsg(m); err != nil {
-		return nil, err
-	}
-	return m, nil
-}
-
 func (c *agentClient) PortForward(ctx context.Context) (Agent_PortForwardClient, error) {
 	stream, err := c.client.NewStream(ctx, &ttrpc.StreamDesc{
 		StreamingClient: true,
@@ -584,7 +427,6 @@ func (x *agentPortForwardClient) Recv() (*PortForwardChunk, error) {
 
 type HealthService interface {
 	Check(context.Context, *CheckRequest) (*CheckResponse, error)
-	Version(context.Context, *CheckRequest) (*VersionResponse, error)
 }
 
 func RegisterHealthService(srv *ttrpc.Server, svc HealthService) {
@@ -596,13 +438,6 @@ func RegisterHealthService(srv *ttrpc.Server, svc HealthService) {
 					return nil, err
 				}
 				return svc.Check(ctx, &req)
-			},
-			"Version": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
-				var req CheckRequest
-				if err := unmarshal(&req); err != nil {
-					return nil, err
-				}
-				return svc.Version(ctx, &req)
 			},
 		},
 	})
@@ -621,14 +456,6 @@ func NewHealthClient(client *ttrpc.Client) HealthService {
 func (c *healthClient) Check(ctx context.Context, req *CheckRequest) (*CheckResponse, error) {
 	var resp CheckResponse
 	if err := c.client.Call(ctx, "cocoon.agent.v1.Health", "Check", req, &resp); err != nil {
-		return nil, err
-	}
-	return &resp, nil
-}
-
-func (c *healthClient) Version(ctx context.Context, req *CheckRequest) (*VersionResponse, error) {
-	var resp VersionResponse
-	if err := c.client.Call(ctx, "cocoon.agent.v1.Health", "Version", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil

@@ -95,7 +95,7 @@ func TestCheckThisHost(t *testing.T) {
 		t.Skip("skipping: the host checks need root (netns, /dev/net/tun, /dev/kvm)")
 	}
 	rep, _ := check(t, "--no-boot")
-	want := []string{"config", "root", "cgroup v2", "network namespaces", "/dev/net/tun", "overlayfs",
+	want := []string{"config", "root", "cgroups", "network namespaces", "/dev/net/tun", "overlayfs",
 		"/dev/vhost-vsock", "/dev/kvm", "vmm qemu", "virtiofsd", "guest", "cni", "dirs"}
 	for _, name := range want {
 		r := result(t, rep, name)

@@ -80,6 +80,8 @@ func serve(loaded *config.Loaded, configPath string) error {
 
 	var server *cri.Server
 	paths := cfg.Paths()
+	qemuDriver := qemu.New(qemu.Options{Log: log.WithField("component", "qemu"), DebugConsole: cfg.Debug.Console, TemplateDir: paths.TemplateDir})
+	defer qemuDriver.Close() // ends template builds
 	pods, err := sandbox.New(sandbox.Options{
 		StateDir: paths.PodStateDir,
 		RunDir:   paths.PodRunDir,
@@ -88,7 +90,7 @@ func serve(loaded *config.Loaded, configPath string) error {
 		Drivers: map[string]vm.Driver{
 			// [debug] console is also the agents' policy: their VMs boot
 			// with cocoon.debug_console=1 only then.
-			"qemu": qemu.New(qemu.Options{Log: log.WithField("component", "qemu"), DebugConsole: cfg.Debug.Console}),
+			"qemu": qemuDriver,
 			"clh":  clh.New(clh.Options{Log: log.WithField("component", "clh"), DebugConsole: cfg.Debug.Console}),
 			// Host pods: cocoon-agent in host mode, beside cocoond.
 			sandbox.HostDriver: vmhost.New(vmhost.Options{Log: log.WithField("component", "host"), SystemdCgroup: cfg.Daemon.CgroupDriver == "systemd"}),
@@ -114,6 +116,8 @@ func serve(loaded *config.Loaded, configPath string) error {
 	if err := pods.Recover(context.Background()); err != nil {
 		log.WithError(err).Warn("recovering pods")
 	}
+	// After Recover, which reclaims the warm VMs a previous cocoond left.
+	pods.StartPools(nil)
 
 	streams, err := cri.NewStreamingServer(cfg.Streaming.Address, cfg.Streaming.IdleTimeout.Std(), pods)
 	if err != nil {
@@ -193,6 +197,13 @@ func serve(loaded *config.Loaded, configPath string) error {
 		log.WithError(err).Warn("admin server stopped")
 	}
 	stopGracefully(g, cfg.Daemon.ShutdownTimeout.Std(), log)
+	// Warm VMs are not kept across a restart: stop them now rather than
+	// leave them to the next start's sweep.
+	poolCtx, cancelPools := context.WithTimeout(context.Background(), cfg.Daemon.ShutdownTimeout.Std()+30*time.Second)
+	if err := pods.StopPools(poolCtx); err != nil {
+		log.WithError(err).Warn("stopping the warm pools")
+	}
+	cancelPools()
 	// The pods keep running for the next cocoond: hand their logs over
 	// without losing what is in flight.
 	dctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)

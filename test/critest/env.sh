@@ -78,7 +78,12 @@ conf_dir = "$WORK/cni"
 guest_dir = "${COCOON_GUEST_DIR:-$COCOON_REPO/_output/guest}"
 [runtime.handlers.cocoon]
 accel = "${COCOON_ACCEL:-auto}"
+boot_timeout = "${COCOON_BOOT_TIMEOUT:-60s}"
+[runtime.handlers.cocoon.pool]
+size = ${COCOON_POOL_SIZE:--1}
 TOML
+  # More handlers (the benchmark's configurations), whole TOML tables.
+  if [ -n "${COCOON_EXTRA_CONFIG:-}" ]; then printf '%s\n' "$COCOON_EXTRA_CONFIG" >> "$WORK/cocoon.toml"; fi
 }
 
 cocoon_start_daemon() {

@@ -61,6 +61,11 @@ func guestDir(t testing.TB) string {
 
 // bootGuest starts QEMU with the share dir on virtio-fs and waits for the agent's health check.
 func bootGuest(t testing.TB, share string) *guestVM {
+	return bootGuestLogging(t, share, "debug")
+}
+
+// bootGuestLogging is bootGuest with the agent logging at level.
+func bootGuestLogging(t testing.TB, share, level string) *guestVM {
 	gdir := guestDir(t)
 	m, err := guest.Locate(gdir)
 	if err != nil {
@@ -93,7 +98,7 @@ func bootGuest(t testing.TB, share string) *guestVM {
 		"-object", "memory-backend-memfd,id=mem,size=512M,share=on",
 		"-nodefaults", "-nographic", "-no-reboot",
 		"-kernel", m.KernelPath(), "-initrd", m.InitramfsPath(),
-		"-append", "console=ttyS0 panic=-1 cocoon.log=debug",
+		"-append", "console=ttyS0 panic=-1 cocoon.log="+level,
 		"-serial", "file:"+filepath.Join(dir, "console.log"),
 		"-device", "virtio-serial-pci",
 		"-chardev", "socket,id=agent,path="+sock+",server=on,wait=off",
@@ -250,8 +255,8 @@ func TestGuestAgentRunsContainers(t *testing.T) {
 		Shares:     []*agentapi.Share{{Kind: agentapi.Share_VIRTIOFS, Tag: shareTag, MountPoint: shareMount}},
 	})
 	must("CreateSandbox", err)
-	details, err := a.GetGuestDetails(ctx, &emptypb.Empty{})
-	must("GetGuestDetails", err)
+	details, err := a.OnlineCPUMem(ctx, &emptypb.Empty{}) // no hotplug: it only describes the guest
+	must("OnlineCPUMem", err)
 	t.Logf("guest: kernel %s, %d cpus, %d MiB, agent RSS %d KiB", details.KernelRelease, details.OnlineCpus, details.MemoryBytes>>20, details.AgentRssBytes>>10)
 
 	// A container whose output is read before and after it starts.

@@ -197,7 +197,7 @@ guest_dir = "%[2]s"
 accel = "tcg"
 [metrics]
 address = "127.0.0.1:0"
-`, dir, guestDirOrDefault()) + strings.Join(extra, ""),
+`, dir, guestDirOrDefault()) + poolOff(extra) + strings.Join(extra, ""),
 	}
 	for name, body := range files {
 		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644); err != nil {
@@ -205,6 +205,17 @@ address = "127.0.0.1:0"
 		}
 	}
 	return filepath.Join(dir, "cocoon.toml"), nil
+}
+
+// poolOff turns every handler's warm pool off unless extra configures the
+// cocoon handler's: the other tests count VMs, netns and run dirs, which
+// warm VMs would add to.
+func poolOff(extra []string) string {
+	off := "[runtime.handlers.cocoon-clh.pool]\nsize = 0\n"
+	if strings.Contains(strings.Join(extra, ""), "[runtime.handlers.cocoon.pool]") {
+		return off
+	}
+	return off + "[runtime.handlers.cocoon.pool]\nsize = 0\n"
 }
 
 func startDaemon(bin, dir string, extraConfig ...string) (*env, error) {

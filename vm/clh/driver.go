@@ -62,6 +62,20 @@ func New(opts Options) *Driver {
 // Name implements vm.Driver.
 func (d *Driver) Name() string { return Name }
 
+// Usable says whether VMs of this driver can run here at all: the binary is
+// on PATH and /dev/kvm opens (Cloud Hypervisor has no emulation). What runs
+// VMs ahead of any request (the warm pool) asks first.
+func (d *Driver) Usable() error {
+	if _, err := exec.LookPath(d.binary); err != nil {
+		return fmt.Errorf("clh: %w", err)
+	}
+	f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
+	if err != nil {
+		return fmt.Errorf("clh: needs KVM: %w", err)
+	}
+	return f.Close()
+}
+
 // Create implements vm.Driver: it leaves the VM created, with its NICs, but
 // not booted.
 func (d *Driver) Create(ctx context.Context, spec *vm.Spec) (vm.VMM, error) {

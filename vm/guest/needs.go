@@ -52,6 +52,7 @@ var Needs = []Need{
 	{Config: "VETH", Module: "veth", Optional: true, Why: "veth pairs for network tooling in privileged containers"},
 	{Config: "FW_CFG_SYSFS", Module: "qemu_fw_cfg", Why: "QEMU's fw_cfg in sysfs: the agent reads its per-VM token there"},
 	{Config: "HW_RANDOM_VIRTIO", Module: "virtio_rng", Optional: true, Why: "entropy early in boot"},
+	{Config: "VIRTIO_BALLOON", Module: "virtio_balloon", Optional: true, Why: "free page reporting: the guest hands freed memory back to the host"},
 
 	// Filesystems.
 	{Config: "EXT4_FS", Module: "ext4", Why: "filesystem on virtio-blk images"},

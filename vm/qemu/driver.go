@@ -35,7 +35,10 @@ type Options struct {
 	// DebugConsole boots VMs whose agent accepts guest-root execs
 	// (cocoond's [debug] console).
 	DebugConsole bool
-	Log          *logrus.Entry
+	// TemplateDir holds the snapshot templates VMs with a Spec.Template
+	// restore from (template.go); empty turns templates off.
+	TemplateDir string
+	Log         *logrus.Entry
 }
 
 // Driver creates QEMU VMs.
@@ -44,6 +47,8 @@ type Driver struct {
 
 	accelOnce sync.Once
 	autoAccel string
+
+	tpl *templates // nil without Options.TemplateDir
 }
 
 // New returns a QEMU driver.
@@ -57,31 +62,78 @@ func New(opts Options) *Driver {
 	if opts.Log == nil {
 		opts.Log = logrus.NewEntry(logrus.StandardLogger())
 	}
-	return &Driver{opts: opts}
+	d := &Driver{opts: opts}
+	if opts.TemplateDir != "" {
+		d.tpl = newTemplates(opts.TemplateDir)
+	}
+	return d
+}
+
+// Close ends template builds running in the background.
+func (d *Driver) Close() {
+	if d.tpl != nil {
+		d.tpl.close()
+	}
 }
 
 // Name implements vm.Driver.
 func (d *Driver) Name() string { return "qemu" }
 
-// Create implements vm.Driver: it starts QEMU paused with every device.
+// Usable says whether VMs of this driver can run here at all: the QEMU
+// binary is on PATH (TCG runs anywhere). What runs VMs ahead of any request
+// (the warm pool) asks first.
+func (d *Driver) Usable() error {
+	if _, err := exec.LookPath(d.opts.Binary); err != nil {
+		return fmt.Errorf("qemu: %w", err)
+	}
+	return nil
+}
+
+// Create implements vm.Driver: it starts QEMU paused with every device, or
+// restores the VM from its snapshot template (Spec.Template) and plugs the
+// devices a template has none of. A VM that cannot be restored boots cold.
 func (d *Driver) Create(ctx context.Context, spec *vm.Spec) (vm.VMM, error) {
+	if spec.Template != "" && d.tpl != nil {
+		v, err := d.restore(ctx, spec)
+		if err == nil {
+			return v, nil
+		}
+		if isRestoreFailure(err) {
+			d.opts.Log.WithError(err).WithField("vm", spec.ID).Warn("restore from template failed: booting cold")
+		}
+	}
+	return d.create(ctx, spec, nil)
+}
+
+// resolve finds QEMU, setpriv and the accelerator.
+func (d *Driver) resolve(ctx context.Context, spec *vm.Spec) (bin, setpriv, accel string, err error) {
 	if err := validate(spec); err != nil {
-		return nil, err
+		return "", "", "", err
 	}
-	bin, err := exec.LookPath(d.opts.Binary)
+	bin, err = exec.LookPath(d.opts.Binary)
 	if err != nil {
-		return nil, fmt.Errorf("qemu: %w", err)
+		return "", "", "", fmt.Errorf("qemu: %w", err)
 	}
-	setpriv, err := exec.LookPath("setpriv")
+	setpriv, err = exec.LookPath("setpriv")
 	if err != nil {
-		return nil, fmt.Errorf("qemu: setpriv (util-linux) confines QEMU: %w", err)
+		return "", "", "", fmt.Errorf("qemu: setpriv (util-linux) confines QEMU: %w", err)
 	}
-	accel := spec.Accel
+	accel = spec.Accel
 	if accel == "" || accel == "auto" {
 		accel = d.resolveAuto(ctx, spec)
 	}
+	return bin, setpriv, accel, nil
+}
+
+// create starts QEMU for spec: booting the kernel, or with c, booting a
+// template or loading a clone from one.
+func (d *Driver) create(ctx context.Context, spec *vm.Spec, c *clone) (vm.VMM, error) {
+	bin, setpriv, accel, err := d.resolve(ctx, spec)
+	if err != nil {
+		return nil, err
+	}
 	log := d.opts.Log.WithField("vm", spec.ID)
-	v := &qemuVM{log: log, paths: vmPaths(spec.RunDir)}
+	v := &qemuVM{log: log, paths: vmPaths(spec.RunDir), ports: map[string]int{}}
 	if _, err := os.Stat("/dev/vhost-vsock"); err == nil {
 		v.vsockCID = randomCID()
 	}
@@ -91,30 +143,48 @@ func (d *Driver) Create(ctx context.Context, spec *vm.Spec) (vm.VMM, error) {
 		VCPUs: spec.VCPUs, MemoryMiB: spec.MemoryMiB, Accel: accel,
 	}, processName, v.quit, log)
 	var tokenFile string
+	var vfs []string // virtiofsd's sockets: a clone plugs them after its restore
+	ready := []pipeline.Step{{Name: "qmp", Run: func(ctx context.Context) (func() error, error) {
+		q, err := v.connectQMP(ctx)
+		if err != nil {
+			// Read QEMU's log now: the unwind removes the run dir.
+			return nil, fmt.Errorf("%w%s", err, v.logTail())
+		}
+		v.qmp = q
+		return q.Close, nil
+	}}}
+	if c.restoring() {
+		ready = append(ready, c.steps(v, spec, &vfs)...)
+	}
 	err = v.Launch(ctx, spec, vm.Launch{
 		Pipeline: "qemu-create",
 		Prepare: []pipeline.Step{{Name: "agent-token", Run: func(context.Context) (func() error, error) {
 			var err error
+			if c.restoring() { // the clone's agent has the template's token
+				tokenFile, v.token = filepath.Join(spec.RunDir, vm.AgentTokenFile), c.token
+				return nil, writeToken(spec.RunDir, c.token)
+			}
 			tokenFile, v.token, err = vm.NewAgentToken(spec.RunDir)
 			return nil, err // the run dir's undo removes it
 		}}},
 		Command: func(vfsSockets []string) (*exec.Cmd, error) {
-			argv := confinedCommand(setpriv, bin, commandLine(spec, accel, vfsSockets, v.vsockCID, tokenFile, d.opts.DebugConsole))
+			vfs = vfsSockets
+			args := commandLine(spec, accel, vfsSockets, v.vsockCID, tokenFile, d.opts.DebugConsole)
+			if c != nil { // a template boot or a clone: no vhost-user device on the command line
+				args = c.commandLine(spec, accel, v.vsockCID, tokenFile, d.opts.DebugConsole)
+			}
+			argv := confinedCommand(setpriv, bin, args)
 			cmd := exec.Command(argv[0], argv[1:]...)
-			for _, nic := range spec.NICs {
-				cmd.ExtraFiles = append(cmd.ExtraFiles, nic.Tap)
+			if c == nil {
+				for _, nic := range spec.NICs {
+					cmd.ExtraFiles = append(cmd.ExtraFiles, nic.Tap)
+				}
+			} else if c.mem != nil { // a clone's NICs are hotplugged; its RAM is a memfd
+				cmd.ExtraFiles = append(cmd.ExtraFiles, c.mem)
 			}
 			return cmd, nil
 		},
-		Ready: []pipeline.Step{{Name: "qmp", Run: func(ctx context.Context) (func() error, error) {
-			q, err := v.connectQMP(ctx)
-			if err != nil {
-				// Read QEMU's log now: the unwind removes the run dir.
-				return nil, fmt.Errorf("%w%s", err, v.logTail())
-			}
-			v.qmp = q
-			return q.Close, nil
-		}}},
+		Ready: ready,
 	})
 	if err != nil {
 		return nil, err

@@ -3,6 +3,7 @@ package qemu
 import (
 	"context"
 	"fmt"
+	"path"
 
 	"github.com/cocoon-runtime/cocoon/vm"
 )
@@ -47,15 +48,25 @@ func (v *qemuVM) addCPUs(ctx context.Context, cur, want uint32) error {
 			return err
 		}
 		var slot *hotpluggableCPU
+		taken := map[string]bool{} // ids of plugged vCPUs (/machine/peripheral/<id>)
 		for i := range cpus {
 			if cpus[i].QOMPath == "" {
 				slot = &cpus[i]
+			} else {
+				taken[path.Base(cpus[i].QOMPath)] = true
 			}
 		}
 		if slot == nil {
 			return fmt.Errorf("qemu: no free vCPU slot for %d vCPUs (max %d)", want, cur)
 		}
-		id := fmt.Sprintf("cpu%d", cur)
+		// Named from what QEMU has, not from cur alone: a record that lags
+		// QEMU (cocoond died after a plug, before the record) would name a
+		// vCPU that exists, and QEMU refuses a duplicate id.
+		n := cur
+		for taken[fmt.Sprintf("cpu%d", n)] {
+			n++
+		}
+		id := fmt.Sprintf("cpu%d", n)
 		dev := map[string]any{"driver": slot.Type, "id": id}
 		for k, val := range slot.Props {
 			dev[k] = val
@@ -77,20 +88,32 @@ type memoryDevice struct {
 	} `json:"data"`
 }
 
-// nextDIMM is the lowest dimm<N> the VM does not have. QEMU is asked rather
-// than a counter kept: a counter would restart at 0 after cocoond re-adopts
-// the VM, and the next resize would reuse a name.
+// nextDIMM is the lowest N for which the VM has neither a dimm<N> device nor
+// an hpmem<N> memory backend. QEMU is asked rather than a counter kept: a
+// counter would restart at 0 after cocoond re-adopts the VM, and the next
+// resize would reuse a name. The backends count too: a cocoond killed between
+// object-add and device_add leaves an hpmem<N> with no DIMM, and QEMU refuses
+// a second object of that id.
 func (v *qemuVM) nextDIMM(ctx context.Context) (int, error) {
 	var devs []memoryDevice
 	if err := v.qmp.Execute(ctx, "query-memory-devices", nil, &devs); err != nil {
+		return 0, err
+	}
+	var backends []struct {
+		ID string `json:"id"`
+	}
+	if err := v.qmp.Execute(ctx, "query-memdev", nil, &backends); err != nil {
 		return 0, err
 	}
 	taken := map[string]bool{}
 	for _, d := range devs {
 		taken[d.Data.ID] = true
 	}
+	for _, b := range backends {
+		taken[b.ID] = true
+	}
 	n := 0
-	for taken[fmt.Sprintf("dimm%d", n)] {
+	for taken[fmt.Sprintf("dimm%d", n)] || taken[fmt.Sprintf("hpmem%d", n)] {
 		n++
 	}
 	return n, nil

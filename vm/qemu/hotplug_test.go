@@ -10,6 +10,7 @@ import (
 	"net"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -295,6 +296,8 @@ func TestResizeAfterAdoptPicksAFreeDIMM(t *testing.T) {
 				switch execute {
 				case "query-memory-devices":
 					qmpReturn(w, id, tc.existing)
+				case "query-memdev":
+					qmpReturn(w, id, `[]`)
 				case "device_add":
 					var a struct {
 						ID string `json:"id"`
@@ -328,5 +331,131 @@ func TestResizeAfterAdoptPicksAFreeDIMM(t *testing.T) {
 				t.Fatalf("state says %d MiB, want 384", got)
 			}
 		})
+	}
+}
+
+// TestResizeAfterACrashMidDIMMSkipsTheOrphanBackend: a cocoond killed
+// between object-add hpmemN and device_add dimmN leaves QEMU with the memory
+// backend and no DIMM. After the restart the next resize must not pick N
+// again: QEMU refuses a duplicate object id, and every later resize of the
+// pod would fail the same way.
+func TestResizeAfterACrashMidDIMMSkipsTheOrphanBackend(t *testing.T) {
+	var mu sync.Mutex
+	objects := map[string]bool{"hpmem0": true} // left by the crash
+	devices := map[string]string{}             // dimm id → memdev
+	sock := serveQMP(t, func(w *qmpConn, execute, id string, args json.RawMessage) {
+		mu.Lock()
+		defer mu.Unlock()
+		var a struct {
+			ID     string `json:"id"`
+			Memdev string `json:"memdev"`
+		}
+		_ = json.Unmarshal(args, &a)
+		switch execute {
+		case "query-memory-devices":
+			var out []string
+			for d := range devices {
+				out = append(out, fmt.Sprintf(`{"type":"dimm","data":{"id":%q}}`, d))
+			}
+			qmpReturn(w, id, "["+strings.Join(out, ",")+"]")
+		case "query-memdev":
+			var out []string
+			for o := range objects {
+				out = append(out, fmt.Sprintf(`{"id":%q,"size":1,"merge":false,"dump":false,"prealloc":false,"share":true,"host-nodes":[],"policy":"default"}`, o))
+			}
+			qmpReturn(w, id, "["+strings.Join(out, ",")+"]")
+		case "object-add":
+			if objects[a.ID] {
+				fmt.Fprintf(w, `{"error": {"class": "GenericError", "desc": "attempt to add duplicate property '%s' to object (type 'container')"}, "id": %q}`+"\n", a.ID, id)
+				return
+			}
+			objects[a.ID] = true
+			qmpReturn(w, id, `{}`)
+		case "device_add":
+			if _, dup := devices[a.ID]; dup || !objects[a.Memdev] {
+				fmt.Fprintf(w, `{"error": {"class": "GenericError", "desc": "bad device"}, "id": %q}`+"\n", id)
+				return
+			}
+			devices[a.ID] = a.Memdev
+			qmpReturn(w, id, `{}`)
+		case "object-del":
+			delete(objects, a.ID)
+			qmpReturn(w, id, `{}`)
+		default:
+			qmpReturn(w, id, `{}`)
+		}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	q, err := dialQMP(ctx, sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	v := &qemuVM{qmp: q, Supervisor: vm.NewSupervisor(vm.State{ID: "t", VCPUs: 1, MemoryMiB: 256}, processName, nil, logrus.NewEntry(logrus.New()))}
+	if err := v.addMemory(ctx, 128); err != nil {
+		t.Fatalf("resize after a crash between object-add and device_add: %v", err)
+	}
+	if got := v.State().MemoryMiB; got != 384 {
+		t.Fatalf("state says %d MiB, want 384", got)
+	}
+}
+
+// TestResizeAfterAStaleRecordPicksAFreeCPUName: the pod record's vCPU count
+// lags QEMU when cocoond died (or the resize failed on memory, or the agent's
+// OnlineCPUMem failed) after a vCPU was plugged and before the record was
+// rewritten. The next vCPU must not be named after the stale count: QEMU
+// refuses a duplicate device id, and the pod could never grow again.
+func TestResizeAfterAStaleRecordPicksAFreeCPUName(t *testing.T) {
+	var mu sync.Mutex
+	devices := map[string]bool{"cpu1": true} // plugged before the crash
+	sock := serveQMP(t, func(w *qmpConn, execute, id string, args json.RawMessage) {
+		mu.Lock()
+		defer mu.Unlock()
+		switch execute {
+		case "query-hotpluggable-cpus":
+			var out []string
+			for i := 3; i >= 0; i-- {
+				path := ""
+				switch {
+				case i == 0:
+					path = "/machine/unattached/device[0]"
+				case devices[fmt.Sprintf("cpu%d", i)]:
+					path = "/machine/peripheral/cpu" + strconv.Itoa(i)
+				}
+				if path == "" {
+					out = append(out, fmt.Sprintf(`{"type":"qemu64-x86_64-cpu","vcpus-count":1,"props":{"socket-id":%d,"core-id":0,"thread-id":0}}`, i))
+				} else {
+					out = append(out, fmt.Sprintf(`{"type":"qemu64-x86_64-cpu","vcpus-count":1,"props":{"socket-id":%d,"core-id":0,"thread-id":0},"qom-path":%q}`, i, path))
+				}
+			}
+			qmpReturn(w, id, "["+strings.Join(out, ",")+"]")
+		case "device_add":
+			var a struct {
+				ID       string `json:"id"`
+				SocketID int    `json:"socket-id"`
+			}
+			_ = json.Unmarshal(args, &a)
+			if devices[a.ID] {
+				fmt.Fprintf(w, `{"error": {"class": "GenericError", "desc": "Duplicate device ID '%s'"}, "id": %q}`+"\n", a.ID, id)
+				return
+			}
+			devices[a.ID] = true
+			qmpReturn(w, id, `{}`)
+		default:
+			qmpReturn(w, id, `{}`)
+		}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	q, err := dialQMP(ctx, sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	// The record says 1 vCPU; QEMU has 2 (cpu1 plugged, unrecorded).
+	v := &qemuVM{qmp: q, Supervisor: vm.NewSupervisor(vm.State{ID: "t", VCPUs: 1, MemoryMiB: 256}, processName, nil, logrus.NewEntry(logrus.New()))}
+	if err := v.addCPUs(ctx, 1, 2); err != nil {
+		t.Fatalf("grow after a stale record: %v", err)
 	}
 }

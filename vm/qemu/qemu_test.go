@@ -117,18 +117,15 @@ func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
 	}
 }
 
-func hasMAC(a agentapi.AgentClient, mac string) bool {
-	ifs, err := a.ListInterfaces(context.Background(), &emptypb.Empty{})
-	if err != nil {
-		return false
-	}
-	for _, i := range ifs.Interfaces {
-		if strings.EqualFold(i.HwAddr, mac) {
-			return true
-		}
-	}
-	return false
+// nicState asks the agent to bring up the NIC with this MAC, as cocoond
+// configures a pod's NIC: nil when the guest has it, a NotFound GuestError
+// when it has not.
+func nicState(a agentapi.AgentClient, mac string) error {
+	_, err := a.UpdateInterface(context.Background(), &agentapi.Interface{HwAddr: mac})
+	return err
 }
+
+func hasMAC(a agentapi.AgentClient, mac string) bool { return nicState(a, mac) == nil }
 
 func TestQEMULifecycleResizeAdopt(t *testing.T) {
 	m := testGuest(t)
@@ -152,7 +149,7 @@ func TestQEMULifecycleResizeAdopt(t *testing.T) {
 	}
 
 	// CPU and memory growth, seen by the guest.
-	before, err := a.GetGuestDetails(ctx, &emptypb.Empty{})
+	before, err := a.OnlineCPUMem(ctx, &emptypb.Empty{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -160,7 +157,7 @@ func TestQEMULifecycleResizeAdopt(t *testing.T) {
 		t.Fatal(err)
 	}
 	eventually(t, 30*time.Second, "hotplugged memory online in the guest", func() bool {
-		after, err := a.GetGuestDetails(ctx, &emptypb.Empty{})
+		after, err := a.OnlineCPUMem(ctx, &emptypb.Empty{})
 		return err == nil && after.MemoryBytes >= before.MemoryBytes+200<<20
 	})
 	if st := v.State(); st.VCPUs != 2 || st.MemoryMiB != 512 {

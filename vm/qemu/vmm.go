@@ -27,7 +27,12 @@ type qemuVM struct {
 	token    []byte // the agent's token (vm.NewAgentToken)
 	qmp      *qmpClient
 
-	mu sync.Mutex // serialises Resize
+	// afterStart, when set, runs once the guest runs: a clone waits there
+	// for the guest to take the devices plugged after its restore.
+	afterStart func(ctx context.Context) error
+
+	mu    sync.Mutex     // serialises Resize and port allocation
+	ports map[string]int // devices plugged after a restore → root port index
 }
 
 func (v *qemuVM) connectQMP(ctx context.Context) (*qmpClient, error) {
@@ -63,6 +68,9 @@ func (v *qemuVM) Start(ctx context.Context) error {
 	if err := v.qmp.Execute(ctx, "cont", nil, nil); err != nil {
 		return fmt.Errorf("qemu: start %s: %w%s", v.State().ID, err, v.logTail())
 	}
+	if v.afterStart != nil {
+		return v.afterStart(ctx)
+	}
 	return nil
 }
 
@@ -88,7 +96,7 @@ func (v *qemuVM) DialAgent(ctx context.Context) (net.Conn, error) {
 
 // logTail adds the end of QEMU's own log to an error, where the reason is.
 func (v *qemuVM) logTail() string {
-	if s := vm.FileTail(vm.VMMLog(v.State().RunDir, processName), 600); s != "" {
+	if s := v.LogTail(600); s != "" {
 		return " (qemu: " + s + ")"
 	}
 	return ""

@@ -47,8 +47,3 @@ type Healthy struct{}
 func (Healthy) Check(context.Context, *agentapi.CheckRequest) (*agentapi.CheckResponse, error) {
 	return &agentapi.CheckResponse{Status: agentapi.CheckResponse_SERVING}, nil
 }
-
-// Version implements agentapi.HealthService.
-func (Healthy) Version(context.Context, *agentapi.CheckRequest) (*agentapi.VersionResponse, error) {
-	return &agentapi.VersionResponse{}, nil
-}

@@ -225,11 +225,6 @@ func (h *Hostile) DestroySandbox(context.Context, *agentapi.DestroySandboxReques
 	return nil, unimplemented("DestroySandbox")
 }
 
-// GetGuestDetails implements agentapi.AgentService.
-func (h *Hostile) GetGuestDetails(context.Context, *emptypb.Empty) (*agentapi.GuestDetails, error) {
-	return nil, unimplemented("GetGuestDetails")
-}
-
 // OnlineCPUMem implements agentapi.AgentService.
 func (h *Hostile) OnlineCPUMem(context.Context, *emptypb.Empty) (*agentapi.GuestDetails, error) {
 	return nil, unimplemented("OnlineCPUMem")
@@ -248,16 +243,6 @@ func (h *Hostile) RemoveContainer(context.Context, *agentapi.RemoveContainerRequ
 // UpdateContainer implements agentapi.AgentService.
 func (h *Hostile) UpdateContainer(context.Context, *agentapi.UpdateContainerRequest) (*emptypb.Empty, error) {
 	return nil, unimplemented("UpdateContainer")
-}
-
-// PauseContainer implements agentapi.AgentService.
-func (h *Hostile) PauseContainer(context.Context, *agentapi.ContainerRequest) (*emptypb.Empty, error) {
-	return nil, unimplemented("PauseContainer")
-}
-
-// ResumeContainer implements agentapi.AgentService.
-func (h *Hostile) ResumeContainer(context.Context, *agentapi.ContainerRequest) (*emptypb.Empty, error) {
-	return nil, unimplemented("ResumeContainer")
 }
 
 // WriteStdin implements agentapi.AgentService: stdin is swallowed.
@@ -283,26 +268,6 @@ func (h *Hostile) UpdateInterface(context.Context, *agentapi.Interface) (*agenta
 // UpdateRoutes implements agentapi.AgentService.
 func (h *Hostile) UpdateRoutes(context.Context, *agentapi.Routes) (*agentapi.Routes, error) {
 	return nil, unimplemented("UpdateRoutes")
-}
-
-// AddNeighbors implements agentapi.AgentService.
-func (h *Hostile) AddNeighbors(context.Context, *agentapi.Neighbors) (*emptypb.Empty, error) {
-	return nil, unimplemented("AddNeighbors")
-}
-
-// ListInterfaces implements agentapi.AgentService.
-func (h *Hostile) ListInterfaces(context.Context, *emptypb.Empty) (*agentapi.Interfaces, error) {
-	return nil, unimplemented("ListInterfaces")
-}
-
-// ListRoutes implements agentapi.AgentService.
-func (h *Hostile) ListRoutes(context.Context, *emptypb.Empty) (*agentapi.Routes, error) {
-	return nil, unimplemented("ListRoutes")
-}
-
-// OOMEvents implements agentapi.AgentService.
-func (h *Hostile) OOMEvents(context.Context, *emptypb.Empty, agentapi.Agent_OOMEventsServer) error {
-	return unimplemented("OOMEvents")
 }
 
 // PortForward implements agentapi.AgentService.
