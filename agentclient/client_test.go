@@ -16,6 +16,9 @@ import (
 type firstCheckLost struct {
 	mu    sync.Mutex
 	calls int
+	// lost holds the first check until the test ends: its answer never
+	// comes, whatever deadline the server side sees.
+	lost chan struct{}
 }
 
 func (f *firstCheckLost) Check(ctx context.Context, _ *agentapi.CheckRequest) (*agentapi.CheckResponse, error) {
@@ -24,7 +27,7 @@ func (f *firstCheckLost) Check(ctx context.Context, _ *agentapi.CheckRequest) (*
 	first := f.calls == 1
 	f.mu.Unlock()
 	if first {
-		<-ctx.Done()
+		<-f.lost
 		return nil, ctx.Err()
 	}
 	return &agentapi.CheckResponse{Status: agentapi.CheckResponse_SERVING}, nil
@@ -56,7 +59,9 @@ func TestReconnectSurvivesALostFirstCheck(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			sock := agenttest.ServeHealth(t, &firstCheckLost{})
+			lost := make(chan struct{})
+			t.Cleanup(func() { close(lost) })
+			sock := agenttest.ServeHealth(t, &firstCheckLost{lost: lost})
 			// Well under bootCheck, well over retryCheck.
 			ctx, cancel := context.WithTimeout(context.Background(), bootCheck/2)
 			defer cancel()
