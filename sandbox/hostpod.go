@@ -2,7 +2,6 @@ package sandbox
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"path"
@@ -130,24 +129,9 @@ func hostContainerCgroup(pod *Pod, id string) (string, error) {
 func hostMounts(mounts []*runtimeapi.Mount) ([]ocispec.Mount, error) {
 	var out []ocispec.Mount
 	for _, mnt := range mounts {
-		src := mnt.GetHostPath()
-		if err := validateReadOnly(mnt); err != nil {
-			return nil, err
-		}
-		if !filepath.IsAbs(src) || !filepath.IsAbs(mnt.GetContainerPath()) {
-			return nil, fmt.Errorf("%w: mount %q → %q: paths must be absolute", errdefs.ErrInvalidArgument, src, mnt.GetContainerPath())
-		}
-		// kubelet hands symlinked paths (e.g. /var/run); bind their target,
-		// and make a missing source a directory, as the VM path does.
-		resolved, err := filepath.EvalSymlinks(src)
-		if errors.Is(err, os.ErrNotExist) {
-			if err := os.MkdirAll(src, 0o755); err != nil {
-				return nil, err
-			}
-			resolved, err = filepath.EvalSymlinks(src)
-		}
+		resolved, err := mountSource(mnt)
 		if err != nil {
-			return nil, fmt.Errorf("mount source %s: %w", src, err)
+			return nil, err
 		}
 		out = append(out, ocispec.Mount{
 			Source: resolved, Destination: mnt.GetContainerPath(),

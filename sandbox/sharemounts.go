@@ -104,28 +104,38 @@ func unbindAll(sm shareMounter, c *Container, ctrShare string) error {
 	return vm.RemoveAllBeneath(shareDir, id)
 }
 
+// mountSource checks a CRI mount and returns its host path resolved:
+// kubelet hands symlinked paths (e.g. /var/run), so the target is what gets
+// bound, and a missing source is made a directory, as runc does.
+func mountSource(mnt *runtimeapi.Mount) (string, error) {
+	src := mnt.GetHostPath()
+	if err := validateReadOnly(mnt); err != nil {
+		return "", err
+	}
+	if !filepath.IsAbs(src) || !filepath.IsAbs(mnt.GetContainerPath()) {
+		return "", fmt.Errorf("%w: mount %q → %q: paths must be absolute", errdefs.ErrInvalidArgument, src, mnt.GetContainerPath())
+	}
+	resolved, err := filepath.EvalSymlinks(src)
+	if errors.Is(err, os.ErrNotExist) {
+		if err := os.MkdirAll(src, 0o755); err != nil {
+			return "", err
+		}
+		resolved, err = filepath.EvalSymlinks(src)
+	}
+	if err != nil {
+		return "", fmt.Errorf("mount source %s: %w", src, err)
+	}
+	return resolved, nil
+}
+
 // shareMounts binds each CRI mount's host path into the container's share dir
 // and returns the mounts as the guest sees them.
 func shareMounts(sm shareMounter, c *Container, mounts []*runtimeapi.Mount, shareDir, guestRoot string) ([]ocispec.Mount, error) {
 	var out []ocispec.Mount
 	for i, mnt := range mounts {
-		src := mnt.GetHostPath()
-		if err := validateReadOnly(mnt); err != nil {
-			return nil, err
-		}
-		if !filepath.IsAbs(src) || !filepath.IsAbs(mnt.GetContainerPath()) {
-			return nil, fmt.Errorf("%w: mount %q → %q: paths must be absolute", errdefs.ErrInvalidArgument, src, mnt.GetContainerPath())
-		}
-		// kubelet hands symlinked paths (e.g. /var/run); bind their target.
-		resolved, err := filepath.EvalSymlinks(src)
-		if errors.Is(err, os.ErrNotExist) {
-			if err := os.MkdirAll(src, 0o755); err != nil {
-				return nil, err
-			}
-			resolved, err = filepath.EvalSymlinks(src)
-		}
+		resolved, err := mountSource(mnt)
 		if err != nil {
-			return nil, fmt.Errorf("mount source %s: %w", src, err)
+			return nil, err
 		}
 		st, err := os.Stat(resolved)
 		if err != nil {
