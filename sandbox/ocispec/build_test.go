@@ -109,6 +109,10 @@ func TestEnvAndCwd(t *testing.T) {
 		{name: "tty", tty: true, wantEnv: []string{defaultPath, "HOSTNAME=pod-host", "TERM=xterm"}, wantCwd: "/"},
 		{name: "config dir wins", imgDir: "/srv", dir: "/work/", wantEnv: []string{defaultPath, "HOSTNAME=pod-host"}, wantCwd: "/work"},
 		{name: "relative dir", dir: "work", wantFail: true},
+		{name: "image env without =", imgEnv: []string{"A=1", "BP2"}, wantFail: true},
+		{name: "image env without name", imgEnv: []string{"=x"}, wantFail: true},
+		{name: "image env with NUL", imgEnv: []string{"A=1\x002"}, wantFail: true},
+		{name: "image env empty value", imgEnv: []string{"A="}, wantEnv: []string{defaultPath, "HOSTNAME=pod-host", "A="}, wantCwd: "/"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			in := input(t)

@@ -147,6 +147,11 @@ func Build(in Input) (*specs.Spec, error) {
 		return nil, err
 	}
 
+	env, err := processEnv(cfg, img, sandboxHostname(in.Sandbox))
+	if err != nil {
+		return nil, err
+	}
+
 	s := &specs.Spec{
 		Version: specs.Version,
 		Root:    &specs.Root{Path: in.RootfsPath, Readonly: sc.GetReadonlyRootfs()},
@@ -154,7 +159,7 @@ func Build(in Input) (*specs.Spec, error) {
 			Terminal:        cfg.GetTty(),
 			User:            user,
 			Args:            args,
-			Env:             processEnv(cfg, img, sandboxHostname(in.Sandbox)),
+			Env:             env,
 			Cwd:             cwd,
 			Capabilities:    caps,
 			Rlimits:         []specs.POSIXRlimit{{Type: "RLIMIT_NOFILE", Hard: NoFileLimit, Soft: NoFileLimit}},
@@ -203,8 +208,10 @@ func processArgs(cfg *runtimeapi.ContainerConfig, img *imgspecv1.ImageConfig) ([
 }
 
 // processEnv layers defaults, the image's env, then the CRI envs; a later
-// entry replaces an earlier one with the same key in place.
-func processEnv(cfg *runtimeapi.ContainerConfig, img *imgspecv1.ImageConfig, hostname string) []string {
+// entry replaces an earlier one with the same key in place. It refuses an
+// image entry libcontainer would refuse only at start (no '=', an empty name,
+// a NUL), so CreateContainer names it instead of StartContainer failing.
+func processEnv(cfg *runtimeapi.ContainerConfig, img *imgspecv1.ImageConfig, hostname string) ([]string, error) {
 	var env []string
 	index := map[string]int{}
 	set := func(kv string) {
@@ -225,12 +232,17 @@ func processEnv(cfg *runtimeapi.ContainerConfig, img *imgspecv1.ImageConfig, hos
 		set("TERM=xterm")
 	}
 	for _, kv := range img.Env {
+		key, _, ok := strings.Cut(kv, "=")
+		if !ok || key == "" || strings.ContainsRune(kv, 0) {
+			return nil, invalid("image env entry %q is not NAME=value", kv)
+		}
 		set(kv)
 	}
 	for _, kv := range cfg.GetEnvs() {
+		// cri.Validate has refused bad names and values already.
 		set(kv.GetKey() + "=" + string(kv.GetValue()))
 	}
-	return env
+	return env, nil
 }
 
 // sandboxHostname is the name the guest was given (the pod name when the
