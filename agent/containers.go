@@ -102,6 +102,9 @@ func (e *engine) create(req *agentapi.CreateContainerRequest) (err error) {
 	// The guest root is the initramfs, where pivot_root cannot work; the VM
 	// boundary is the isolation, and containers still get their own mount ns.
 	// On the host, libcontainer pivots as runc does.
+	if spec.Linux != nil {
+		dropUnenforceableHugepages(id, spec.Linux.Resources, hugetlbUsable())
+	}
 	steps := newStepLog("create", id)
 	defer steps.done()
 	cfg, err := specconv.CreateLibcontainerConfig(&specconv.CreateOpts{
@@ -397,6 +400,7 @@ func (e *engine) update(req *agentapi.UpdateContainerRequest) error {
 	if err := json.Unmarshal(req.GetResources(), &res); err != nil {
 		return status.Errorf(codes.InvalidArgument, "resources: %v", err)
 	}
+	dropUnenforceableHugepages(c.id, &res, hugetlbUsable())
 	spec := *c.spec
 	linux := *spec.Linux
 	linux.Resources = &res
