@@ -52,7 +52,10 @@ func (m *Manager) cgroupStep(pod *Pod, parent string, wrap func(func() error) fu
 }
 
 // joinPodCgroup moves a VM's processes (the VMM and its helpers, such as
-// virtiofsd, with whatever they forked) into the pod's cgroup. RunPod calls
+// virtiofsd, with whatever they forked; a host pod's agent) into the pod's
+// cgroup: its sandbox leaf with cgroupfs (podcgroup.Ref.ProcsPath), so the
+// pod cgroup itself holds only cgroups, as cgroup v2 requires of a host
+// pod's, whose containers' cgroups go below it. RunPod calls
 // it right after the VM is created, while QEMU still waits paused (-S): the
 // guest's memory, touched from boot on, is charged to the pod cgroup, while
 // what the VMM allocated before the move stays charged where it started

@@ -107,9 +107,12 @@ func setupHostPod(ctx context.Context, a agentapi.AgentClient, id string, cfg *r
 
 // hostContainerCgroup is the cgroups path of a host pod's container, below
 // the pod cgroup as a container is below its pod's with runc: cgroupfs
-// <pod cgroup>/<container id>; systemd a scope in kubelet's pod slice
-// (cocoon-ctr-<id>.scope, a name the pod cgroup sweep never takes). Without
-// pod cgroups (tests), below the default parent.
+// <pod cgroup>/<container id>, beside the sandbox leaf that holds the agent
+// (the pod cgroup itself holds no process, so cgroup v2 lets the agent's
+// libcontainer give the container's cgroup the memory and cpu controllers);
+// systemd a scope in kubelet's pod slice (cocoon-ctr-<id>.scope, a name the
+// pod cgroup sweep never takes), beside the agent's scope. Without pod
+// cgroups (tests), below the default parent.
 func hostContainerCgroup(pod *Pod, id string) (string, error) {
 	if pod.Cgroup == nil {
 		return path.Join(podcgroup.DefaultCgroupfsParent, "cocoon-ctr-"+id), nil

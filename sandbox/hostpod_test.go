@@ -268,6 +268,13 @@ func TestHostContainerCgroup(t *testing.T) {
 			if err != nil || got != tt.want {
 				t.Fatalf("got %q %v, want %q", got, err, tt.want)
 			}
+			// Never where the agent is: a container's cgroup is a leaf of
+			// its own, so the agent's cgroup stays free of children.
+			if tt.ref != nil {
+				if procs, _ := tt.ref.ProcsPath(); got == procs || strings.HasPrefix(got, procs+"/") {
+					t.Fatalf("container cgroup %q is at or below the agent's %q", got, procs)
+				}
+			}
 		})
 	}
 }

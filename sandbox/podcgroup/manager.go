@@ -23,8 +23,9 @@ type Manager struct {
 	driver string
 	// procDir is /proc; tests point it elsewhere.
 	procDir string
-	// open builds the library's manager for one pod cgroup.
-	open func(Ref) (cgroups.Manager, error)
+	// open builds the library's manager for one pod cgroup, or (procs) for
+	// the leaf that holds the pod's own processes.
+	open func(ref Ref, procs bool) (cgroups.Manager, error)
 	// mounts lists the cgroup hierarchies' mount points, for the stray sweep.
 	mounts func() ([]string, error)
 }
@@ -50,10 +51,23 @@ func (m *Manager) Driver() string { return m.driver }
 // For derives the pod cgroup of podID under kubelet's parent.
 func (m *Manager) For(parent, podID string) (Ref, error) { return For(m.driver, parent, podID) }
 
-// openLibrary builds runc's cgroup manager for ref: fs (v1 and hybrid, where
-// it joins the v2 hierarchy too), fs2 (v2), or systemd for either. The pod
-// cgroup sets no limits: kubelet's limits sit on the parent.
-func openLibrary(ref Ref) (cgroups.Manager, error) {
+// openLibrary builds runc's cgroup manager for ref (procs: its processes'
+// leaf): fs (v1 and hybrid, where it joins the v2 hierarchy too), fs2 (v2),
+// or systemd for either.
+func openLibrary(ref Ref, procs bool) (cgroups.Manager, error) {
+	cg, err := libraryConfig(ref, procs)
+	if err != nil {
+		return nil, err
+	}
+	return manager.New(cg)
+}
+
+// libraryConfig decides which cgroup the library manages: with cgroupfs the
+// pod cgroup, or its sandbox leaf for the pod's processes (the pod cgroup
+// holds only cgroups, as cgroup v2 wants of one whose children get
+// controllers); with systemd the pod's scope either way, a leaf already. The
+// pod cgroup sets no limits: kubelet's limits sit on the parent.
+func libraryConfig(ref Ref, procs bool) (*cgroups.Cgroup, error) {
 	// No device rules are ours to set: the VMM needs /dev/kvm, /dev/net/tun
 	// and /dev/vhost-*. cgroupfs never writes rules (Set is never called), so
 	// the pod cgroup joins the v1 devices hierarchy with its parent's rules;
@@ -63,14 +77,17 @@ func openLibrary(ref Ref) (cgroups.Manager, error) {
 	if ref.Driver == Systemd {
 		cg.SkipDevices = true
 		cg.Systemd, cg.Parent, cg.ScopePrefix, cg.Name = true, ref.Parent, scopePrefix, ref.PodID
-	} else {
-		p, err := ref.Path()
-		if err != nil {
-			return nil, err
-		}
-		cg.Path = p
+		return cg, nil
 	}
-	return manager.New(cg)
+	p, err := ref.Path()
+	if procs {
+		p, err = ref.ProcsPath()
+	}
+	if err != nil {
+		return nil, err
+	}
+	cg.Path = p
+	return cg, nil
 }
 
 // Create makes the pod cgroup ahead of its processes, so a parent that
@@ -80,7 +97,7 @@ func (m *Manager) Create(ref Ref) error {
 	if ref.Driver == Systemd {
 		return nil
 	}
-	cm, err := m.open(ref)
+	cm, err := m.open(ref, false)
 	if err != nil {
 		return fmt.Errorf("pod cgroup %s: %w", ref, err)
 	}
@@ -91,14 +108,15 @@ func (m *Manager) Create(ref Ref) error {
 }
 
 // Join moves each process and every process it has forked (virtiofsd forks
-// its sandboxed worker) into the pod cgroup, making the cgroup if needed. A
+// its sandboxed worker) into the pod cgroup's processes leaf (ProcsPath),
+// making it, and the pod cgroup above it, if needed. A
 // process forked while its parent moves is either seen by the walk or born
 // in the new cgroup: the kernel orders fork and migration.
 func (m *Manager) Join(ctx context.Context, ref Ref, pids ...int) error {
 	if len(pids) == 0 {
 		return nil
 	}
-	cm, err := m.open(ref)
+	cm, err := m.open(ref, true)
 	if err != nil {
 		return fmt.Errorf("pod cgroup %s: %w", ref, err)
 	}
@@ -141,14 +159,16 @@ func exists(cm cgroups.Manager) bool {
 	return false
 }
 
-// Remove removes the pod cgroup once its processes are gone. Removing one
+// Remove removes the pod cgroup, with the cgroups below it (its sandbox
+// leaf, a host pod's containers' cgroups), once its processes are gone: the
+// library removes children first. Removing one
 // that does not exist succeeds; one that still holds a process is an error
 // (the caller's stop stays pending and is retried).
 func (m *Manager) Remove(ctx context.Context, ref Ref) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	cm, err := m.open(ref)
+	cm, err := m.open(ref, false)
 	if err != nil {
 		return fmt.Errorf("pod cgroup %s: %w", ref, err)
 	}
@@ -165,11 +185,11 @@ func (m *Manager) Remove(ctx context.Context, ref Ref) error {
 }
 
 // Kill SIGKILLs every process in the pod cgroup and the cgroups below it
-// (a host pod's containers) until none is left, or ctx or killWait ends: a
+// (its sandbox leaf, a host pod's containers) until none is left, or ctx or killWait ends: a
 // host pod whose agent died leaves its containers there, and nothing else
 // can reach them. A cgroup that does not exist holds nothing.
 func (m *Manager) Kill(ctx context.Context, ref Ref) error {
-	cm, err := m.open(ref)
+	cm, err := m.open(ref, false)
 	if err != nil {
 		return fmt.Errorf("pod cgroup %s: %w", ref, err)
 	}
@@ -211,8 +231,9 @@ func (m *Manager) Strays(claimed func(podID string) bool) ([]Ref, error) {
 	return findStrays(roots, claimed)
 }
 
-// findStrays walks each hierarchy below root for pod cgroups (a pod cgroup
-// has no cgroups of ours below it, so the walk does not enter one).
+// findStrays walks each hierarchy below root for pod cgroups. It does not
+// enter one: what is below (its sandbox leaf, its containers' cgroups) is
+// the pod's, removed with it.
 func findStrays(roots []string, claimed func(podID string) bool) ([]Ref, error) {
 	seen := map[Ref]bool{}
 	var out []Ref

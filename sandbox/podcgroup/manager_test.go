@@ -135,7 +135,8 @@ func TestCgroupfsJoinAndRemoveOnThisHost(t *testing.T) {
 	if err := m.Join(context.Background(), ref, cmd.Process.Pid); err != nil {
 		t.Fatal(err)
 	}
-	want, _ := ref.Path()
+	// The processes are in the sandbox leaf, the pod cgroup holds none itself.
+	want, _ := ref.ProcsPath()
 	for _, pid := range []int{cmd.Process.Pid, child} {
 		if lines := cgroupLinesNotAt(t, pid, want); len(lines) > 0 {
 			t.Errorf("pid %d is not in %s everywhere: %v", pid, want, lines)
@@ -152,7 +153,7 @@ func TestCgroupfsJoinAndRemoveOnThisHost(t *testing.T) {
 	if err := m.Remove(context.Background(), ref); err != nil {
 		t.Fatal(err)
 	}
-	cm, _ := m.open(ref)
+	cm, _ := m.open(ref, false)
 	for _, p := range cm.GetPaths() {
 		if _, err := os.Stat(p); !os.IsNotExist(err) {
 			t.Errorf("%s is still there after Remove (%v)", p, err)

@@ -2,12 +2,22 @@
 // for the pod (the CRI cgroup_parent), so kubelet's QoS, eviction and
 // cAdvisor stats see what the pod really costs on the host.
 //
-// A VM pod's VMM and its helpers (virtiofsd) go into a child of that parent,
-// cocoon-<pod id> (with the systemd driver the scope cocoon-<pod id>.scope in
-// kubelet's slice), as runc and containerd put a sandbox's processes in a
-// child of the pod cgroup: kubelet's accounting of the parent includes them,
-// and cocoond's own processes stay distinguishable from kubelet's. A host
-// pod's containers will go beside it, under the same parent.
+// Each pod gets a child of that parent, cocoon-<pod id> (with the systemd
+// driver the scope cocoon-<pod id>.scope in kubelet's slice), as runc and
+// containerd put a sandbox's processes in a child of the pod cgroup:
+// kubelet's accounting of the parent includes them, and cocoond's own
+// processes stay distinguishable from kubelet's.
+//
+// With cgroupfs the pod cgroup holds no process itself, only cgroups: the
+// pod's own processes (a VM pod's VMM and virtiofsd, a host pod's agent) are
+// in its leaf cocoon-<pod id>/sandbox, a host pod's containers in
+// cocoon-<pod id>/<container id>. cgroup v2 lets a cgroup give controllers
+// to its children only while it holds no process ("no internal processes"),
+// so an agent in the pod cgroup itself would leave its containers' cgroups
+// without memory or cpu files. Killing or removing the pod cgroup still
+// takes everything below it. A systemd scope is a leaf already (its slice
+// holds only units): the pod's processes are in the scope, a host pod's
+// containers in scopes beside it.
 //
 // Both cgroup drivers (cgroupfs, systemd) and every cgroup layout (v2, v1,
 // hybrid) are handled by github.com/opencontainers/cgroups, runc's library.
@@ -90,6 +100,10 @@ func For(driver, parent, podID string) (Ref, error) {
 	return Ref{Driver: driver, Parent: parent, PodID: podID}, nil
 }
 
+// SandboxLeaf names the child of a cgroupfs pod cgroup that holds the pod's
+// own processes. Container IDs are 64 hex digits: no container takes it.
+const SandboxLeaf = "sandbox"
+
 // Leaf is the pod cgroup's own directory name.
 func (r Ref) Leaf() string {
 	if r.Driver == Systemd {
@@ -110,6 +124,16 @@ func (r Ref) Path() (string, error) {
 		parent = p
 	}
 	return filepath.Join(parent, r.Leaf()), nil
+}
+
+// ProcsPath is where the pod's own processes go, below a hierarchy's root:
+// the sandbox leaf of a cgroupfs pod cgroup, the scope itself with systemd.
+func (r Ref) ProcsPath() (string, error) {
+	p, err := r.Path()
+	if err != nil || r.Driver == Systemd {
+		return p, err
+	}
+	return path.Join(p, SandboxLeaf), nil
 }
 
 // String is the path, for logs and errors.
