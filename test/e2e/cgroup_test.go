@@ -16,7 +16,8 @@ import (
 
 // TestPodCgroupHoldsTheVM runs a pod with a cgroup_parent, as kubelet sends
 // it, and checks that its QEMU and virtiofsd (with virtiofsd's worker) live in
-// the pod's cgroup in every hierarchy and nowhere in cocoond's own cgroup,
+// the pod's cgroup in every hierarchy (with cgroupfs in its sandbox leaf, the
+// pod cgroup itself holding no process) and nowhere in cocoond's own cgroup,
 // that the cgroup is charged the VM's memory (so kubelet's view of the parent
 // sees it), and that it is gone once the pod is removed.
 func TestPodCgroupHoldsTheVM(t *testing.T) {
@@ -28,7 +29,7 @@ func TestPodCgroupHoldsTheVM(t *testing.T) {
 		top := fmt.Sprintf("/cocoon-e2e-%d", os.Getpid())
 		t.Cleanup(func() { removeCgroupTree(t, top) })
 		parent := top + "/burstable/pode2e-uid-1"
-		checkPodCgroup(t, e, parent, func(podID string) string { return parent + "/cocoon-" + podID })
+		checkPodCgroup(t, e, parent, "sandbox", func(podID string) string { return parent + "/cocoon-" + podID })
 	})
 	t.Run("systemd", func(t *testing.T) {
 		if _, err := os.Stat("/run/systemd/system"); err != nil {
@@ -52,13 +53,15 @@ func TestPodCgroupHoldsTheVM(t *testing.T) {
 			}
 		})
 		parent := fmt.Sprintf("cocoone2e%d-pode2e.slice", os.Getpid())
-		checkPodCgroup(t, sd, parent, func(podID string) string {
+		checkPodCgroup(t, sd, parent, "", func(podID string) string {
 			return fmt.Sprintf("/cocoone2e%d.slice/%s/cocoon-%s.scope", os.Getpid(), parent, podID)
 		})
 	})
 }
 
-func checkPodCgroup(t *testing.T, e *env, parent string, podPath func(podID string) string) {
+// checkPodCgroup runs a pod under parent and checks its processes are in
+// the leaf procsLeaf below podPath ("" = in the pod cgroup itself).
+func checkPodCgroup(t *testing.T, e *env, parent, procsLeaf string, podPath func(podID string) string) {
 	ctx := ctxT(t)
 	cfg := &runtimeapi.PodSandboxConfig{
 		Metadata: &runtimeapi.PodSandboxMetadata{Name: "cgroup-pod", Namespace: "default", Uid: "e2e-uid-1"},
@@ -86,10 +89,11 @@ func checkPodCgroup(t *testing.T, e *env, parent string, podPath func(podID stri
 		t.Fatalf("the pod's processes are %v (%v), want QEMU and virtiofsd", pids, names)
 	}
 	daemon := procCgroups(t, e.cmd.Process.Pid)
+	wantProcs := filepath.Join(want, procsLeaf)
 	for i, pid := range pids {
 		for hierarchy, path := range procCgroups(t, pid) {
-			if path != want {
-				t.Errorf("%s (pid %d) is in %s:%s, want %s", names[i], pid, hierarchy, path, want)
+			if path != wantProcs {
+				t.Errorf("%s (pid %d) is in %s:%s, want %s", names[i], pid, hierarchy, path, wantProcs)
 			}
 			if path == daemon[hierarchy] {
 				t.Errorf("%s (pid %d) is in cocoond's own cgroup %s:%s", names[i], pid, hierarchy, path)
@@ -103,7 +107,7 @@ func checkPodCgroup(t *testing.T, e *env, parent string, podPath func(podID stri
 	}
 	t.Logf("pod cgroup %s: memory usage %.1f MiB (parent %.1f MiB); QEMU+virtiofsd RSS %.1f MiB",
 		want, mib(usage), mib(parentUsage), mib(rss))
-	t.Logf("pod cgroup memory.stat: %s", memoryStat(t, want))
+	t.Logf("memory.stat where its processes are: %s", memoryStat(t, wantProcs))
 	if usage <= 0 {
 		t.Errorf("pod cgroup memory usage is %d, want the VM's memory charged to it", usage)
 	}
@@ -281,5 +285,47 @@ func removeCgroupTree(t *testing.T, top string) {
 				t.Errorf("removing test cgroup %s: %v", dirs[i], err)
 			}
 		}
+	}
+}
+
+// checkHostPodCgroups checks a host pod's cgroupfs layout below the default
+// parent: its agent in the pod cgroup's sandbox leaf, the container in its
+// own cgroup beside it, and no process in the pod cgroup itself (cgroup v2
+// gives a cgroup's children controllers only while it holds none).
+func checkHostPodCgroups(t *testing.T, dir, podID, ctrID string) {
+	t.Helper()
+	pod := "/cocoon/cocoon-" + podID
+	agents := processesUnder(filepath.Join(dir, "run", "vm", podID[:16]))
+	if len(agents) == 0 {
+		t.Fatalf("no agent runs host pod %s", podID)
+	}
+	for _, pid := range agents {
+		for hierarchy, path := range procCgroups(t, pid) {
+			if path != pod+"/sandbox" {
+				t.Errorf("the agent (pid %d) is in %s:%s, want %s/sandbox", pid, hierarchy, path, pod)
+			}
+		}
+	}
+	var inCtr int
+	for _, pid := range liveProcesses(func(string, string) bool { return true }) {
+		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
+		if err != nil {
+			continue // gone meanwhile
+		}
+		for _, line := range strings.Split(strings.TrimSpace(string(data)), "\n") {
+			parts := strings.SplitN(line, ":", 3)
+			if len(parts) != 3 {
+				continue
+			}
+			switch parts[2] {
+			case pod:
+				t.Errorf("pid %d is in the pod cgroup itself (%s)", pid, line)
+			case pod + "/" + ctrID:
+				inCtr++
+			}
+		}
+	}
+	if inCtr == 0 {
+		t.Errorf("no process is in the container's cgroup %s/%s", pod, ctrID)
 	}
 }

@@ -68,6 +68,7 @@ func TestHostNamespacePods(t *testing.T) {
 	if out := execOK(ctx, t, d, web, "sh", "-c", "grep CapEff /proc/self/status"); !strings.Contains(out, "00000000a80425fb") {
 		t.Fatalf("container capabilities: %q", out)
 	}
+	checkHostPodCgroups(t, dir, netPod, web)
 	st, err := d.runtime.ContainerStats(ctx, &runtimeapi.ContainerStatsRequest{ContainerId: web})
 	if err != nil || st.GetStats().GetMemory().GetWorkingSetBytes().GetValue() == 0 || st.GetStats().GetCpu().GetUsageCoreNanoSeconds().GetValue() == 0 {
 		t.Fatalf("stats: %v %v", st, err)
