@@ -3,9 +3,12 @@ package k8s
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -18,11 +21,8 @@ import (
 var (
 	appPod      = "vm-app-" + nodeName
 	restartsPod = "vm-restarts-" + nodeName
+	hostNetPod  = "host-net-" + nodeName
 )
-
-// hostHandlerMissing is why the host-namespace pods skip: they need cocoond's
-// host runtime handler (DESIGN.md, "Pod lifecycle").
-const hostHandlerMissing = "host runtime handler not built yet (issue 14)"
 
 // runtimeClassStandalone is why the RuntimeClass pod skips: kubelet creates
 // its RuntimeClass manager only with an API client (pkg/kubelet/kubelet.go:
@@ -138,23 +138,20 @@ func TestKubelet(t *testing.T) {
 		t.Logf("oom: restartCount %d, last state %+v", c.RestartCount, *c.LastState.Terminated)
 	})
 
+	// The hostNetwork pod stays to the end: its stats, its cgroup and its
+	// log across a cocoond crash are checked with the VM pods'.
+	hostPort := freePort()
 	t.Run("HostNetworkPod", func(t *testing.T) {
-		n.skipWithoutHostHandler(t)
-		port := freePort()
-		n.writeManifest(t, "host-net", fmt.Sprintf(hostNet, port))
+		n.writeManifest(t, "host-net", fmt.Sprintf(hostNet, hostPort))
 		start := time.Now()
-		n.waitPod(t, "host-net-"+nodeName, 2*time.Minute, readyPod)
+		n.waitPod(t, hostNetPod, 2*time.Minute, readyPod)
 		t.Logf("timing: host pod static manifest to Ready: %v", time.Since(start).Round(time.Millisecond))
-		conn, err := net.DialTimeout("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), 5*time.Second)
-		if err != nil {
-			t.Fatalf("the hostNetwork pod's server is not on the host's port %d: %v", port, err)
+		if body := httpGet(t, hostPort); body != "host-net-ok\n" {
+			t.Fatalf("the hostNetwork pod served %q on the host's port %d", body, hostPort)
 		}
-		_ = conn.Close()
-		n.removeManifest(t, "host-net")
 	})
 
 	t.Run("HostPIDPod", func(t *testing.T) {
-		n.skipWithoutHostHandler(t)
 		n.writeManifest(t, "host-pid", hostPID)
 		n.waitPod(t, "host-pid-"+nodeName, 2*time.Minute, readyPod)
 		// The test's own PID is a host process the pod must see.
@@ -162,7 +159,9 @@ func TestKubelet(t *testing.T) {
 		if err != nil || !strings.Contains(out, "k8s.test") {
 			t.Fatalf("the hostPID pod does not see the test process %d: %q %v", os.Getpid(), out, err)
 		}
+		uid := n.waitPod(t, "host-pid-"+nodeName, time.Minute, nil).Metadata.UID
 		n.removeManifest(t, "host-pid")
+		n.waitSandboxStopped(t, uid)
 	})
 
 	t.Run("RuntimeClassPod", func(t *testing.T) {
@@ -172,6 +171,11 @@ func TestKubelet(t *testing.T) {
 	t.Run("KubeletAndCrictlAgree", func(t *testing.T) { n.checkCrictlAgrees(t) })
 
 	t.Run("VMInPodCgroup", func(t *testing.T) { n.checkPodCgroup(t, appPod) })
+
+	t.Run("HostPodInPodCgroup", func(t *testing.T) {
+		// /proc/<pid>/cmdline separates arguments with NULs.
+		n.checkPodCgroup(t, hostNetPod, processesMentioning(fmt.Sprintf("httpd\x00-f\x00-p\x00127.0.0.1:%d\x00", hostPort))...)
+	})
 
 	t.Run("StatsFromCadvisor", func(t *testing.T) { n.checkSummary(t, false) })
 
@@ -190,13 +194,17 @@ func TestKubelet(t *testing.T) {
 	t.Run("CrictlStats", func(t *testing.T) { n.checkCrictlStats(t) })
 
 	t.Run("NoRestartAcrossKubeletRestart", func(t *testing.T) {
-		p := n.waitPod(t, appPod, time.Minute, readyPod)
-		for _, c := range p.Status.ContainerStatuses {
-			if c.RestartCount != 0 {
-				t.Errorf("%s restarted %d times across a kubelet restart", c.Name, c.RestartCount)
+		for _, name := range []string{appPod, hostNetPod} {
+			p := n.waitPod(t, name, time.Minute, readyPod)
+			for _, c := range p.Status.ContainerStatuses {
+				if c.RestartCount != 0 {
+					t.Errorf("%s/%s restarted %d times across a kubelet restart", name, c.Name, c.RestartCount)
+				}
 			}
 		}
 	})
+
+	t.Run("PodsSurviveCocoondCrash", func(t *testing.T) { n.checkCocoondCrash(t, hostPort) })
 
 	t.Run("ManifestsRemovedLeaveNothing", func(t *testing.T) { n.checkRemoval(t) })
 
@@ -264,26 +272,6 @@ func (n *node) removeManifest(t *testing.T, name string) {
 	if err := os.Remove(filepath.Join(n.manifests, name+".yaml")); err != nil {
 		t.Fatal(err)
 	}
-}
-
-// skipWithoutHostHandler skips unless cocoond lists a runtime handler named
-// "host" in its Status (the handler that runs host-namespace pods).
-func (n *node) skipWithoutHostHandler(t *testing.T) {
-	t.Helper()
-	var info struct {
-		RuntimeHandlers []struct {
-			Name string `json:"name"`
-		} `json:"runtimeHandlers"`
-	}
-	if err := n.crictlJSON(&info, "info"); err != nil {
-		t.Fatal(err)
-	}
-	for _, h := range info.RuntimeHandlers {
-		if h.Name == "host" {
-			return
-		}
-	}
-	t.Skip("skipping: " + hostHandlerMissing)
 }
 
 // checkCrictlAgrees compares kubelet's /pods with cocoond's pods and
@@ -361,6 +349,28 @@ func (n *node) podRecord(t *testing.T, sandboxID string) map[string]json.RawMess
 	return env.Data
 }
 
+// waitSandboxStopped waits until cocoond has no ready sandbox for the pod
+// uid (kubelet stops a removed static pod's sandbox asynchronously).
+func (n *node) waitSandboxStopped(t *testing.T, uid string) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		var sandboxes crictlPods
+		err := n.crictlJSON(&sandboxes, "pods", "--state", "ready")
+		ready := err != nil
+		for _, s := range sandboxes.Items {
+			ready = ready || s.Metadata.UID == uid
+		}
+		if !ready {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pod uid %s still has a ready sandbox a minute after its manifest went (%v)", uid, err)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
 func (n *node) sandboxID(t *testing.T, uid string) string {
 	t.Helper()
 	var sandboxes crictlPods
@@ -376,10 +386,11 @@ func (n *node) sandboxID(t *testing.T, uid string) string {
 	return ""
 }
 
-// checkPodCgroup checks that the VM's processes (the VMM and its helpers)
-// sit in the pod cgroup kubelet made (<cgroupRoot>/kubepods/<qos>/pod<uid>),
-// in every hierarchy. It runs when cocoond records a cgroup for the pod.
-func (n *node) checkPodCgroup(t *testing.T, name string) {
+// checkPodCgroup checks that the pod's sandbox processes (a VM pod's VMM and
+// its helpers, a host pod's agent) and the extra pids given sit in the pod
+// cgroup kubelet made (<cgroupRoot>/kubepods/<qos>/pod<uid>), in every
+// hierarchy. It runs when cocoond records a cgroup for the pod.
+func (n *node) checkPodCgroup(t *testing.T, name string, extra ...string) {
 	p := n.waitPod(t, name, time.Minute, readyPod)
 	rec := n.podRecord(t, n.sandboxID(t, p.Metadata.UID))
 	if !hasCgroup(rec) {
@@ -398,6 +409,10 @@ func (n *node) checkPodCgroup(t *testing.T, name string) {
 	for _, h := range vm.Helpers {
 		pids = append(pids, h.Pid)
 	}
+	for _, e := range extra {
+		pid, _ := strconv.Atoi(strings.Fields(e)[0])
+		pids = append(pids, pid)
+	}
 	want := cgroupRoot + "/kubepods/"
 	podDir := "/pod" + p.Metadata.UID + "/"
 	for _, pid := range pids {
@@ -415,7 +430,10 @@ func (n *node) checkPodCgroup(t *testing.T, name string) {
 			}
 		}
 	}
-	t.Logf("VM pids %v are in the pod cgroup of %s", pids, name)
+	if len(extra) == 0 && string(rec["kind"]) == `"host"` {
+		t.Errorf("no workload process of host pod %s to check", name)
+	}
+	t.Logf("pids %v (sandbox, helpers, workload) are in the pod cgroup of %s", pids, name)
 }
 
 // noPodCgroup is why the pod cgroup checks skip on a cocoond without them.
@@ -489,9 +507,9 @@ func (n *node) checkSummary(t *testing.T, fromCRI bool) {
 		t.Error(p)
 	}
 	for _, p := range s.Pods {
-		if p.PodRef.Name == appPod {
+		if p.PodRef.Name == appPod || p.PodRef.Name == hostNetPod {
 			j, _ := json.Marshal(p)
-			t.Logf("/stats/summary for %s (PodAndContainerStatsFromCRI=%t): %s", appPod, fromCRI, j)
+			t.Logf("/stats/summary for %s (PodAndContainerStatsFromCRI=%t): %s", p.PodRef.Name, fromCRI, j)
 		}
 	}
 }
@@ -500,6 +518,14 @@ func (n *node) checkSummary(t *testing.T, fromCRI bool) {
 type wantStats struct {
 	podCPUMemory bool
 	podNetwork   bool
+}
+
+// summaryPod is what /stats/summary must hold for one of the test's pods. A
+// hostNetwork pod has no network of its own to report.
+type summaryPod struct {
+	containers []string
+	volume     string // an emptyDir with usage, or ""
+	vm         bool
 }
 
 // summaryProblems lists what the summary lacks.
@@ -511,9 +537,13 @@ func summaryProblems(s *summary, want wantStats) []string {
 	if s.Node.Runtime == nil || s.Node.Runtime.ImageFs == nil || s.Node.Runtime.ImageFs.CapacityBytes == nil || *s.Node.Runtime.ImageFs.CapacityBytes == 0 {
 		out = append(out, "node image fs stats missing")
 	}
-	pods := map[string][]string{appPod: {"writer", "reader"}, restartsPod: {"liveness", "oom"}}
+	pods := map[string]summaryPod{
+		appPod:      {containers: []string{"writer", "reader"}, volume: "work", vm: true},
+		restartsPod: {containers: []string{"liveness", "oom"}, volume: "work", vm: true},
+		hostNetPod:  {containers: []string{"web", "ticker"}},
+	}
 	for _, p := range s.Pods {
-		ctrs, ok := pods[p.PodRef.Name]
+		sp, ok := pods[p.PodRef.Name]
 		if !ok {
 			continue
 		}
@@ -527,13 +557,13 @@ func summaryProblems(s *summary, want wantStats) []string {
 		if p.EphemeralStorage == nil || p.EphemeralStorage.UsedBytes == nil {
 			out = append(out, p.PodRef.Name+": no pod ephemeral-storage usage")
 		}
-		if !hasVolume(p.VolumeStats, "work") {
+		if sp.volume != "" && !hasVolume(p.VolumeStats, sp.volume) {
 			out = append(out, p.PodRef.Name+": no usage for the emptyDir volume")
 		}
-		if want.podNetwork && (p.Network == nil || len(p.Network.Interfaces) == 0) {
+		if sp.vm && want.podNetwork && (p.Network == nil || len(p.Network.Interfaces) == 0) {
 			out = append(out, p.PodRef.Name+": no pod network stats")
 		}
-		for _, name := range ctrs {
+		for _, name := range sp.containers {
 			c := findContainer(p.Containers, name)
 			switch {
 			case c == nil:
@@ -580,9 +610,9 @@ func findContainer(cs []containerStats, name string) *containerStats {
 	return nil
 }
 
-// checkCrictlStats sets kubelet's /stats/summary for the app pod beside
-// crictl stats taken right after: the same containers, and cumulative CPU
-// that only grows from kubelet's reading to crictl's.
+// checkCrictlStats sets kubelet's /stats/summary for the VM app pod and the
+// host pod beside crictl stats taken right after: the same containers, and
+// cumulative CPU that only grows from kubelet's reading to crictl's.
 func (n *node) checkCrictlStats(t *testing.T) {
 	var s summary
 	if err := n.get("/stats/summary", &s); err != nil {
@@ -592,7 +622,13 @@ func (n *node) checkCrictlStats(t *testing.T) {
 	if err := n.crictlJSON(&cs, "stats"); err != nil {
 		t.Fatal(err)
 	}
-	p := n.waitPod(t, appPod, time.Minute, readyPod)
+	n.compareStats(t, &s, &cs, appPod, "writer", "reader")
+	n.compareStats(t, &s, &cs, hostNetPod, "web", "ticker")
+}
+
+func (n *node) compareStats(t *testing.T, s *summary, cs *crictlStats, podName string, containers ...string) {
+	t.Helper()
+	p := n.waitPod(t, podName, time.Minute, readyPod)
 	var ps *podStats
 	for i := range s.Pods {
 		if s.Pods[i].PodRef.UID == p.Metadata.UID {
@@ -600,9 +636,10 @@ func (n *node) checkCrictlStats(t *testing.T) {
 		}
 	}
 	if ps == nil {
-		t.Fatalf("%s not in /stats/summary", appPod)
+		t.Errorf("%s not in /stats/summary", podName)
+		return
 	}
-	for _, name := range []string{"writer", "reader"} {
+	for _, name := range containers {
 		_, id, _ := strings.Cut(p.container(name).ContainerID, "://")
 		kc := findContainer(ps.Containers, name)
 		if kc == nil || kc.CPU == nil || kc.CPU.UsageCoreNanoSeconds == nil || kc.Memory == nil || kc.Memory.WorkingSetBytes == nil {
@@ -615,8 +652,8 @@ func (n *node) checkCrictlStats(t *testing.T) {
 				continue
 			}
 			found = true
-			t.Logf("%s: kubelet cpu %d ns, working set %d B | crictl stats cpu %d ns, working set %d B, writable layer %d B",
-				name, *kc.CPU.UsageCoreNanoSeconds, *kc.Memory.WorkingSetBytes,
+			t.Logf("%s/%s: kubelet cpu %d ns, working set %d B | crictl stats cpu %d ns, working set %d B, writable layer %d B",
+				podName, name, *kc.CPU.UsageCoreNanoSeconds, *kc.Memory.WorkingSetBytes,
 				c.CPU.UsageCoreNanoSeconds.Value, c.Memory.WorkingSetBytes.Value, c.WritableLayer.UsedBytes.Value)
 			if uint64(c.CPU.UsageCoreNanoSeconds.Value) < *kc.CPU.UsageCoreNanoSeconds {
 				t.Errorf("%s: crictl's cumulative CPU %d is below kubelet's earlier reading %d", name, c.CPU.UsageCoreNanoSeconds.Value, *kc.CPU.UsageCoreNanoSeconds)
@@ -769,4 +806,97 @@ func podCgroupsOf(uid string) []string {
 		}
 	}
 	return out
+}
+
+// checkCocoondCrash kills cocoond with SIGKILL under a running kubelet and
+// starts it again over the same state. The VM pod and the host pod keep
+// running: kubelet restarts no container and sees the same container ids,
+// the host pod still serves on its port, the VM pod still answers exec,
+// and the ticker's CRI log has every tick, in order, across the crash.
+func (n *node) checkCocoondCrash(t *testing.T, hostPort int) {
+	before := map[string]*pod{}
+	for _, name := range []string{appPod, hostNetPod} {
+		before[name] = n.waitPod(t, name, time.Minute, readyPod)
+	}
+	logPath := filepath.Join(n.work, "pod-logs", "default_"+hostNetPod+"_"+before[hostNetPod].Metadata.UID, "ticker", "0.log")
+	ticksBefore := waitTicks(t, logPath, 1)
+	crashed := time.Now()
+	took := n.crashCocoond(t)
+	t.Logf("timing: cocoond SIGKILLed and answering again in %v", took.Round(time.Millisecond))
+
+	// 6 s for kubelet's PLEG (1 s relist) to see the new cocoond's view.
+	time.Sleep(6 * time.Second)
+	for name, b := range before {
+		after := n.waitPod(t, name, time.Minute, readyPod)
+		for _, c := range b.Status.ContainerStatuses {
+			a := after.container(c.Name)
+			if a == nil || a.ContainerID != c.ContainerID || a.RestartCount != c.RestartCount || a.State.Running == nil {
+				t.Errorf("%s/%s after the crash: %+v, before: %+v", name, c.Name, a, c)
+			}
+		}
+	}
+	n.checkCrictlAgrees(t)
+	if body := httpGet(t, hostPort); body != "host-net-ok\n" {
+		t.Errorf("after the crash the host pod served %q", body)
+	}
+	if out, err := n.crictl("exec", n.containerID(t, appPod, "reader"), "cat", "/work/init"); err != nil || strings.TrimSpace(out) != "init-ran" {
+		t.Errorf("exec into the VM pod after the crash: %q %v", out, err)
+	}
+	t.Logf("timing: cocoond SIGKILL -> both pods checked running and unrestarted in %v", time.Since(crashed).Round(time.Millisecond))
+
+	// The ticks made before, during and after the crash, then 30 more.
+	ticksAfter := waitTicks(t, logPath, ticksBefore+int(time.Since(crashed)/(200*time.Millisecond))+30)
+	t.Logf("log continuity: %s holds ticks 0..%d in order, none missing; %d were in it before the crash", logPath, ticksAfter-1, ticksBefore)
+}
+
+var tickLine = regexp.MustCompile(`^\S+ stdout F tick-(\d+)$`)
+
+// waitTicks waits until the CRI log at path holds at least n ticks, checks
+// that they are tick-0, tick-1, ... with none missing or reordered, and
+// returns how many there are.
+func waitTicks(t *testing.T, path string, n int) int {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		data, _ := os.ReadFile(path)
+		var got int
+		for _, line := range strings.Split(string(data), "\n") {
+			m := tickLine.FindStringSubmatch(line)
+			if m == nil {
+				continue
+			}
+			if m[1] != strconv.Itoa(got) {
+				t.Fatalf("log line for tick %d is %q: ticks were lost or reordered", got, line)
+			}
+			got++
+		}
+		if got >= n {
+			return got
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("only %d of %d ticks in %s after a minute", got, n, path)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// httpGet fetches / from the host's loopback port, retrying for 10 s.
+func httpGet(t *testing.T, port int) string {
+	t.Helper()
+	url := "http://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(port)) + "/index.html"
+	client := &http.Client{Timeout: 5 * time.Second}
+	var err error
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		var resp *http.Response
+		if resp, err = client.Get(url); err == nil {
+			body, rerr := io.ReadAll(resp.Body)
+			_ = resp.Body.Close()
+			if rerr == nil && resp.StatusCode == http.StatusOK {
+				return string(body)
+			}
+			err = fmt.Errorf("status %d, %v", resp.StatusCode, rerr)
+		}
+	}
+	t.Fatalf("GET %s: %v", url, err)
+	return ""
 }

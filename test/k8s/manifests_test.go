@@ -92,7 +92,9 @@ spec:
     - {name: work, mountPath: /work}
 `
 
-// hostNet serves HTTP on a host port from the host's network namespace.
+// hostNet serves HTTP on a host port from the host's network namespace,
+// and ticks into its log five times a second: every tick must be in the CRI
+// log, in order, across a cocoond crash.
 const hostNet = `apiVersion: v1
 kind: Pod
 metadata:
@@ -106,6 +108,10 @@ spec:
     image: ` + busybox + `
     imagePullPolicy: IfNotPresent
     command: ["sh", "-c", "mkdir -p /www && echo host-net-ok > /www/index.html && exec httpd -f -p 127.0.0.1:%d -h /www"]
+  - name: ticker
+    image: ` + busybox + `
+    imagePullPolicy: IfNotPresent
+    command: ["sh", "-c", "i=0; while :; do echo tick-$i; i=$((i+1)); sleep 0.2; done"]
 `
 
 // hostPID lists the host's processes from the host's PID namespace.

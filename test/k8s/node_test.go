@@ -117,6 +117,7 @@ type node struct {
 
 	env    *exec.Cmd
 	envIn  io.WriteCloser
+	envOut *bufio.Reader // node-env.sh's answers, one line each
 	envLog string
 
 	kubelet     *exec.Cmd
@@ -161,20 +162,11 @@ func startNode(t *testing.T) *node {
 			fmt.Println("k8s: teardown:", err)
 		}
 	})
-	ready := make(chan string, 1)
-	go func() {
-		line, _ := bufio.NewReader(out).ReadString('\n')
-		ready <- line
-	}()
-	var line string
-	select {
-	case line = <-ready:
-	case <-time.After(3 * time.Minute):
-	}
-	fields := strings.Fields(line)
+	n.envOut = bufio.NewReader(out)
+	fields := strings.Fields(n.envAnswer(3 * time.Minute))
 	if len(fields) != 3 || fields[0] != "READY" {
 		log, _ := os.ReadFile(n.envLog)
-		t.Fatalf("node-env.sh did not get ready (said %q):\n%s", line, log)
+		t.Fatalf("node-env.sh did not get ready (said %q):\n%s", fields, log)
 	}
 	n.work, n.sock = fields[1], fields[2]
 	n.manifests = filepath.Join(n.work, "manifests")
@@ -186,6 +178,43 @@ func startNode(t *testing.T) *node {
 	}
 	t.Logf("timing: registry + cocoond ready in %v", time.Since(start).Round(time.Millisecond))
 	return n
+}
+
+// envAnswer reads node-env.sh's next line, or "" after timeout. A reader
+// left behind by a timeout owns envOut from then on: the test is failing.
+func (n *node) envAnswer(timeout time.Duration) string {
+	answer := make(chan string, 1)
+	go func() {
+		line, _ := n.envOut.ReadString('\n')
+		answer <- line
+	}()
+	select {
+	case line := <-answer:
+		return line
+	case <-time.After(timeout):
+		return ""
+	}
+}
+
+// crashCocoond has node-env.sh kill cocoond with SIGKILL and start it again
+// over the same state, and returns how long the new one took to answer.
+func (n *node) crashCocoond(t *testing.T) time.Duration {
+	t.Helper()
+	if _, err := io.WriteString(n.envIn, "crash-cocoond\n"); err != nil {
+		t.Fatal(err)
+	}
+	line := n.envAnswer(2 * time.Minute)
+	var ms int
+	f := strings.Fields(line)
+	err := errors.New("no RESTARTED line")
+	if len(f) == 2 && f[0] == "RESTARTED" {
+		ms, err = strconv.Atoi(f[1])
+	}
+	if err != nil {
+		log, _ := os.ReadFile(n.envLog)
+		t.Fatalf("cocoond did not come back after SIGKILL (node-env.sh said %q):\n%s", line, log)
+	}
+	return time.Duration(ms) * time.Millisecond
 }
 
 // shutdown stops kubelet and undoes its root dir mount, then lets
