@@ -86,7 +86,7 @@ var hostRefused = map[string]bool{
 // ServeHost runs the agent in host mode until ctx ends or cocoond destroys
 // the sandbox; then it removes every container and the pod's namespaces.
 func ServeHost(ctx context.Context, o HostOptions) error {
-	tok, err := readHostToken(o.TokenFile)
+	tok, err := agentapi.ReadTokenFile(o.TokenFile)
 	if err != nil {
 		return err
 	}
@@ -118,22 +118,6 @@ func ServeHost(ctx context.Context, o HostOptions) error {
 	}
 	host.close()
 	return err
-}
-
-// readHostToken reads the pod's token; an agent without a well-formed one
-// does not serve.
-func readHostToken(file string) ([]byte, error) {
-	f, err := os.OpenFile(file, os.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, fmt.Errorf("agent token: %w", err)
-	}
-	defer f.Close()
-	tok := make([]byte, agentapi.TokenSize+1)
-	n, _ := f.Read(tok)
-	if n != agentapi.TokenSize {
-		return nil, fmt.Errorf("agent token in %s has %d bytes, want %d", file, n, agentapi.TokenSize)
-	}
-	return tok[:n], nil
 }
 
 // hostPod is what a host-mode agent adds to the engine: where libcontainer

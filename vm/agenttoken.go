@@ -2,6 +2,7 @@ package vm
 
 import (
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -43,17 +44,11 @@ func NewAgentToken(runDir string) (string, []byte, error) {
 
 // ReadAgentToken reads the token NewAgentToken wrote in runDir.
 func ReadAgentToken(runDir string) ([]byte, error) {
-	f, err := os.OpenFile(filepath.Join(runDir, AgentTokenFile), os.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, fmt.Errorf("agent token: %w", err)
+	tok, err := agentapi.ReadTokenFile(filepath.Join(runDir, AgentTokenFile))
+	if errors.Is(err, agentapi.ErrMalformedToken) {
+		return nil, fmt.Errorf("%w: %w", errdefs.ErrInvalidArgument, err)
 	}
-	defer f.Close()
-	tok := make([]byte, agentapi.TokenSize+1)
-	n, _ := f.Read(tok)
-	if n != agentapi.TokenSize {
-		return nil, fmt.Errorf("agent token in %s has %d bytes: %w", runDir, n, errdefs.ErrInvalidArgument)
-	}
-	return tok[:n], nil
+	return tok, err
 }
 
 // AgentPolicyArgs are the kernel arguments that tell the agent its policy:
