@@ -46,7 +46,7 @@ func (m *Manager) cgroupStep(pod *Pod, parent string, wrap func(func() error) fu
 			return nil, err
 		}
 		pod.Cgroup = &ref
-		undo := wrap(func() error { return m.opts.Cgroups.Remove(context.Background(), ref) })
+		undo := wrap(func() error { return m.clearCgroup(context.Background(), ref) })
 		return undo, m.opts.Cgroups.Create(ref)
 	}}
 }
@@ -71,19 +71,25 @@ func (m *Manager) joinPodCgroup(ctx context.Context, ref *podcgroup.Ref, st *vm.
 	return m.opts.Cgroups.Join(ctx, *ref, st.Pids()...)
 }
 
-// removePodCgroup removes a stopped pod's cgroup (its processes are gone).
-// A host pod's containers are not the agent's children once it is gone:
-// what is left of them in the pod cgroup is killed first.
+// removePodCgroup removes a stopped pod's cgroup.
 func (m *Manager) removePodCgroup(ctx context.Context, pod *Pod) error {
 	if m.opts.Cgroups == nil || pod.Cgroup == nil {
 		return nil
 	}
-	if pod.isHostPod() {
-		if err := m.opts.Cgroups.Kill(ctx, *pod.Cgroup); err != nil {
-			return fmt.Errorf("kill what is left of the pod: %w", err)
-		}
+	return m.clearCgroup(ctx, *pod.Cgroup)
+}
+
+// clearCgroup removes the cgroup of a pod whose VM or agent has stopped.
+// Whatever is still in it belongs to a pod that is gone and is killed
+// first: a host pod's containers are not the agent's children once it is
+// gone, and a VM pod's virtiofsd worker can outlive its parent by a moment
+// (seen once in 40 pod removals: StopPodSandbox failed "still holds
+// processes").
+func (m *Manager) clearCgroup(ctx context.Context, ref podcgroup.Ref) error {
+	if err := m.opts.Cgroups.Kill(ctx, ref); err != nil {
+		return fmt.Errorf("kill what is left of the pod: %w", err)
 	}
-	if err := m.opts.Cgroups.Remove(ctx, *pod.Cgroup); err != nil {
+	if err := m.opts.Cgroups.Remove(ctx, ref); err != nil {
 		return fmt.Errorf("remove pod cgroup: %w", err)
 	}
 	return nil
@@ -107,11 +113,7 @@ func (m *Manager) removeStrayCgroups(ctx context.Context) error {
 	for _, ref := range strays {
 		m.opts.Log.WithField("cgroup", ref.String()).Warn("removing a pod cgroup no pod claims")
 		// Stray VMs are stopped by now; what is left is a lost host pod's.
-		if err := m.opts.Cgroups.Kill(ctx, ref); err != nil {
-			errs = append(errs, fmt.Errorf("stray pod cgroup: %w", err))
-			continue
-		}
-		if err := m.opts.Cgroups.Remove(ctx, ref); err != nil {
+		if err := m.clearCgroup(ctx, ref); err != nil {
 			errs = append(errs, fmt.Errorf("stray pod cgroup: %w", err))
 		}
 	}

@@ -160,20 +160,20 @@ func TestRunPodFailureRemovesThePodCgroup(t *testing.T) {
 			wantErr: errdefs.ErrInvalidArgument, wantLog: nil},
 		{name: "cgroup cannot be made", parent: parent, driver: &fakeDriver{},
 			breakCg: func(f *fakeCgroups) { f.createErr = errors.New("EACCES") },
-			wantLog: []string{"cgroup-create", "cgroup-remove"}},
+			wantLog: []string{"cgroup-create", "cgroup-kill", "cgroup-remove"}},
 		{name: "VMM create fails", parent: parent, driver: &fakeDriver{createErr: errors.New("no qemu")},
-			wantLog: []string{"cgroup-create", "vm-create cgroup-recorded=true", "cgroup-remove"}},
+			wantLog: []string{"cgroup-create", "vm-create cgroup-recorded=true", "cgroup-kill", "cgroup-remove"}},
 		{name: "processes cannot join", parent: parent, driver: &fakeDriver{},
 			breakCg: func(f *fakeCgroups) { f.joinErr = errors.New("ESRCH") },
-			wantLog: []string{"cgroup-create", "vm-create cgroup-recorded=true", "cgroup-join", "vm-stop", "cgroup-remove"}},
+			wantLog: []string{"cgroup-create", "vm-create cgroup-recorded=true", "cgroup-join", "vm-stop", "cgroup-kill", "cgroup-remove"}},
 		{name: "VM start fails", parent: parent, driver: &fakeDriver{startErr: errors.New("cont failed")},
-			wantLog:  []string{"cgroup-create", "vm-create cgroup-recorded=true", "cgroup-join", "vm-stop", "cgroup-remove"},
+			wantLog:  []string{"cgroup-create", "vm-create cgroup-recorded=true", "cgroup-join", "vm-stop", "cgroup-kill", "cgroup-remove"},
 			wantJoin: []int{fakeVMMPid, fakeVirtiofsdPid}},
 		{name: "agent never answers", parent: parent, driver: &fakeDriver{},
-			wantLog:  []string{"cgroup-create", "vm-create cgroup-recorded=true", "cgroup-join", "vm-stop", "cgroup-remove"},
+			wantLog:  []string{"cgroup-create", "vm-create cgroup-recorded=true", "cgroup-join", "vm-stop", "cgroup-kill", "cgroup-remove"},
 			wantJoin: []int{fakeVMMPid, fakeVirtiofsdPid}},
 		{name: "no parent takes the default", parent: "", driver: &fakeDriver{startErr: errors.New("cont failed")},
-			wantLog:  []string{"cgroup-create", "vm-create cgroup-recorded=true", "cgroup-join", "vm-stop", "cgroup-remove"},
+			wantLog:  []string{"cgroup-create", "vm-create cgroup-recorded=true", "cgroup-join", "vm-stop", "cgroup-kill", "cgroup-remove"},
 			wantJoin: []int{fakeVMMPid, fakeVirtiofsdPid}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
@@ -246,7 +246,7 @@ func TestStopRemovesTheRecordedCgroup(t *testing.T) {
 	if err := m.stopPod(context.Background(), pod.ID); err != nil {
 		t.Fatal(err)
 	}
-	if !slices.Equal(*log, []string{"cgroup-remove"}) || len(cg.exist) != 0 {
+	if !slices.Equal(*log, []string{"cgroup-kill", "cgroup-remove"}) || len(cg.exist) != 0 {
 		t.Errorf("sequence %q, cgroups left %v", *log, cg.exist)
 	}
 	if p, _ := m.Pod(pod.ID); p.Cgroup != nil {

@@ -19,6 +19,11 @@ if [ "$(id -u)" -ne 0 ]; then echo "bench: SKIP: needs root"; exit 0; fi
 command -v containerd >/dev/null || { echo "bench: SKIP: containerd not installed (make deps)"; exit 0; }
 [ "$DENSITY_PODS" -ge "$PODS" ] || { echo "bench: DENSITY_PODS ($DENSITY_PODS) must be at least PODS ($PODS)" >&2; exit 1; }
 . "$(dirname "$0")/../critest/env.sh"
+# A pod's own cost, from cold-booted VMs: warm pool VMs are the handler's
+# cost, not a pod's, they would be counted as leftovers once the pods are
+# gone, and a refill boot beside the pods would skew their PSS. pods.sh
+# measures the pool.
+export COCOON_POOL_SIZE=0
 
 cocoon_start_registry >/dev/null
 cocoon_write_config
