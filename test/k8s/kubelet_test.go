@@ -24,18 +24,11 @@ var (
 // host runtime handler (DESIGN.md, "Pod lifecycle").
 const hostHandlerMissing = "host runtime handler not built yet (issue 14)"
 
-// runtimeClassStandalone is why the RuntimeClass pod skips: kubelet creates
-// its RuntimeClass manager only with an API client (pkg/kubelet/kubelet.go:
-// "if kubeDeps.KubeClient != nil { klet.runtimeClassManager = ... }"), and
-// with none, kuberuntime_sandbox.go sends every sandbox with handler "",
-// whatever runtimeClassName says. A RuntimeClass is an API object; a
-// standalone kubelet has nowhere to read one from.
-const runtimeClassStandalone = "a standalone kubelet has no RuntimeClass manager (it needs an API server to read RuntimeClass objects), so it ignores runtimeClassName and runs every pod on the runtime's default handler"
-
-// TestKubelet runs the static pods under a standalone kubelet with cocoond
-// as its runtime, stats from cgroups (cAdvisor) first, then restarts kubelet
-// with PodAndContainerStatsFromCRI over the same running pods, then removes
-// the manifests and checks that nothing is left.
+// TestKubelet runs the static pods under a kubelet with cocoond as its
+// runtime and the API server double as its API server, stats from cgroups
+// (cAdvisor) first, then restarts kubelet with PodAndContainerStatsFromCRI
+// over the same running pods, then removes the manifests and checks that
+// nothing is left.
 func TestKubelet(t *testing.T) {
 	total := time.Now()
 	n := startNode(t)
@@ -165,9 +158,7 @@ func TestKubelet(t *testing.T) {
 		n.removeManifest(t, "host-pid")
 	})
 
-	t.Run("RuntimeClassPod", func(t *testing.T) {
-		t.Skip("skipping: " + runtimeClassStandalone)
-	})
+	t.Run("RuntimeClassPod", func(t *testing.T) { n.checkRuntimeClassPod(t) })
 
 	t.Run("KubeletAndCrictlAgree", func(t *testing.T) { n.checkCrictlAgrees(t) })
 
