@@ -158,7 +158,7 @@ $(KUBELET): test/k8s/kubelet/go.mod
 	cd test/k8s/kubelet && CGO_ENABLED=0 GOFLAGS=-buildvcs=false nice -n 10 $(GO) build -trimpath \
 		-ldflags '-s -w -X k8s.io/component-base/version.gitVersion=$(KUBELET_VERSION)' -o $@ k8s.io/kubernetes/cmd/kubelet
 
-## test-k8s: a real standalone kubelet with cocoond as its only runtime (test/k8s)
+## test-k8s: a real kubelet (an API server double in the test as its API server) with cocoond as its only runtime (test/k8s)
 test-k8s: $(KUBELET) tools
 	$(MAKE) guest GUEST_DIR=$(TEST_GUEST)
 	set -o pipefail; CGO_ENABLED=1 COCOON_INTEGRATION=1 COCOON_BIN=$(BIN) COCOON_GUEST_DIR=$(TEST_GUEST) $(GO) test -timeout 15m -v -count=1 ./test/k8s/ | grep -E "^(=== RUN|\s*--- |PASS|FAIL|ok|k8s:)|SKIP|skip|_test.go:"

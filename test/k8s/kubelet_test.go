@@ -3,9 +3,7 @@ package k8s
 import (
 	"encoding/json"
 	"fmt"
-	"io"
 	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -24,18 +22,11 @@ var (
 	hostNetPod  = "host-net-" + nodeName
 )
 
-// runtimeClassStandalone is why the RuntimeClass pod skips: kubelet creates
-// its RuntimeClass manager only with an API client (pkg/kubelet/kubelet.go:
-// "if kubeDeps.KubeClient != nil { klet.runtimeClassManager = ... }"), and
-// with none, kuberuntime_sandbox.go sends every sandbox with handler "",
-// whatever runtimeClassName says. A RuntimeClass is an API object; a
-// standalone kubelet has nowhere to read one from.
-const runtimeClassStandalone = "a standalone kubelet has no RuntimeClass manager (it needs an API server to read RuntimeClass objects), so it ignores runtimeClassName and runs every pod on the runtime's default handler"
-
-// TestKubelet runs the static pods under a standalone kubelet with cocoond
-// as its runtime, stats from cgroups (cAdvisor) first, then restarts kubelet
-// with PodAndContainerStatsFromCRI over the same running pods, then removes
-// the manifests and checks that nothing is left.
+// TestKubelet runs the static pods under a kubelet with cocoond as its
+// runtime and the API server double as its API server, stats from cgroups
+// (cAdvisor) first, then restarts kubelet with PodAndContainerStatsFromCRI
+// over the same running pods, then removes the manifests and checks that
+// nothing is left.
 func TestKubelet(t *testing.T) {
 	total := time.Now()
 	n := startNode(t)
@@ -146,7 +137,7 @@ func TestKubelet(t *testing.T) {
 		start := time.Now()
 		n.waitPod(t, hostNetPod, 2*time.Minute, readyPod)
 		t.Logf("timing: host pod static manifest to Ready: %v", time.Since(start).Round(time.Millisecond))
-		if body := httpGet(t, hostPort); body != "host-net-ok\n" {
+		if body := hostPortGet(t, hostPort); body != "host-net-ok\n" {
 			t.Fatalf("the hostNetwork pod served %q on the host's port %d", body, hostPort)
 		}
 	})
@@ -164,9 +155,7 @@ func TestKubelet(t *testing.T) {
 		n.waitSandboxStopped(t, uid)
 	})
 
-	t.Run("RuntimeClassPod", func(t *testing.T) {
-		t.Skip("skipping: " + runtimeClassStandalone)
-	})
+	t.Run("RuntimeClassPod", func(t *testing.T) { n.checkRuntimeClassPod(t) })
 
 	t.Run("KubeletAndCrictlAgree", func(t *testing.T) { n.checkCrictlAgrees(t) })
 
@@ -836,7 +825,7 @@ func (n *node) checkCocoondCrash(t *testing.T, hostPort int) {
 		}
 	}
 	n.checkCrictlAgrees(t)
-	if body := httpGet(t, hostPort); body != "host-net-ok\n" {
+	if body := hostPortGet(t, hostPort); body != "host-net-ok\n" {
 		t.Errorf("after the crash the host pod served %q", body)
 	}
 	if out, err := n.crictl("exec", n.containerID(t, appPod, "reader"), "cat", "/work/init"); err != nil || strings.TrimSpace(out) != "init-ran" {
@@ -880,21 +869,16 @@ func waitTicks(t *testing.T, path string, n int) int {
 	}
 }
 
-// httpGet fetches / from the host's loopback port, retrying for 10 s.
-func httpGet(t *testing.T, port int) string {
+// hostPortGet fetches /index.html from the host's loopback port, retrying
+// for 10 s.
+func hostPortGet(t *testing.T, port int) string {
 	t.Helper()
 	url := "http://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(port)) + "/index.html"
-	client := &http.Client{Timeout: 5 * time.Second}
 	var err error
 	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
-		var resp *http.Response
-		if resp, err = client.Get(url); err == nil {
-			body, rerr := io.ReadAll(resp.Body)
-			_ = resp.Body.Close()
-			if rerr == nil && resp.StatusCode == http.StatusOK {
-				return string(body)
-			}
-			err = fmt.Errorf("status %d, %v", resp.StatusCode, rerr)
+		var body string
+		if body, err = httpGet(url); err == nil {
+			return body
 		}
 	}
 	t.Fatalf("GET %s: %v", url, err)

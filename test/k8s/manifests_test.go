@@ -129,3 +129,24 @@ spec:
     imagePullPolicy: IfNotPresent
     command: ["sh", "-c", "exec sleep 1000000"]
 `
+
+// rcHost names the RuntimeClass whose handler is cocoond's host handler,
+// and asks for no host namespace: a host pod with its own network
+// namespace and a pod IP from CNI, serving HTTP on that IP.
+const rcHost = `apiVersion: v1
+kind: Pod
+metadata:
+  name: rc-host
+  namespace: default
+spec:
+  runtimeClassName: ` + hostRuntimeClassName + `
+  terminationGracePeriodSeconds: 2
+  containers:
+  - name: web
+    image: ` + busybox + `
+    imagePullPolicy: IfNotPresent
+    command: ["sh", "-c", "mkdir -p /www && echo rc-host-ok > /www/index.html && exec httpd -f -p %d -h /www"]
+    readinessProbe:
+      tcpSocket: {port: %d}
+      periodSeconds: 1
+`

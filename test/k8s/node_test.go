@@ -1,8 +1,10 @@
-// Package k8s runs a real kubelet, standalone, with cocoond as its only
-// runtime, and checks what kubelet sees of cocoon's pods: static pods with
-// probes, init containers, shared volumes and memory limits; kubelet's /pods
-// and /stats/summary; crictl's view of the same pods; and that removing the
-// manifests leaves nothing behind.
+// Package k8s runs a real kubelet with cocoond as its only runtime, and
+// checks what kubelet sees of cocoon's pods: static pods with probes, init
+// containers, shared volumes and memory limits; a pod whose RuntimeClass
+// picks cocoond's host handler; kubelet's /pods and /stats/summary;
+// crictl's view of the same pods; and that removing the manifests leaves
+// nothing behind. kubelet's API server is a double in the test
+// (apiserver_test.go): without one kubelet builds no RuntimeClass manager.
 package k8s
 
 import (
@@ -120,6 +122,11 @@ type node struct {
 	envOut *bufio.Reader // node-env.sh's answers, one line each
 	envLog string
 
+	// api is the API server double kubelet's --kubeconfig points at
+	// (apiserver_test.go); it outlives a kubelet restart, as a cluster's
+	// API server would.
+	api *apiServer
+
 	kubelet     *exec.Cmd
 	kubeletDone chan struct{} // closed when kubelet has exited
 	kubeletLog  string
@@ -225,6 +232,10 @@ func (n *node) shutdown() error {
 	if err := n.stopKubelet(); err != nil {
 		errs = append(errs, err)
 	}
+	if n.api != nil {
+		n.api.close()
+		n.api = nil
+	}
 	// kubelet bind-mounts its root dir onto itself (to make it shared) and
 	// leaves that mount when it exits.
 	if n.root != "" {
@@ -260,12 +271,15 @@ func (n *node) shutdown() error {
 	return errors.Join(errs...)
 }
 
-// kubeletConfig is the standalone KubeletConfiguration: static pods only,
-// cocoond as the runtime, the read-only port for /pods and /stats/summary,
-// and short check periods so the test does not wait on defaults.
+// kubeletConfig is the KubeletConfiguration: static pods only, cocoond as
+// the runtime, the read-only port for /pods and /stats/summary, short check
+// periods so the test does not wait on defaults, and JSON to the API
+// server double (kubelet's default is protobuf, which the double does not
+// speak).
 func (n *node) kubeletConfig(statsFromCRI bool) string {
 	return fmt.Sprintf(`apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
+contentType: application/json
 staticPodPath: %[1]s
 fileCheckFrequency: 1s
 syncFrequency: 5s
@@ -293,12 +307,16 @@ featureGates:
 `, n.manifests, n.sock, cgroupRoot, freePort(), n.port, filepath.Join(n.work, "pod-logs"), statsFromCRI)
 }
 
-// startKubelet starts kubelet and waits until /pods answers.
+// startKubelet starts kubelet, with the API server double as its API
+// server (started on the first call), and waits until /pods answers.
 func (n *node) startKubelet(t *testing.T, statsFromCRI bool) {
 	t.Helper()
 	n.kubeletRun++
 	if n.port == 0 {
 		n.port = freePort()
+	}
+	if n.api == nil {
+		n.startAPIServer(t)
 	}
 	cfg := filepath.Join(n.work, fmt.Sprintf("kubelet-%d.yaml", n.kubeletRun))
 	if err := os.WriteFile(cfg, []byte(n.kubeletConfig(statsFromCRI)), 0o644); err != nil {
@@ -311,7 +329,7 @@ func (n *node) startKubelet(t *testing.T, statsFromCRI bool) {
 	}
 	defer logf.Close()
 	n.kubelet = exec.Command(kubeletPath(n.bin), "--config", cfg, "--root-dir", n.root,
-		"--hostname-override", nodeName, "--v", "2")
+		"--kubeconfig", filepath.Join(n.work, "kubeconfig"), "--hostname-override", nodeName, "--v", "2")
 	n.kubelet.Stdout, n.kubelet.Stderr = logf, logf
 	n.kubelet.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	// kubelet refuses a cgroupRoot that is missing in any hierarchy.
@@ -342,6 +360,27 @@ func (n *node) startKubelet(t *testing.T, statsFromCRI bool) {
 		}
 	}
 	t.Logf("timing: kubelet (PodAndContainerStatsFromCRI=%t) serving in %v", statsFromCRI, time.Since(start).Round(time.Millisecond))
+}
+
+// startAPIServer starts the API server double, holding the RuntimeClass
+// the RuntimeClass pod names, and writes kubelet's kubeconfig for it. What
+// kubelet asked of it is logged when the test ends.
+func (n *node) startAPIServer(t *testing.T) {
+	t.Helper()
+	api, err := startAPIServer(map[string][]map[string]any{"runtimeclasses": {hostRuntimeClass()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.api = api
+	if err := api.writeKubeconfig(filepath.Join(n.work, "kubeconfig")); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		t.Logf("kubelet's requests to the API server double (%s):\n  %s", api.addr, strings.Join(api.requests(), "\n  "))
+		if miss := api.unknown(); len(miss) > 0 {
+			t.Logf("answered 404, no such resource in the double: %v", miss)
+		}
+	})
 }
 
 // stopKubelet stops kubelet; pods keep running in cocoond, as on a real
