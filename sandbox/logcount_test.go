@@ -363,6 +363,10 @@ func TestLyingAgent(t *testing.T) {
 		{"offset past the bound", 0, []*agentapi.OutputChunk{chunk(maxStreamOffset+1, "a\n")}, "", 0, 0},
 		{"length running past the bound", 0, []*agentapi.OutputChunk{chunk(maxStreamOffset-1, "abc\n")}, "", 0, 0},
 		{"offset wrapping uint64", 0, []*agentapi.OutputChunk{chunk(0, "a"), chunk(^uint64(0), "b\n")}, "a", 0, 0},
+		{"agent older than offsets, fresh stream", 0, []*agentapi.OutputChunk{chunk(0, "a\n"), chunk(0, "b\n")}, "a\nb\n", 0, 0},
+		{"agent older than offsets, resumed", 5, []*agentapi.OutputChunk{chunk(0, "a\n"), chunk(0, "b\n")}, "a\nb\n", 0, 0},
+		{"an old agent's chunks all say 0", 5, []*agentapi.OutputChunk{chunk(0, "a\n"), chunk(7, "b\n")}, "a\n", 0, 0},
+		{"no falling back once offsets came", 0, []*agentapi.OutputChunk{chunk(0, "a\n"), chunk(2, "b\n"), chunk(0, "c\n")}, "a\nb\n", 0, 0},
 		{"empty chunks in place", 0, []*agentapi.OutputChunk{chunk(0, ""), chunk(0, "a\n"), chunk(2, "")}, "a\n", 0, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -157,7 +157,7 @@ func (o *output) copyStream(ctx context.Context, a agentapi.AgentClient, contain
 		s, err := a.ReadOutput(ctx, &agentapi.ReadOutputRequest{ContainerId: containerID, Stream: which, Offset: from})
 		return s, from, err
 	}
-	stream, next, err := open()
+	stream, from, err := open()
 	if err != nil {
 		stopOnClose()
 		cancel()
@@ -169,7 +169,7 @@ func (o *output) copyStream(ctx context.Context, a agentapi.AgentClient, contain
 		defer cancel()
 		defer stopOnClose()
 		var pending []byte
-		first := true
+		pos := streamPos{next: from, first: true}
 		// After a cocoond restart the agent may still hold the stream for the
 		// reader of the dead connection for up to half a second: retry then.
 		retryUntil := time.Now().Add(10 * time.Second)
@@ -178,13 +178,13 @@ func (o *output) copyStream(ctx context.Context, a agentapi.AgentClient, contain
 			if status.Code(err) == codes.FailedPrecondition && time.Now().Before(retryUntil) {
 				time.Sleep(100 * time.Millisecond)
 				if s, from, oerr := open(); oerr == nil {
-					stream, next, first, pending = s, from, true, nil
+					stream, pending = s, nil
+					pos.next, pos.first = from, true
 					continue
 				}
 			}
 			if err == nil {
-				err = o.place(idx, chunk, &next, first, log)
-				first = false
+				err = o.place(idx, chunk, &pos, log)
 			}
 			if err != nil {
 				// A line cut by EOF is complete; one cut by anything else
@@ -236,20 +236,43 @@ func (o *output) copyStream(ctx context.Context, a agentapi.AgentClient, contain
 	return nil
 }
 
-// place checks that chunk continues the stream at *next, and moves *next
-// past it. The agent is not trusted: the first chunk after an open may start
+// streamPos is where a stream stands, as copyStream reads it.
+type streamPos struct {
+	next   uint64 // offset the next chunk must start at
+	first  bool   // no chunk yet since the stream was opened
+	offset bool   // a chunk carried an offset other than 0
+	legacy bool   // the agent predates offsets: every chunk says 0
+}
+
+// place checks that chunk continues the stream at pos, and moves pos past
+// it. The agent is not trusted: the first chunk after an open may start
 // later than asked (the bytes between left its window: they are counted as
 // lost, in the base, so the file never has to hold them), every other chunk
-// must start exactly at *next, and no offset may run past maxStreamOffset.
-func (o *output) place(idx int, chunk *agentapi.OutputChunk, next *uint64, first bool, log *logrus.Entry) error {
+// must start exactly where the last ended, and no offset may run past
+// maxStreamOffset. An agent older than offsets sends 0 for every chunk: its
+// chunks are taken as they come, as before offsets (a guest gains nothing
+// by posing as one: no check protects more than its own log's order).
+func (o *output) place(idx int, chunk *agentapi.OutputChunk, pos *streamPos, log *logrus.Entry) error {
 	at, n := chunk.GetOffset(), uint64(len(chunk.GetData()))
+	first := pos.first
+	pos.first = false
+	if at == 0 && pos.next > 0 && !pos.offset && !pos.legacy {
+		log.Info("the agent predates output offsets: a cocoond crash may lose output in flight")
+		pos.legacy = true
+	}
+	if pos.legacy {
+		if at != 0 {
+			return fmt.Errorf("%w: at %d from an agent that sent no offsets", errStreamOffset, at)
+		}
+		return nil
+	}
 	if at > maxStreamOffset || n > maxStreamOffset-at {
 		return fmt.Errorf("%w: %d bytes at %d", errStreamOffset, n, at)
 	}
 	switch {
-	case at == *next:
-	case first && at > *next:
-		lost := at - *next
+	case at == pos.next:
+	case first && at > pos.next:
+		lost := at - pos.next
 		log.WithField("lost", lost).Warn("output the agent no longer held when cocoond came back is lost")
 		o.mu.Lock()
 		o.written[idx] += lost
@@ -263,9 +286,10 @@ func (o *output) place(idx int, chunk *agentapi.OutputChunk, next *uint64, first
 			log.WithError(err).Warn("saving the log mark")
 		}
 	default:
-		return fmt.Errorf("%w: at %d, expected %d", errStreamOffset, at, *next)
+		return fmt.Errorf("%w: at %d, expected %d", errStreamOffset, at, pos.next)
 	}
-	*next = at + n
+	pos.offset = pos.offset || at != 0
+	pos.next = at + n
 	return nil
 }
 
