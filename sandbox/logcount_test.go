@@ -20,10 +20,12 @@ import (
 	agentapi "github.com/cocoon-runtime/cocoon/api/agent"
 )
 
+// The tests here are not parallel: TestLogLineWithoutNewline measures the
+// process's heap while it runs.
+
 const ts = "2026-12-06T08:00:00.123456789Z"
 
 func TestCountLog(t *testing.T) {
-	t.Parallel()
 	long := strings.Repeat("x", 70<<10) // longer than countLog's buffer: not ours
 	for _, tc := range []struct {
 		name         string
@@ -57,7 +59,6 @@ func TestCountLog(t *testing.T) {
 }
 
 func TestRecoverOutput(t *testing.T) {
-	t.Parallel()
 	older := ts + " stdout F from an earlier container\n"
 	for _, tc := range []struct {
 		name     string
@@ -108,7 +109,6 @@ func TestRecoverOutput(t *testing.T) {
 // saved before the new file gets a record, so a restarted cocoond derives
 // the same offsets from the new file and the record.
 func TestRotationKeepsCount(t *testing.T) {
-	t.Parallel()
 	path := filepath.Join(t.TempDir(), "0.log")
 	o, err := newOutput(path)
 	if err != nil {
@@ -253,7 +253,6 @@ func waitFinished(t *testing.T, o *output) {
 // file and the agent's resend completes the log exactly, or, past the
 // agent's window, tells how much is gone and writes nothing in its place.
 func TestResumeAfterCrash(t *testing.T) {
-	t.Parallel()
 	var data []byte
 	for i := range 300 {
 		line := []byte(strings.Repeat("t", i%7) + "tick-")
@@ -342,7 +341,6 @@ func TestResumeAfterCrash(t *testing.T) {
 // asked only counts as lost bytes (no allocation, no skipping in the file);
 // no offset can overflow the count.
 func TestLyingAgent(t *testing.T) {
-	t.Parallel()
 	chunk := func(at uint64, s string) *agentapi.OutputChunk {
 		return &agentapi.OutputChunk{Offset: at, Data: []byte(s)}
 	}
