@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net"
 	"path/filepath"
+	"strconv"
 	"testing"
 	"time"
 
@@ -190,5 +191,20 @@ func TestReadOutputResumes(t *testing.T) {
 	write("exit 0\n")
 	if _, err := a.WaitProcess(ctx, &agentapi.ProcessRequest{ExecId: "sh1"}); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// BenchmarkReplayWindowAdd is the window's cost per chunk a stream sends:
+// full 32 KiB reads of a flood, and one short line.
+func BenchmarkReplayWindowAdd(b *testing.B) {
+	for _, size := range []int{32 << 10, 12} {
+		b.Run(strconv.Itoa(size), func(b *testing.B) {
+			var w replayWindow
+			chunk := streamBytes(0, size)
+			b.SetBytes(int64(size))
+			for b.Loop() {
+				w.add(chunk)
+			}
+		})
 	}
 }

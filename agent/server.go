@@ -286,6 +286,10 @@ func (s *Server) ReadOutput(ctx context.Context, req *agentapi.ReadOutputRequest
 	if err != nil {
 		return status.Errorf(codes.OutOfRange, "%s of %s/%s: %v", req.GetStream(), req.GetContainerId(), req.GetExecId(), err)
 	}
+	if len(data) > 0 {
+		logrus.WithFields(logrus.Fields{"container": req.GetContainerId(), "exec": req.GetExecId(), "stream": req.GetStream().String(),
+			"bytes": len(data), "lost": at - req.GetOffset()}).Info("resending output its last reader did not persist")
+	}
 	for len(data) > 0 {
 		n := min(len(data), maxChunk)
 		if serr := stream.Send(&agentapi.OutputChunk{Data: data[:n], Offset: at}); serr != nil {

@@ -78,6 +78,16 @@ func TestLogsSurviveCocoondKill(t *testing.T) {
 				want = ticksIn(t, logPath) + 20
 				waitAllTicks(t, logPath, want)
 			}
+			// What the agent resent (the figure that sizes its window).
+			agentLogs, _ := filepath.Glob(filepath.Join(dir, "run", "vm", "*", "*.log"))
+			for _, f := range agentLogs {
+				data, _ := os.ReadFile(f)
+				for _, l := range bytes.Split(data, []byte("\n")) {
+					if bytes.Contains(l, []byte("resending output")) {
+						t.Logf("%s", l)
+					}
+				}
+			}
 			if _, err := d.runtime.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: pod}); err != nil {
 				t.Fatal(err)
 			}
