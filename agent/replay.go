@@ -40,13 +40,15 @@ func (w *replayWindow) max() int {
 
 // add records p as sent.
 func (w *replayWindow) add(p []byte) {
-	w.end += uint64(len(p))
+	total := uint64(len(p))
 	if len(p) > w.max() {
 		p = p[len(p)-w.max():]
 	}
+	// Grow while end still matches the held bytes.
 	if need := w.held + len(p); need > len(w.ring) && len(w.ring) < w.max() {
 		w.grow(min(w.max(), max(2*len(w.ring), need, replayMinGrowth)))
 	}
+	w.end += total
 	w.put(w.end-uint64(len(p)), p)
 	w.held = min(w.held+len(p), len(w.ring))
 }

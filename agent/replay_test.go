@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"math/rand/v2"
 	"net"
 	"path/filepath"
 	"strconv"
@@ -28,26 +29,30 @@ func streamBytes(from, n int) []byte {
 }
 
 func TestReplayWindow(t *testing.T) {
-	const limit = 1000
 	for _, tc := range []struct {
 		name     string
+		limit    int
 		sends    []int // chunk sizes sent, in order
 		resume   uint64
 		wantFrom uint64 // offset of the first byte given back
 		wantErr  error
 	}{
-		{"nothing sent, fresh reader", nil, 0, 0, nil},
-		{"resume within the window", []int{300, 300}, 250, 250, nil},
-		{"resume at the end", []int{300, 300}, 600, 600, nil},
-		{"resume from 0, all still held", []int{10, 20, 30}, 0, 0, nil},
-		{"resume older than the window", []int{700, 700}, 100, 400, nil},
-		{"one chunk larger than the window", []int{2500}, 0, 1500, nil},
-		{"wrapped many times", []int{333, 333, 333, 333, 333, 333, 1}, 1500, 1500, nil},
-		{"resume beyond what was sent", []int{100}, 101, 0, errBeyondSent},
-		{"resume beyond on an idle stream", nil, 1, 0, errBeyondSent},
+		{"nothing sent, fresh reader", 1000, nil, 0, 0, nil},
+		{"resume within the window", 1000, []int{300, 300}, 250, 250, nil},
+		{"resume at the end", 1000, []int{300, 300}, 600, 600, nil},
+		{"resume from 0, all still held", 1000, []int{10, 20, 30}, 0, 0, nil},
+		{"resume older than the window", 1000, []int{700, 700}, 100, 400, nil},
+		{"one chunk larger than the window", 1000, []int{2500}, 0, 1500, nil},
+		{"wrapped many times", 1000, []int{333, 333, 333, 333, 333, 333, 1}, 1500, 1500, nil},
+		{"resume beyond what was sent", 1000, []int{100}, 101, 0, errBeyondSent},
+		{"resume beyond on an idle stream", 1000, nil, 1, 0, errBeyondSent},
+		// Growing moves held bytes: 4 KiB, 8 KiB, 16 KiB, then a ring.
+		{"grown while holding bytes", 16 << 10, []int{3000, 3000, 3000, 3000, 3000}, 0, 0, nil},
+		{"grown to the limit, then wrapped", 16 << 10, []int{3000, 3000, 3000, 3000, 3000, 3000, 3000, 3000}, 100, 24000 - 16<<10, nil},
+		{"grown by one big chunk", 16 << 10, []int{100, 10000}, 0, 0, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			w := replayWindow{limit: limit}
+			w := replayWindow{limit: tc.limit}
 			sent := 0
 			for _, n := range tc.sends {
 				w.add(streamBytes(sent, n))
@@ -66,8 +71,8 @@ func TestReplayWindow(t *testing.T) {
 			if want := streamBytes(int(from), sent-int(from)); !bytes.Equal(data, want) {
 				t.Fatalf("since(%d) gave %d bytes that differ from the %d sent from %d", tc.resume, len(data), len(want), from)
 			}
-			if len(w.ring) > limit {
-				t.Fatalf("window grew to %d bytes, limit %d", len(w.ring), limit)
+			if len(w.ring) > tc.limit {
+				t.Fatalf("window grew to %d bytes, limit %d", len(w.ring), tc.limit)
 			}
 		})
 	}
@@ -206,5 +211,35 @@ func BenchmarkReplayWindowAdd(b *testing.B) {
 				w.add(chunk)
 			}
 		})
+	}
+}
+
+// TestReplayWindowMatchesStream: after any run of sends, whatever the sizes,
+// every resume point gives back exactly the stream's bytes from there, or
+// from the window's start, which holds the last limit bytes.
+func TestReplayWindowMatchesStream(t *testing.T) {
+	const limit = 16 << 10
+	for seed := range uint64(50) {
+		r := rand.New(rand.NewPCG(14, seed))
+		w := replayWindow{limit: limit}
+		sent := 0
+		for range 200 {
+			n := r.IntN(3 * limit / 2)
+			if r.IntN(4) > 0 {
+				n = r.IntN(200)
+			}
+			w.add(streamBytes(sent, n))
+			sent += n
+			for _, x := range []uint64{0, uint64(r.IntN(sent + 1)), uint64(sent)} {
+				data, from, err := w.since(x)
+				if err != nil {
+					t.Fatal(err)
+				}
+				wantFrom := max(x, uint64(max(0, sent-limit)))
+				if from != wantFrom || !bytes.Equal(data, streamBytes(int(from), sent-int(from))) {
+					t.Fatalf("seed %d: after %d bytes, since(%d) gave %d bytes from %d, want from %d", seed, sent, x, len(data), from, wantFrom)
+				}
+			}
+		}
 	}
 }
