@@ -9,9 +9,9 @@ import (
 // a reader that died with output it had not persisted (cocoond killed) gets
 // it again from here. Bytes older than the window are reported lost. What a
 // killed cocoond had not persisted is what sat in the connection's buffers:
-// a flooding host pod left 188 KB (a unix socket's default send buffer is
-// 208 KiB), a VM under TCG a few KB. Twice the worst seen, and only a
-// stream that printed that much holds it.
+// a flooding host pod left up to 193 KB (a unix socket's default send
+// buffer is 208 KiB), a VM under TCG up to 35 KB. Over twice the worst seen,
+// and only a stream that printed that much holds it.
 const replayWindowSize = 512 << 10
 
 // replayMinGrowth is the first allocation of a window: an idle stream holds
