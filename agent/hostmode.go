@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path"
 	"runtime"
 	"strconv"
@@ -86,6 +87,13 @@ var hostRefused = map[string]bool{
 // ServeHost runs the agent in host mode until ctx ends or cocoond destroys
 // the sandbox; then it removes every container and the pod's namespaces.
 func ServeHost(ctx context.Context, o HostOptions) error {
+	// Our stderr is a FIFO cocoond copies into a capped log. A cocoond that
+	// crashed leaves it without a reader, and Go kills a program on the
+	// first write to a broken stderr: the log line (a failed stream send,
+	// say) would take the pod's containers down. Caught (not ignored: an
+	// ignored signal stays ignored in the containers we exec), the write
+	// fails and the agent serves on until cocoond comes back.
+	signal.Notify(make(chan os.Signal, 1), unix.SIGPIPE)
 	tok, err := agentapi.ReadTokenFile(o.TokenFile)
 	if err != nil {
 		return err

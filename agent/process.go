@@ -28,10 +28,10 @@ type process struct {
 	stdout  *os.File
 	stderr  *os.File
 	claimed [2]atomic.Bool // one reader per output stream
-	// unsent holds output read from the process that its reader's stream
-	// failed to take (cocoond went away mid-send); the next reader gets it
-	// first. Only the stream's claimer touches it.
-	unsent [2][]byte
+	// sent keeps the latest output each stream sent, so a reader that
+	// died before persisting it (cocoond killed) resumes from its offset.
+	// Only the stream's claimer touches it.
+	sent [2]replayWindow
 
 	childEnds   []*os.File // closed in the agent once the child has them
 	consoleSock *os.File   // parent end: the pty master arrives here

@@ -250,8 +250,12 @@ func (s *Server) WaitProcess(ctx context.Context, req *agentapi.ProcessRequest) 
 	return &agentapi.WaitProcessResponse{ExitCode: p.exitCode, Reason: p.reason, ExitedAtNs: p.exitedAt.UnixNano()}, nil
 }
 
-// ReadOutput streams one output of a process until EOF. Reads poll ctx so a
-// stream whose host end went away stops consuming output a new reader needs.
+// maxChunk is the most output one OutputChunk carries.
+const maxChunk = 32 << 10
+
+// ReadOutput streams one output of a process from the offset asked until EOF.
+// Reads poll ctx so a stream whose host end went away stops consuming output
+// a new reader needs.
 func (s *Server) ReadOutput(ctx context.Context, req *agentapi.ReadOutputRequest, stream agentapi.Agent_ReadOutputServer) error {
 	if err := s.policy.authorizeStream(ctx); err != nil {
 		return err
@@ -261,6 +265,9 @@ func (s *Server) ReadOutput(ctx context.Context, req *agentapi.ReadOutputRequest
 		return err
 	}
 	which := int(req.GetStream())
+	if which < 0 || which >= len(p.claimed) {
+		return status.Errorf(codes.InvalidArgument, "no output stream %d", which)
+	}
 	f := p.stdout
 	if req.GetStream() == agentapi.ReadOutputRequest_STDERR {
 		f = p.stderr
@@ -272,22 +279,34 @@ func (s *Server) ReadOutput(ctx context.Context, req *agentapi.ReadOutputRequest
 		return status.Errorf(codes.FailedPrecondition, "%s of %s/%s already has a reader", req.GetStream(), req.GetContainerId(), req.GetExecId())
 	}
 	defer p.claimed[which].Store(false)
-	// Output a dead reader's stream did not take goes out first: a cocoond
-	// restart loses nothing of the log.
-	if data := p.unsent[which]; len(data) > 0 {
-		if serr := stream.Send(&agentapi.OutputChunk{Data: data}); serr != nil {
+	// What the last reader may not have persisted goes out first: a
+	// cocoond crash loses nothing of the log that still is in the window.
+	w := &p.sent[which]
+	data, at, err := w.since(req.GetOffset())
+	if err != nil {
+		return status.Errorf(codes.OutOfRange, "%s of %s/%s: %v", req.GetStream(), req.GetContainerId(), req.GetExecId(), err)
+	}
+	if len(data) > 0 {
+		logrus.WithFields(logrus.Fields{"container": req.GetContainerId(), "exec": req.GetExecId(), "stream": req.GetStream().String(),
+			"bytes": len(data), "lost": at - req.GetOffset()}).Info("resending output its last reader did not persist")
+	}
+	for len(data) > 0 {
+		n := min(len(data), maxChunk)
+		if serr := stream.Send(&agentapi.OutputChunk{Data: data[:n], Offset: at}); serr != nil {
 			return serr
 		}
-		p.unsent[which] = nil
+		data, at = data[n:], at+uint64(n)
 	}
-	buf := make([]byte, 32<<10)
+	buf := make([]byte, maxChunk)
 	for {
 		_ = f.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
 		n, err := f.Read(buf)
 		if n > 0 {
+			w.add(buf[:n])
+			// The bytes are in the window before they are sent: if the send
+			// fails, the next reader gets them.
 			data := append([]byte(nil), buf[:n]...)
-			if serr := stream.Send(&agentapi.OutputChunk{Data: data}); serr != nil {
-				p.unsent[which] = data
+			if serr := stream.Send(&agentapi.OutputChunk{Data: data, Offset: w.end - uint64(n)}); serr != nil {
 				return serr
 			}
 		}

@@ -160,6 +160,7 @@ func (m *Manager) createContainer(ctx context.Context, podID string, cfg *runtim
 			if err != nil {
 				return nil, fmt.Errorf("log file %s: %w", c.LogPath, err)
 			}
+			o.persist = m.logMarkSaver(id)
 			out = o
 			return func() error { o.close(); return nil }, nil
 		}},
@@ -190,7 +191,11 @@ func (m *Manager) createContainer(ctx context.Context, podID string, cfg *runtim
 		}},
 		{Name: "persist", Run: func(context.Context) (func() error, error) {
 			c.State = StateCreated
-			_, err := m.containers.update(id, func(r *Container) error { *r = c; return nil })
+			_, err := m.containers.update(id, func(r *Container) error {
+				*r = c
+				r.Log = out.logMark()
+				return nil
+			})
 			return nil, err
 		}},
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -34,7 +35,14 @@ type output struct {
 	mu   sync.Mutex
 	file *os.File
 	subs map[*subscription]struct{} // attached readers
-	done sync.WaitGroup
+	// written is, per stream (stdout, stderr), the absolute offset of the
+	// first byte not yet in a log record: what a new reader resumes from.
+	written [2]uint64
+	mark    LogMark // places the current file in the streams
+	// persist saves mark in the container's record (rotation, lost bytes);
+	// nil saves nothing.
+	persist func(LogMark) error
+	done    sync.WaitGroup
 
 	// ctx ends the output streams when the output is closed (container
 	// removed, pod stopped), whatever context the caller read them on.
@@ -42,34 +50,68 @@ type output struct {
 	cancel context.CancelFunc
 }
 
+// newOutput opens a new container's log at path ("" for none); its
+// records start at the file's current end.
 func newOutput(path string) (*output, error) {
 	o := &output{path: path, subs: map[*subscription]struct{}{}}
 	o.ctx, o.cancel = context.WithCancel(context.Background())
 	if path != "" {
-		if err := o.reopen(); err != nil {
+		f, size, err := openLog(path)
+		if err != nil {
 			return nil, err
 		}
+		o.file, o.mark.Start = f, size
 	}
 	return o, nil
 }
 
-// reopen closes the log file and opens it again at its path (log rotation).
-func (o *output) reopen() error {
-	if err := os.MkdirAll(filepath.Dir(o.path), 0o755); err != nil {
-		return err
+// openLog opens (creating) a log file for appending and says how long it is.
+func openLog(path string) (*os.File, int64, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, 0, err
 	}
-	f, err := os.OpenFile(o.path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
+	if err != nil {
+		return nil, 0, err
+	}
+	size, err := f.Seek(0, io.SeekEnd)
+	if err != nil {
+		f.Close()
+		return nil, 0, err
+	}
+	return f, size, nil
+}
+
+// reopen closes the log file and opens it again at its path (log rotation).
+// What the old file holds joins the base first, saved before any record
+// goes to the new file: a crash on either side of it counts every byte once.
+func (o *output) reopen() error {
+	f, size, err := openLog(o.path)
 	if err != nil {
 		return err
 	}
 	o.mu.Lock()
+	defer o.mu.Unlock()
+	next := LogMark{Start: size, Base: o.written}
+	if o.persist != nil {
+		if err := o.persist(next); err != nil {
+			f.Close()
+			return err
+		}
+	}
 	old := o.file
-	o.file = f
-	o.mu.Unlock()
+	o.file, o.mark = f, next
 	if old != nil {
 		return old.Close()
 	}
 	return nil
+}
+
+// logMark is where the current log file sits in the streams.
+func (o *output) logMark() LogMark {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.mark
 }
 
 // copyStreams starts copying a container's output into o: stdout, and
@@ -88,23 +130,38 @@ func (o *output) copyStreams(ctx context.Context, a agentapi.AgentClient, contai
 	return nil
 }
 
-// copyStream reads one stream from the agent until EOF, ctx ends or the
-// output is closed.
+// maxStreamOffset bounds the offsets cocoond accepts from an agent, far
+// beyond any real stream, so that no sum of them overflows.
+const maxStreamOffset = 1 << 62
+
+// errStreamOffset is a chunk whose offset does not follow what came before:
+// a lying or broken agent.
+var errStreamOffset = errors.New("output chunk out of place")
+
+// copyStream reads one stream from the agent, from the first byte the log
+// does not hold yet, until EOF, ctx ends or the output is closed.
 func (o *output) copyStream(ctx context.Context, a agentapi.AgentClient, containerID string, which agentapi.ReadOutputRequest_Stream, log *logrus.Entry) error {
 	ctx, cancel := context.WithCancel(ctx)
 	stopOnClose := context.AfterFunc(o.ctx, cancel)
-	open := func() (agentapi.Agent_ReadOutputClient, error) {
-		return a.ReadOutput(ctx, &agentapi.ReadOutputRequest{ContainerId: containerID, Stream: which})
+	name, idx := "stdout", 0
+	if which == agentapi.ReadOutputRequest_STDERR {
+		name, idx = "stderr", 1
 	}
-	stream, err := open()
+	log = log.WithField("stream", name)
+	// open asks from the first byte not in a record: a partial line held
+	// in pending is asked again.
+	open := func() (agentapi.Agent_ReadOutputClient, uint64, error) {
+		o.mu.Lock()
+		from := o.written[idx]
+		o.mu.Unlock()
+		s, err := a.ReadOutput(ctx, &agentapi.ReadOutputRequest{ContainerId: containerID, Stream: which, Offset: from})
+		return s, from, err
+	}
+	stream, from, err := open()
 	if err != nil {
 		stopOnClose()
 		cancel()
 		return err
-	}
-	name := "stdout"
-	if which == agentapi.ReadOutputRequest_STDERR {
-		name = "stderr"
 	}
 	o.done.Add(1)
 	go func() {
@@ -112,6 +169,7 @@ func (o *output) copyStream(ctx context.Context, a agentapi.AgentClient, contain
 		defer cancel()
 		defer stopOnClose()
 		var pending []byte
+		pos := streamPos{next: from, first: true}
 		// After a cocoond restart the agent may still hold the stream for the
 		// reader of the dead connection for up to half a second: retry then.
 		retryUntil := time.Now().Add(10 * time.Second)
@@ -119,17 +177,35 @@ func (o *output) copyStream(ctx context.Context, a agentapi.AgentClient, contain
 			chunk, err := stream.Recv()
 			if status.Code(err) == codes.FailedPrecondition && time.Now().Before(retryUntil) {
 				time.Sleep(100 * time.Millisecond)
-				if next, oerr := open(); oerr == nil {
-					stream = next
+				if s, from, oerr := open(); oerr == nil {
+					stream, pending = s, nil
+					pos.next, pos.first = from, true
 					continue
 				}
 			}
+			if err == nil {
+				err = o.place(idx, chunk, &pos, log)
+			}
 			if err != nil {
+				// A line cut by EOF is complete; one cut by anything else
+				// (cocoond going away, a lost connection) goes out partial,
+				// as it stands in the stream: its rest may come later.
 				if len(pending) > 0 {
-					o.writeRecord(name, "F", pending)
+					tag := "P"
+					if errors.Is(err, io.EOF) {
+						tag = "F"
+					}
+					o.writeRecord(idx, tag, pending)
 				}
-				if !errors.Is(err, io.EOF) && ctx.Err() == nil {
-					log.WithError(err).WithField("stream", name).Debug("output stream ended")
+				switch {
+				case errors.Is(err, errStreamOffset):
+					log.WithError(err).Warn("output stream refused")
+				case status.Code(err) == codes.OutOfRange:
+					// The agent has sent less than the log holds: the last
+					// line was completed at EOF (see above), nothing is missing.
+					log.WithError(err).Info("output stream has nothing to resume")
+				case !errors.Is(err, io.EOF) && ctx.Err() == nil:
+					log.WithError(err).Debug("output stream ended")
 				}
 				return
 			}
@@ -144,14 +220,14 @@ func (o *output) copyStream(ctx context.Context, a agentapi.AgentClient, contain
 				// than maxLogLine: its head goes out as partial records too.
 				line := pending[:i]
 				for len(line) > maxLogLine {
-					o.writeRecord(name, "P", line[:maxLogLine])
+					o.writeRecord(idx, "P", line[:maxLogLine])
 					line = line[maxLogLine:]
 				}
-				o.writeRecord(name, "F", line)
+				o.writeRecord(idx, "F", line)
 				pending = pending[i+1:]
 			}
 			for len(pending) >= maxLogLine {
-				o.writeRecord(name, "P", pending[:maxLogLine])
+				o.writeRecord(idx, "P", pending[:maxLogLine])
 				pending = pending[maxLogLine:]
 			}
 			pending = append([]byte(nil), pending...)
@@ -160,8 +236,69 @@ func (o *output) copyStream(ctx context.Context, a agentapi.AgentClient, contain
 	return nil
 }
 
-// writeRecord appends "<RFC3339Nano> <stream> <P|F> <text>\n".
-func (o *output) writeRecord(stream, tag string, text []byte) {
+// streamPos is where a stream stands, as copyStream reads it.
+type streamPos struct {
+	next   uint64 // offset the next chunk must start at
+	first  bool   // no chunk yet since the stream was opened
+	offset bool   // a chunk carried an offset other than 0
+	legacy bool   // the agent predates offsets: every chunk says 0
+}
+
+// place checks that chunk continues the stream at pos, and moves pos past
+// it. The agent is not trusted: the first chunk after an open may start
+// later than asked (the bytes between left its window: they are counted as
+// lost, in the base, so the file never has to hold them), every other chunk
+// must start exactly where the last ended, and no offset may run past
+// maxStreamOffset. An agent older than offsets sends 0 for every chunk: its
+// chunks are taken as they come, as before offsets (a guest gains nothing
+// by posing as one: no check protects more than its own log's order).
+func (o *output) place(idx int, chunk *agentapi.OutputChunk, pos *streamPos, log *logrus.Entry) error {
+	at, n := chunk.GetOffset(), uint64(len(chunk.GetData()))
+	first := pos.first
+	pos.first = false
+	if at == 0 && pos.next > 0 && !pos.offset && !pos.legacy {
+		log.Info("the agent predates output offsets: a cocoond crash may lose output in flight")
+		pos.legacy = true
+	}
+	if pos.legacy {
+		if at != 0 {
+			return fmt.Errorf("%w: at %d from an agent that sent no offsets", errStreamOffset, at)
+		}
+		return nil
+	}
+	if at > maxStreamOffset || n > maxStreamOffset-at {
+		return fmt.Errorf("%w: %d bytes at %d", errStreamOffset, n, at)
+	}
+	switch {
+	case at == pos.next:
+	case first && at > pos.next:
+		lost := at - pos.next
+		log.WithField("lost", lost).Warn("output the agent no longer held when cocoond came back is lost")
+		o.mu.Lock()
+		o.written[idx] += lost
+		o.mark.Base[idx] += lost
+		var err error
+		if o.persist != nil {
+			err = o.persist(o.mark)
+		}
+		o.mu.Unlock()
+		if err != nil {
+			log.WithError(err).Warn("saving the log mark")
+		}
+	default:
+		return fmt.Errorf("%w: at %d, expected %d", errStreamOffset, at, pos.next)
+	}
+	pos.offset = pos.offset || at != 0
+	pos.next = at + n
+	return nil
+}
+
+// streamNames are the CRI log's names of stdout and stderr.
+var streamNames = [2]string{"stdout", "stderr"}
+
+// writeRecord appends "<RFC3339Nano> <stream> <P|F> <text>\n" and counts the
+// stream bytes it holds: the text, and the newline an F record stands for.
+func (o *output) writeRecord(idx int, tag string, text []byte) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	if o.file == nil {
@@ -170,13 +307,21 @@ func (o *output) writeRecord(stream, tag string, text []byte) {
 	line := make([]byte, 0, len(text)+64)
 	line = time.Now().UTC().AppendFormat(line, time.RFC3339Nano)
 	line = append(line, ' ')
-	line = append(line, stream...)
+	line = append(line, streamNames[idx]...)
 	line = append(line, ' ')
 	line = append(line, tag...)
 	line = append(line, ' ')
 	line = append(line, text...)
 	line = append(line, '\n')
-	_, _ = o.file.Write(line)
+	// One write per record: a crash leaves whole records (but see
+	// countLog for a torn one). Only what reached the file is counted.
+	if _, err := o.file.Write(line); err != nil {
+		return
+	}
+	o.written[idx] += uint64(len(text))
+	if tag == "F" {
+		o.written[idx]++
+	}
 }
 
 // subscription is one attached client's share of a stream's output.

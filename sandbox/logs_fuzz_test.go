@@ -29,6 +29,7 @@ func (a *chunkAgent) ReadOutput(context.Context, *agentapi.ReadOutputRequest) (a
 type chunkStream struct {
 	ttrpc.ClientStream
 	chunks [][]byte
+	offset uint64
 }
 
 func (s *chunkStream) Recv() (*agentapi.OutputChunk, error) {
@@ -37,7 +38,8 @@ func (s *chunkStream) Recv() (*agentapi.OutputChunk, error) {
 	}
 	c := s.chunks[0]
 	s.chunks = s.chunks[1:]
-	return &agentapi.OutputChunk{Data: c}, nil
+	s.offset += uint64(len(c))
+	return &agentapi.OutputChunk{Data: c, Offset: s.offset - uint64(len(c))}, nil
 }
 
 // criRecord is one CRI log line: "<RFC3339Nano> <stream> <P|F> <text>".

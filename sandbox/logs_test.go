@@ -15,8 +15,8 @@ func TestLogRecordFormat(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	o.writeRecord("stdout", "F", []byte("hello"))
-	o.writeRecord("stderr", "P", []byte("part"))
+	o.writeRecord(0, "F", []byte("hello"))
+	o.writeRecord(1, "P", []byte("part"))
 	// After a reopen the old file is kept by whoever renamed it; a new one grows.
 	if err := os.Rename(path, path+".1"); err != nil {
 		t.Fatal(err)
@@ -24,7 +24,7 @@ func TestLogRecordFormat(t *testing.T) {
 	if err := o.reopen(); err != nil {
 		t.Fatal(err)
 	}
-	o.writeRecord("stdout", "F", []byte("after"))
+	o.writeRecord(0, "F", []byte("after"))
 	o.close()
 
 	old, _ := os.ReadFile(path + ".1")

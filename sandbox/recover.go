@@ -107,10 +107,14 @@ func (m *Manager) recoverPod(ctx context.Context, p Pod) (err error) {
 		if c.PodID != p.ID || c.State == StateExited || c.State == StateCreating {
 			continue
 		}
-		o, err := newOutput(c.LogPath)
+		o, torn, err := recoverOutput(ctx, c.LogPath, c.Log)
 		if err != nil {
-			return err
+			return fmt.Errorf("container %s log: %w", c.ID, err)
 		}
+		if torn {
+			log.WithField("container", c.ID).Warn("cut a log record the crash left torn: its output comes again")
+		}
+		o.persist = m.logMarkSaver(c.ID)
 		rt.outputs[c.ID] = o
 		if err := o.copyStreams(rt.context(), rt.agent, c.ID, c.ContainerConfig().GetTty(), log.WithField("container", c.ID)); err != nil {
 			return fmt.Errorf("container %s output: %w", c.ID, err)

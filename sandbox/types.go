@@ -77,8 +77,21 @@ type Container struct {
 	// Spec is the OCI spec the agent got; Exec builds its processes from it.
 	// It lives here, in cocoond's state, never in the guest-writable share.
 	Spec json.RawMessage `json:"spec,omitempty"`
+	// Log places the log file in the container's output streams, so a
+	// restarted cocoond knows from the file how much it persisted.
+	Log LogMark `json:"log,omitzero"`
 
 	config *runtimeapi.ContainerConfig // Config decoded once, shared: see Pod.config
+}
+
+// LogMark ties a container's CRI log file to the absolute offsets of its
+// output streams: every byte of stream s before the current file is counted
+// in Base[s] (files kubelet rotated away, and bytes the agent no longer had
+// when cocoond came back); the file holds the container's records from byte
+// Start on (a file kubelet reused may hold older ones before).
+type LogMark struct {
+	Start int64     `json:"start,omitempty"`
+	Base  [2]uint64 `json:"base,omitzero"` // stdout, stderr
 }
 
 // User is the identity a container's processes run as, after the image's

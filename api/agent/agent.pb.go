@@ -1182,10 +1182,15 @@ func (x *WaitProcessResponse) GetExitedAtNs() int64 {
 }
 
 type ReadOutputRequest struct {
-	state         protoimpl.MessageState   `protogen:"open.v1"`
-	ContainerId   string                   `protobuf:"bytes,1,opt,name=container_id,json=containerId,proto3" json:"container_id,omitempty"`
-	ExecId        string                   `protobuf:"bytes,2,opt,name=exec_id,json=execId,proto3" json:"exec_id,omitempty"`
-	Stream        ReadOutputRequest_Stream `protobuf:"varint,3,opt,name=stream,proto3,enum=cocoon.agent.v1.ReadOutputRequest_Stream" json:"stream,omitempty"`
+	state       protoimpl.MessageState   `protogen:"open.v1"`
+	ContainerId string                   `protobuf:"bytes,1,opt,name=container_id,json=containerId,proto3" json:"container_id,omitempty"`
+	ExecId      string                   `protobuf:"bytes,2,opt,name=exec_id,json=execId,proto3" json:"exec_id,omitempty"`
+	Stream      ReadOutputRequest_Stream `protobuf:"varint,3,opt,name=stream,proto3,enum=cocoon.agent.v1.ReadOutputRequest_Stream" json:"stream,omitempty"`
+	// offset resumes the stream: the reader has persisted every byte before
+	// it. The agent resends what it still holds from there (see
+	// OutputChunk.offset), then streams on; an offset past what it has sent
+	// is OUT_OF_RANGE. A fresh reader asks from 0.
+	Offset        uint64 `protobuf:"varint,4,opt,name=offset,proto3" json:"offset,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1241,9 +1246,21 @@ func (x *ReadOutputRequest) GetStream() ReadOutputRequest_Stream {
 	return ReadOutputRequest_STDOUT
 }
 
+func (x *ReadOutputRequest) GetOffset() uint64 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
+}
+
 type OutputChunk struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Data          []byte                 `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Data  []byte                 `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
+	// offset is the absolute position of data's first byte in the stream.
+	// Chunks follow each other without gaps, except that the first one may
+	// start after the offset asked: the bytes between had left the agent's
+	// replay window and are lost.
+	Offset        uint64 `protobuf:"varint,2,opt,name=offset,proto3" json:"offset,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1283,6 +1300,13 @@ func (x *OutputChunk) GetData() []byte {
 		return x.Data
 	}
 	return nil
+}
+
+func (x *OutputChunk) GetOffset() uint64 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
 }
 
 type WriteStdinRequest struct {
@@ -1853,18 +1877,20 @@ const file_agent_proto_rawDesc = "" +
 	"\texit_code\x18\x01 \x01(\x05R\bexitCode\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\x12 \n" +
 	"\fexited_at_ns\x18\x03 \x01(\x03R\n" +
-	"exitedAtNs\"\xb4\x01\n" +
+	"exitedAtNs\"\xcc\x01\n" +
 	"\x11ReadOutputRequest\x12!\n" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12\x17\n" +
 	"\aexec_id\x18\x02 \x01(\tR\x06execId\x12A\n" +
-	"\x06stream\x18\x03 \x01(\x0e2).cocoon.agent.v1.ReadOutputRequest.StreamR\x06stream\" \n" +
+	"\x06stream\x18\x03 \x01(\x0e2).cocoon.agent.v1.ReadOutputRequest.StreamR\x06stream\x12\x16\n" +
+	"\x06offset\x18\x04 \x01(\x04R\x06offset\" \n" +
 	"\x06Stream\x12\n" +
 	"\n" +
 	"\x06STDOUT\x10\x00\x12\n" +
 	"\n" +
-	"\x06STDERR\x10\x01\"!\n" +
+	"\x06STDERR\x10\x01\"9\n" +
 	"\vOutputChunk\x12\x12\n" +
-	"\x04data\x18\x01 \x01(\fR\x04data\"c\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data\x12\x16\n" +
+	"\x06offset\x18\x02 \x01(\x04R\x06offset\"c\n" +
 	"\x11WriteStdinRequest\x12!\n" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12\x17\n" +
 	"\aexec_id\x18\x02 \x01(\tR\x06execId\x12\x12\n" +

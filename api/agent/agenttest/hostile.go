@@ -180,7 +180,8 @@ func (h *Hostile) ReadOutput(ctx context.Context, req *agentapi.ReadOutputReques
 			return nil
 		default:
 		}
-		if err := srv.Send(&agentapi.OutputChunk{Data: chunk[:n]}); err != nil {
+		// Offsets are honest: the output itself is the attack here.
+		if err := srv.Send(&agentapi.OutputChunk{Data: chunk[:n], Offset: req.GetOffset() + uint64(sent)}); err != nil {
 			return nil
 		}
 		sent += n
