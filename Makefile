@@ -131,7 +131,7 @@ FUZZTIME         ?= 20000x
 # Minimizing each new interesting input may take up to 60 s by default and its
 # executions are not counted: on a short FUZZTIME it would take the whole budget.
 FUZZMINIMIZETIME ?= 200x
-FUZZ_TARGETS := ./cri:FuzzValidate ./sandbox/ocispec:FuzzBuild ./sandbox:FuzzLogWriter ./config:FuzzLoad ./agent:FuzzAgentRequests
+FUZZ_TARGETS := ./cri:FuzzValidate ./sandbox/ocispec:FuzzBuild ./sandbox:FuzzLogWriter ./sandbox:FuzzLyingAgent ./config:FuzzLoad ./agent:FuzzAgentRequests
 fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do \
 		pkg=$${t%%:*}; name=$${t##*:}; \

@@ -264,9 +264,16 @@ func (o *output) place(idx int, chunk *agentapi.OutputChunk, pos *streamPos, log
 		if at != 0 {
 			return fmt.Errorf("%w: at %d from an agent that sent no offsets", errStreamOffset, at)
 		}
+		// Counted all the same, under the same bound.
+		if n > maxStreamOffset-1-pos.next {
+			return fmt.Errorf("%w: %d bytes past %d", errStreamOffset, n, pos.next)
+		}
+		pos.next += n
 		return nil
 	}
-	if at > maxStreamOffset || n > maxStreamOffset-at {
+	// One byte stays free under the bound: a partial line written as an F
+	// record at EOF counts the newline it stands for.
+	if at >= maxStreamOffset || n > maxStreamOffset-1-at {
 		return fmt.Errorf("%w: %d bytes at %d", errStreamOffset, n, at)
 	}
 	switch {
