@@ -191,9 +191,12 @@ func (m *Manager) createContainer(ctx context.Context, podID string, cfg *runtim
 		}},
 		{Name: "persist", Run: func(context.Context) (func() error, error) {
 			c.State = StateCreated
+			// Read before the store's lock: o.mu is never taken under it
+			// (a rotation holds o.mu while it saves into the store).
+			mark := out.logMark()
 			_, err := m.containers.update(id, func(r *Container) error {
 				*r = c
-				r.Log = out.logMark()
+				r.Log = mark
 				return nil
 			})
 			return nil, err

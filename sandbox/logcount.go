@@ -7,7 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
+	"time"
 )
 
 // logCount is what a CRI log file holds of a container's output streams.
@@ -83,69 +83,76 @@ func parseRecord(rec []byte) (int, uint64, bool) {
 	return idx, n, true
 }
 
+// countDeadline bounds how long recovery reads one container's log: a
+// guest that flooded it between kubelet's rotations must not hold up the
+// restart of every pod.
+const countDeadline = 10 * time.Second
+
+// recovered says what recoverOutput found besides the offsets.
+type recovered struct {
+	torn      bool  // a record the crash tore was cut off
+	uncounted error // the file could not be counted: resumed from the base
+}
+
 // recoverOutput opens a container's log after a cocoond restart and derives
 // from it, and the mark in the container's record, how much of each stream
 // is persisted: the agent resends from there. A record torn by the crash is
-// cut off; the agent sends its bytes again.
-func recoverOutput(ctx context.Context, path string, mark LogMark) (*output, bool, error) {
+// cut off; the agent sends its bytes again. One descriptor serves counting
+// and writing, so a rotation by kubelet in between cannot split them. A log
+// that cannot be counted (unreadable, too slow) costs duplicated lines, not
+// the pod: the streams resume from the mark's base and the file's end
+// starts a new mark, which the caller saves.
+func recoverOutput(ctx context.Context, path string, mark LogMark) (*output, recovered, error) {
 	o, err := newOutput("")
 	if err != nil {
-		return nil, false, err
+		return nil, recovered{}, err
 	}
 	o.path, o.mark = path, mark
 	if path == "" {
 		o.written = mark.Base
-		return o, false, nil
+		return o, recovered{}, nil
 	}
 	f, size, err := openLog(path)
 	if err != nil {
-		return nil, false, err
+		return nil, recovered{}, err
 	}
+	o.file = f
 	if size < mark.Start {
 		// Someone shortened the file under us: its records start at 0.
 		mark.Start = 0
 		o.mark.Start = 0
 	}
-	r, err := os.Open(path)
-	if err != nil {
-		f.Close()
-		return nil, false, err
-	}
-	defer r.Close()
-	if _, err := r.Seek(mark.Start, io.SeekStart); err != nil {
-		f.Close()
-		return nil, false, err
-	}
-	c, err := countLog(io.LimitReader(ctxReader{ctx, r}, size-mark.Start))
-	if err != nil {
-		f.Close()
-		return nil, false, fmt.Errorf("counting %s: %w", path, err)
-	}
-	if c.torn {
-		if err := f.Truncate(mark.Start + c.complete); err != nil {
-			f.Close()
-			return nil, false, fmt.Errorf("cutting the torn record off %s: %w", path, err)
+	ctx, cancel := context.WithTimeout(ctx, countDeadline)
+	defer cancel()
+	c, err := countLog(io.NewSectionReader(ctxReaderAt{ctx, f}, mark.Start, size-mark.Start))
+	if err == nil && c.torn {
+		if terr := f.Truncate(mark.Start + c.complete); terr != nil {
+			err = fmt.Errorf("cutting the torn record off: %w", terr)
 		}
 	}
-	o.file = f
+	if err != nil {
+		o.written = mark.Base
+		o.mark = LogMark{Start: size, Base: mark.Base}
+		return o, recovered{uncounted: fmt.Errorf("counting %s: %w", path, err)}, nil
+	}
 	for i := range o.written {
 		o.written[i] = mark.Base[i] + c.bytes[i]
 	}
-	return o, c.torn, nil
+	return o, recovered{torn: c.torn}, nil
 }
 
-// ctxReader stops reading once ctx ends: a huge log does not hold up
+// ctxReaderAt stops reading once ctx ends: a huge log does not hold up
 // recovery past its deadline.
-type ctxReader struct {
+type ctxReaderAt struct {
 	ctx context.Context
-	r   io.Reader
+	r   io.ReaderAt
 }
 
-func (c ctxReader) Read(p []byte) (int, error) {
+func (c ctxReaderAt) ReadAt(p []byte, off int64) (int, error) {
 	if err := c.ctx.Err(); err != nil {
 		return 0, err
 	}
-	return c.r.Read(p)
+	return c.r.ReadAt(p, off)
 }
 
 // logMarkSaver saves a container's log mark in its record.

@@ -82,13 +82,13 @@ func TestRecoverOutput(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			o, torn, err := recoverOutput(context.Background(), path, tc.mark)
-			if err != nil {
-				t.Fatal(err)
+			o, found, err := recoverOutput(context.Background(), path, tc.mark)
+			if err != nil || found.uncounted != nil {
+				t.Fatal(err, found.uncounted)
 			}
 			defer o.close()
-			if o.written != tc.want || torn != tc.wantTorn {
-				t.Fatalf("written %v torn %v, want %v %v", o.written, torn, tc.want, tc.wantTorn)
+			if o.written != tc.want || found.torn != tc.wantTorn {
+				t.Fatalf("written %v torn %v, want %v %v", o.written, found.torn, tc.want, tc.wantTorn)
 			}
 			if tc.wantFile != "" {
 				got, _ := os.ReadFile(path)

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -65,21 +66,26 @@ func newOutput(path string) (*output, error) {
 	return o, nil
 }
 
-// openLog opens (creating) a log file for appending and says how long it is.
+// openLog opens (creating) a log file for appending, and for recovery to
+// count, and says how long it is. It must be a regular file: a FIFO or a
+// device there would block or misread, and its last element is not followed.
 func openLog(path string) (*os.File, int64, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, 0, err
 	}
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR|os.O_APPEND|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0o640)
 	if err != nil {
 		return nil, 0, err
 	}
-	size, err := f.Seek(0, io.SeekEnd)
+	st, err := f.Stat()
+	if err == nil && !st.Mode().IsRegular() {
+		err = fmt.Errorf("log %s is not a regular file (%s)", path, st.Mode().Type())
+	}
 	if err != nil {
 		f.Close()
 		return nil, 0, err
 	}
-	return f, size, nil
+	return f, st.Size(), nil
 }
 
 // reopen closes the log file and opens it again at its path (log rotation).
@@ -284,13 +290,15 @@ func (o *output) place(idx int, chunk *agentapi.OutputChunk, pos *streamPos, log
 		o.mu.Lock()
 		o.written[idx] += lost
 		o.mark.Base[idx] += lost
-		var err error
-		if o.persist != nil {
-			err = o.persist(o.mark)
-		}
+		mark := o.mark
 		o.mu.Unlock()
-		if err != nil {
-			log.WithError(err).Warn("saving the log mark")
+		// Saved outside o.mu: the store's lock is taken while holding o.mu
+		// only at rotation, whose save must not let a record in first. A
+		// later save carries this base too, so losing a race costs nothing.
+		if o.persist != nil {
+			if err := o.persist(mark); err != nil {
+				log.WithError(err).Warn("saving the log mark")
+			}
 		}
 	default:
 		return fmt.Errorf("%w: at %d, expected %d", errStreamOffset, at, pos.next)
@@ -321,8 +329,15 @@ func (o *output) writeRecord(idx int, tag string, text []byte) {
 	line = append(line, text...)
 	line = append(line, '\n')
 	// One write per record: a crash leaves whole records (but see
-	// countLog for a torn one). Only what reached the file is counted.
-	if _, err := o.file.Write(line); err != nil {
+	// countLog for a torn one). Only what reached the file is counted, and
+	// a partial write (a full disk) is cut off again, so the next record
+	// does not run into it.
+	if n, err := o.file.Write(line); err != nil {
+		if n > 0 {
+			if st, serr := o.file.Stat(); serr == nil && st.Size() >= int64(n) {
+				_ = o.file.Truncate(st.Size() - int64(n))
+			}
+		}
 		return
 	}
 	o.written[idx] += uint64(len(text))

@@ -107,14 +107,20 @@ func (m *Manager) recoverPod(ctx context.Context, p Pod) (err error) {
 		if c.PodID != p.ID || c.State == StateExited || c.State == StateCreating {
 			continue
 		}
-		o, torn, err := recoverOutput(ctx, c.LogPath, c.Log)
+		o, found, err := recoverOutput(ctx, c.LogPath, c.Log)
 		if err != nil {
 			return fmt.Errorf("container %s log: %w", c.ID, err)
 		}
-		if torn {
+		if found.torn {
 			log.WithField("container", c.ID).Warn("cut a log record the crash left torn: its output comes again")
 		}
 		o.persist = m.logMarkSaver(c.ID)
+		if found.uncounted != nil {
+			log.WithField("container", c.ID).WithError(found.uncounted).Warn("log not counted: output the agent still holds may appear twice")
+			if err := o.persist(o.mark); err != nil {
+				return fmt.Errorf("container %s log mark: %w", c.ID, err)
+			}
+		}
 		rt.outputs[c.ID] = o
 		if err := o.copyStreams(rt.context(), rt.agent, c.ID, c.ContainerConfig().GetTty(), log.WithField("container", c.ID)); err != nil {
 			return fmt.Errorf("container %s output: %w", c.ID, err)
